@@ -1,0 +1,263 @@
+"""The `vireid` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.errors import HarnessError
+
+EXIT_BAD_INPUT = 2
+
+
+def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
+    from harness.config import parse_override
+
+    return dict(parse_override(p) for p in pairs or [])
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override a config key by dotted path, value parsed as YAML "
+                        "(e.g. --set train.epochs=2 --set loss.ica.sigma=4); repeatable")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.config import TrialConfig, load_yaml
+    from harness.sweep import SweepSpec
+    from harness.runner import run_sweep
+    from harness.results import write_report
+
+    base = load_yaml(args.config) if args.config else {}
+    if base is not None and not isinstance(base, dict):
+        raise HarnessError(f"{args.config}: a trial config is a YAML mapping of config keys")
+    source = str(args.config or "defaults")
+    TrialConfig.from_dict(base, where=source)
+    spec = SweepSpec(name=args.name, base=base or {}, grid={}, source=source)
+    spec.trials(_overrides(args.overrides))  # validate before anything runs
+    folder = run_sweep(spec, backend="local", overrides=_overrides(args.overrides), results_dir=args.results_dir,
+                       retry_failed=True, quiet=args.quiet)
+    markdown, _ = write_report(folder, plots=False)
+    print(markdown)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.results import load_published, write_report
+    from harness.runner import run_sweep
+    from harness.sweep import load_spec
+
+    spec = load_spec(args.spec)
+    overrides = _overrides(args.overrides)
+    spec.trials(overrides)
+    folder = run_sweep(spec, backend=args.backend, overrides=overrides, results_dir=args.results_dir,
+                       workers=args.workers, retry_failed=args.retry_failed, quiet=args.quiet, address=args.address)
+    table = spec.table
+    protocols = table.get("protocols") or [table.get("protocol")]
+    for protocol in protocols:
+        published = _published_for(table.get("published"), protocol, load_published)
+        markdown, files = write_report(folder, protocol=protocol, baseline=table.get("baseline"),
+                                       group_by=table.get("group_by", ["method"]), published=published)
+        print(markdown)
+        print("written: " + ", ".join(str(f) for f in files), file=sys.stderr)
+    return 0
+
+
+def _published_for(spec: dict[str, Any] | None, protocol: str | None, load) -> dict[str, dict[str, float]] | None:
+    """`published: {file: PATH, rows: {row: "paper.entry"}}` -> numbers per table row."""
+    if not spec:
+        return None
+    from harness.published import published_rows
+
+    return published_rows(spec, protocol)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from harness.results import write_report
+    from harness.published import published_rows
+
+    published = None
+    if args.published:
+        rows = dict(pair.split("=", 1) for pair in args.published_row or [])
+        published = published_rows({"file": args.published, "rows": rows}, args.protocol)
+    markdown, files = write_report(args.folder, protocol=args.protocol, baseline=args.baseline,
+                                   group_by=args.group_by or ["method"], published=published, plots=not args.no_plots)
+    print(markdown)
+    print("written: " + ", ".join(str(f) for f in files), file=sys.stderr)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from methods import list_methods
+
+    rows = list_methods()
+    if args.json:
+        print(json.dumps([{"name": m.name, "description": m.description, "switches": m.switches} for m in rows],
+                         indent=2))
+        return 0
+    width = max(len(m.name) for m in rows)
+    print(f"{'method':<{width}}  mcm  center  cca   description")
+    for m in rows:
+        s = m.switches
+        print(f"{m.name:<{width}}  {'yes' if s.get('mcm') else '-':<3}  {s.get('center', '-'):<6}  "
+              f"{'yes' if s.get('cca') else '-':<4}  {m.description}")
+    print("\nAny combination is valid too: agw+<switches>, switches from mcm, center|ica, cca "
+          "(e.g. agw+cca, agw+mcm+center+cca).")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from harness.data.check import check_dataset
+
+    report = check_dataset(args.dataset, Path(args.root))
+    print(report.format())
+    return 0 if report.ok else EXIT_BAD_INPUT
+
+
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from harness.data.check import describe_split
+
+    split = describe_split(args.dataset, Path(args.root), mode=args.mode, shots=args.shots, trial=args.trial,
+                           direction=args.direction)
+    if args.json:
+        print(json.dumps(split, indent=1))
+    else:
+        for part in ("query", "gallery"):
+            items = split[part]
+            print(f"# {part}: {len(items)} images")
+            for item in items:
+                print(f"{item['path']}\t{item['id']}\t{item['camera']}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from harness.data.synthetic import SynthSpec, write_llcm, write_regdb, write_sysu
+
+    spec = SynthSpec(num_identities=args.identities, images_per_camera=args.images_per_camera,
+                     height=args.height, width=args.width, seed=args.seed)
+    writer = {"sysu": write_sysu, "regdb": write_regdb, "llcm": write_llcm}[args.layout]
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise HarnessError(f"{out}: folder exists and is not empty; choose a new folder")
+    path = writer(out, spec)
+    print(f"wrote a synthetic {args.layout} tree to {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import run_step_benchmark
+
+    print(run_step_benchmark(method=args.method, backbone=args.backbone, size=args.size, batch=args.batch,
+                             device=args.device, steps=args.steps, warmup=args.warmup, amp=args.amp,
+                             channels_last=args.channels_last, compile=args.compile, overrides=_overrides(args.overrides)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vireid", description="Visible-infrared person re-ID benchmark and ablation "
+                                "harness: MCLNet and its ablations on timm backbones.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train and evaluate one trial", description="Train one trial to its final epoch "
+                         "and evaluate that model on every test protocol of its dataset.")
+    run.add_argument("--config", help="YAML file of config keys (nested mapping); defaults otherwise")
+    _add_set(run)
+    run.add_argument("--name", default="run", help="results sub-folder name (default: run)")
+    run.add_argument("--results-dir", default="results", help="where sweep folders go (default: results)")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="run a sweep spec (grid or search) and write its tables",
+                        description="Run every trial of a sweep spec (YAML under benchmarks/), skipping trials "
+                        "already in results/<name>/ and resuming unfinished ones, then write tables and plots.")
+    sw.add_argument("spec", help="sweep spec YAML, e.g. benchmarks/ablation_synthetic.yaml")
+    sw.add_argument("--backend", choices=["local", "optuna", "ray"], help="override the spec's backend")
+    _add_set(sw)
+    sw.add_argument("--results-dir", default="results", help="where sweep folders go (default: results)")
+    sw.add_argument("--workers", type=int, help="optuna: worker processes on the study")
+    sw.add_argument("--address", help="ray: address of an existing Ray cluster (e.g. auto or HOST:6379)")
+    sw.add_argument("--retry-failed", action="store_true", help="run failed trials again instead of skipping them")
+    sw.add_argument("--quiet", action="store_true", help="no progress display")
+    sw.set_defaults(func=cmd_sweep)
+
+    tb = sub.add_parser("table", help="rebuild tables and plots of a results folder without rerunning",
+                        description="Rebuild Markdown/CSV/LaTeX tables and PNG plots from results/<sweep>/.")
+    tb.add_argument("folder", help="a sweep results folder, e.g. results/ablation-synthetic")
+    tb.add_argument("--protocol", help="protocol to tabulate (default: the first recorded)")
+    tb.add_argument("--baseline", help="row (e.g. method name) to compute deltas against")
+    tb.add_argument("--group-by", nargs="+", help="row keys (default: method)")
+    tb.add_argument("--published", help="YAML of published results to show beside the measured rows")
+    tb.add_argument("--published-row", action="append", metavar="ROW=ENTRY.KEY",
+                    help="which published entry a row shows, e.g. mclnet=mclnet.sysu_all; repeatable")
+    tb.add_argument("--no-plots", action="store_true", help="tables only")
+    tb.set_defaults(func=cmd_table)
+
+    me = sub.add_parser("methods", help="list registered methods and their switches",
+                        description="List the method presets and what each switches on.")
+    me.add_argument("--json", action="store_true", help="machine-readable output")
+    me.set_defaults(func=cmd_methods)
+
+    da = sub.add_parser("data", help="dataset tools: check, split, synth", description="Dataset tools.")
+    dsub = da.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    ck = dsub.add_parser("check", help="validate a dataset tree and print its counts",
+                         description="Validate a dataset folder; exit 0 when usable, 2 otherwise.")
+    ck.add_argument("--dataset", required=True, choices=["sysu", "regdb", "llcm"], help="layout of ROOT")
+    ck.add_argument("root", help="dataset root folder")
+    ck.set_defaults(func=cmd_data_check)
+    sp = dsub.add_parser("split", help="print the exact query/gallery lists of one evaluation trial",
+                         description="Print the query and gallery images (path, id, camera) that one evaluation "
+                         "trial uses.")
+    sp.add_argument("--dataset", required=True, choices=["sysu", "regdb", "llcm"], help="layout of ROOT")
+    sp.add_argument("root", help="dataset root folder")
+    sp.add_argument("--mode", default="all", choices=["all", "indoor"], help="SYSU search mode (default all)")
+    sp.add_argument("--shots", type=int, default=1, choices=[1, 10], help="gallery images per id and camera")
+    sp.add_argument("--trial", type=int, default=0, help="gallery trial (SYSU/LLCM 0..9, RegDB split 1..10)")
+    sp.add_argument("--direction", help="RegDB v2t|t2v, LLCM ir2vis|vis2ir")
+    sp.add_argument("--json", action="store_true", help="JSON output")
+    sp.set_defaults(func=cmd_data_split)
+    sy = dsub.add_parser("synth", help="write a synthetic dataset in a real layout",
+                         description="Write a procedurally generated VI-ReID dataset in the SYSU-MM01, RegDB or "
+                         "LLCM layout.")
+    sy.add_argument("--layout", required=True, choices=["sysu", "regdb", "llcm"], help="layout to write")
+    sy.add_argument("out", help="new output folder")
+    sy.add_argument("--identities", type=int, default=60, help="number of identities (default 60)")
+    sy.add_argument("--images-per-camera", type=int, default=4, help="images per identity per camera (default 4)")
+    sy.add_argument("--height", type=int, default=128, help="image height (default 128)")
+    sy.add_argument("--width", type=int, default=64, help="image width (default 64)")
+    sy.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    sy.set_defaults(func=cmd_data_synth)
+
+    be = sub.add_parser("bench", help="profile one training step with a per-phase breakdown",
+                        description="Time training steps of a method with synchronised per-phase timers.")
+    be.add_argument("--method", default="mclnet", help="method name (default mclnet)")
+    be.add_argument("--backbone", default="resnet50", help="timm model name (default resnet50)")
+    be.add_argument("--size", default="288x144", help="input HxW (default 288x144)")
+    be.add_argument("--batch", type=int, default=64, help="batch size = 2*P*K (default 64)")
+    be.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    be.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    be.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    be.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
+    be.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    be.add_argument("--compile", action="store_true", help="torch.compile the network")
+    _add_set(be)
+    be.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"vireid: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("vireid: interrupted; finished trials are stored, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""What every backend shares: running one trial into the store, and the sweep entry point."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.config import TrialConfig
+from harness.errors import HarnessError
+from harness.results import ResultStore
+from harness.sweep import SweepSpec
+from harness.trial import TrialResult, config_key, run_trial
+
+FINISHED = ("ok", "failed")
+
+
+def sweep_folder(spec: SweepSpec, results_dir: str | Path = "results") -> Path:
+    return Path(results_dir) / spec.name
+
+
+def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: str, trial_id: str,
+                  on_epoch: Callable | None = None, on_iter: Callable[[int, int], None] | None = None,
+                  extra: dict[str, Any] | None = None) -> TrialResult:
+    """Run one trial and store its records atomically; any exception becomes a failed record.
+
+    A HarnessError (bad input: missing dataset, unknown backbone) is not a trial failure: it
+    propagates so the user sees it. KeyboardInterrupt propagates too, leaving the checkpoint
+    for the resumed run.
+    """
+    info = {"sweep": sweep, "backend": backend, "trial_id": trial_id, **(extra or {})}
+    started = time.time()
+    try:
+        result = run_trial(cfg, workdir=store.folder / "checkpoints", on_epoch=on_epoch, on_iter=on_iter,
+                           extra=info)
+    except (HarnessError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a crashing trial must not end the sweep
+        if type(exc).__name__ in ("TrialPruned", "Stop"):
+            raise
+        reason = f"{type(exc).__name__}: {exc}"
+        record = {"trial_key": config_key(cfg), "method": cfg.method, "backbone": cfg.model.backbone,
+                  "dataset": cfg.data.dataset, "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+                  "status": "failed", "failure": reason, "traceback": traceback.format_exc(limit=8),
+                  "wall_seconds": time.time() - started, **info}
+        result = TrialResult(key=record["trial_key"], status="failed", failure=reason, records=[record],
+                             checkpoint=store.folder / "checkpoints" / f"{record['trial_key']}.ckpt")
+    store.put_trial(result.key, result.records)
+    if result.checkpoint is not None and result.checkpoint.exists():
+        result.checkpoint.unlink()
+    return result
+
+
+def run_sweep(spec: SweepSpec, *, backend: str | None = None, overrides: dict[str, Any] | None = None,
+              results_dir: str | Path = "results", workers: int | None = None, retry_failed: bool = False,
+              quiet: bool = False, address: str | None = None) -> Path:
+    backend = backend or spec.backend
+    folder = sweep_folder(spec, results_dir)
+    if backend == "local":
+        from harness.runner.local import run_local
+
+        run_local(spec, folder, overrides=overrides, retry_failed=retry_failed, quiet=quiet)
+    elif backend == "optuna":
+        from harness.runner.optuna_backend import run_optuna
+
+        run_optuna(spec, folder, overrides=overrides, workers=workers, quiet=quiet)
+    elif backend == "ray":
+        from harness.runner.ray_backend import run_ray
+
+        run_ray(spec, folder, overrides=overrides, quiet=quiet, address=address)
+    else:
+        raise HarnessError(f"--backend: {backend!r} is not one of local, optuna, ray")
+    return folder

@@ -1,0 +1,156 @@
+"""Sweep specs: a YAML file -> a validated list of trial configs (grid) and/or a search space."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
+from harness.errors import HarnessError
+
+SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "results_dir")
+BACKENDS = ("local", "optuna", "ray")
+SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
+SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "epochs_per_report",
+               "objectives")
+TABLE_KEYS = ("group_by", "baseline", "protocol", "protocols", "published")
+
+
+@dataclass
+class SearchSpace:
+    space: dict[str, dict[str, Any]]
+    n_trials: int = 10
+    objective: str = "val_mAP"
+    direction: str = "maximize"
+    objectives: list[str] = field(default_factory=list)
+    sampler: str = "tpe"
+    pruner: str = "median"
+    workers: int = 1
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    backend: str = "local"
+    search: SearchSpace | None = None
+    table: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: str = "<spec>"
+
+    def trials(self, overrides: dict[str, Any] | None = None) -> list[TrialConfig]:
+        """Every grid point as a validated config (command-line overrides applied last)."""
+        keys = list(self.grid)
+        configs = []
+        for values in itertools.product(*(self.grid[k] for k in keys)) if keys else [()]:
+            tree = TrialConfig.from_dict(self.base, where=f"{self.source}: base").to_dict()
+            for k, v in zip(keys, values):
+                set_dotted(tree, k, v, where=f"{self.source}: grid")
+            for k, v in (overrides or {}).items():
+                set_dotted(tree, k, v, where="--set")
+            configs.append(TrialConfig.from_dict(tree, where=f"{self.source}: grid point {dict(zip(keys, values))}"))
+        return configs
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def _check_keys(where: str, data: dict[str, Any], accepted: tuple[str, ...]) -> None:
+    for k in data:
+        if k not in accepted:
+            raise HarnessError(f"{where}: unknown key {k!r}; accepted keys: {', '.join(accepted)}")
+
+
+def _parse_space(src: str, space: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(space, dict) or not space:
+        raise HarnessError(f"{src}: search.space must map config keys to distributions")
+    paths = set(field_paths()) | {"method", "seed"}
+    out = {}
+    for key, dist in space.items():
+        where = f"{src}: search.space.{key}"
+        if key not in paths:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(paths), n=3)
+            raise HarnessError(f"{where}: unknown config key" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        if not isinstance(dist, dict) or "type" not in dist:
+            raise HarnessError(f"{where}: expected a mapping with 'type' (one of {', '.join(SPACE_TYPES)})")
+        kind = dist["type"]
+        if kind not in SPACE_TYPES:
+            raise HarnessError(f"{where}.type: {kind!r} is not one of {', '.join(SPACE_TYPES)}")
+        if kind == "categorical":
+            if not isinstance(dist.get("choices"), list) or not dist["choices"]:
+                raise HarnessError(f"{where}: categorical needs a non-empty list 'choices'")
+        else:
+            for b in ("low", "high"):
+                if not isinstance(dist.get(b), (int, float)) or isinstance(dist.get(b), bool):
+                    raise HarnessError(f"{where}: {kind} needs numeric 'low' and 'high'")
+            if not dist["low"] < dist["high"]:
+                raise HarnessError(f"{where}: low ({dist['low']}) must be below high ({dist['high']})")
+            if kind == "loguniform" and dist["low"] <= 0:
+                raise HarnessError(f"{where}: loguniform needs low > 0, got {dist['low']}")
+            if kind == "int" and not (float(dist["low"]).is_integer() and float(dist["high"]).is_integer()):
+                raise HarnessError(f"{where}: int needs integer bounds")
+        extra = set(dist) - {"type", "low", "high", "choices", "step", "log"}
+        if extra:
+            raise HarnessError(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
+        out[key] = dict(dist)
+    return out
+
+
+def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
+    if not isinstance(data, dict):
+        raise HarnessError(f"{source}: a sweep spec is a YAML mapping with keys {', '.join(SPEC_KEYS)}")
+    _check_keys(source, data, SPEC_KEYS)
+    name = data.get("name") or Path(source).stem
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise HarnessError(f"{source}: name {name!r} must be letters, digits, '.', '_', '+' or '-'")
+    backend = data.get("backend", "local")
+    if backend not in BACKENDS:
+        raise HarnessError(f"{source}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        raise HarnessError(f"{source}: base must be a mapping of config keys")
+    TrialConfig.from_dict(base, where=f"{source}: base")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise HarnessError(f"{source}: grid must map dotted config keys to lists of values")
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise HarnessError(f"{source}: grid.{k} must be a non-empty list of values, got {v!r}")
+    search = None
+    if data.get("search") is not None:
+        s = data["search"]
+        if not isinstance(s, dict):
+            raise HarnessError(f"{source}: search must be a mapping")
+        _check_keys(f"{source}: search", s, SEARCH_KEYS)
+        search = SearchSpace(space=_parse_space(source, s.get("space")),
+                             **{k: s[k] for k in SEARCH_KEYS if k in s and k != "space" and k != "epochs_per_report"})
+        if search.direction not in ("maximize", "minimize"):
+            raise HarnessError(f"{source}: search.direction must be maximize or minimize")
+        if not isinstance(search.n_trials, int) or search.n_trials < 1:
+            raise HarnessError(f"{source}: search.n_trials must be a positive integer")
+    table = data.get("table") or {}
+    if not isinstance(table, dict):
+        raise HarnessError(f"{source}: table must be a mapping")
+    _check_keys(f"{source}: table", table, TABLE_KEYS)
+    spec = SweepSpec(name=name, base=base, grid=grid, backend=backend, search=search, table=table,
+                     description=str(data.get("description", "")), source=source)
+    spec.trials()  # validate every grid point before anything runs
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    return parse_spec(load_yaml(path), source=str(path))
+
+
+def nan_guard(value: float) -> float:
+    """Optuna marks NaN FAIL but inf COMPLETE: treat both as failures."""
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"objective is not finite: {value}")
+    return value

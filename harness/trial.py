@@ -1,0 +1,196 @@
+"""One trial: config -> trained final model -> one record per evaluation protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from harness.config import TrialConfig
+from harness.data.augment import normalize
+from harness.data.images import load_images
+from harness.data.registry import cache_root, load_dataset
+from harness.data.splits import DatasetBundle, EvalProtocol
+from harness.evaluation import evaluate_trials
+from harness.training import Trainer, TrialFailure, autocast_context, resolve_device, seed_everything
+
+RANKS = (1, 5, 10, 20)
+
+
+def config_key(cfg: TrialConfig) -> str:
+    """Stable id of a trial's full configuration (identical configs share results and checkpoints)."""
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def library_versions() -> dict[str, str]:
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@torch.inference_mode()
+def extract_features(method: torch.nn.Module, images: torch.Tensor, modalities: np.ndarray, *,
+                     device: torch.device, batch_size: int, amp: str, channels_last: bool) -> tuple[torch.Tensor, float]:
+    """Test features of uint8 images, in batches; returns (features float32, images/s)."""
+    method.eval()
+    mods = torch.as_tensor(modalities, dtype=torch.long)
+    out = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, amp):
+            f = method.test_features(x, mods[start:start + batch_size].to(device))
+        out.append(f.float())
+    feats = torch.cat(out) if out else torch.empty(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return feats, len(images) / max(time.perf_counter() - t0, 1e-9)
+
+
+def summarise(result: dict[str, Any]) -> dict[str, float]:
+    """Flat metric columns (percent) from evaluate_trials' output."""
+    cmc_mean, cmc_std = np.asarray(result["cmc_mean"]), np.asarray(result["cmc_std"])
+    row: dict[str, float] = {}
+    for r in RANKS:
+        if r <= len(cmc_mean):
+            row[f"rank{r}"] = 100 * float(cmc_mean[r - 1])
+            row[f"rank{r}_std"] = 100 * float(cmc_std[r - 1])
+    for m in ("mAP", "mINP"):
+        row[m] = 100 * float(result[f"{m}_mean"])
+        row[f"{m}_std"] = 100 * float(result[f"{m}_std"])
+    return row
+
+
+def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtocol], cfg: TrialConfig,
+                       device: torch.device, image_cache: Path | None) -> tuple[dict[str, dict[str, Any]], float]:
+    """Extract each distinct image once (queries shared by protocols), then score every protocol."""
+    paths: dict[str, int] = {}
+    mods: list[int] = []
+    for p in protocols.values():
+        for split in (p.query, p.gallery):
+            for path, m in zip(split.paths, split.modalities.tolist()):
+                if path not in paths:
+                    paths[path] = len(paths)
+                    mods.append(m)
+    images = load_images(list(paths), cfg.data.height, cfg.data.width, cache_dir=image_cache)
+    feats, speed = extract_features(method, images, np.asarray(mods), device=device,
+                                    batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp,
+                                    channels_last=cfg.train.channels_last)
+    results = {}
+    for name, p in protocols.items():
+        qi = torch.as_tensor([paths[x] for x in p.query.paths])
+        gi = torch.as_tensor([paths[x] for x in p.gallery.paths])
+        # rank_metrics' sysu rule uses SYSU camera numbers (1-based); splits store 0-based cameras.
+        res = evaluate_trials(feats[qi], feats[gi], p.query.pids, p.gallery.pids, p.query.cams + 1,
+                              p.gallery.cams + 1, p.trial_masks, protocol=p.metric_protocol)
+        results[name] = res
+    return results, speed
+
+
+@dataclass
+class TrialResult:
+    key: str
+    status: str  # "ok" | "failed"
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failure: str | None = None
+    checkpoint: Path | None = None
+    """The trial's last checkpoint; the runner deletes it once the records are stored."""
+
+
+def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
+              on_epoch: Callable[[int, dict[str, float], Callable[[], dict[str, float]]], None] | None = None,
+              on_iter: Callable[[int, int], None] | None = None, extra: dict[str, Any] | None = None) -> TrialResult:
+    """Train `cfg` to its final epoch and evaluate that model on every test protocol.
+
+    `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
+    held-out training identities only) and may raise to stop the trial. A checkpoint in
+    `workdir` is resumed from.
+    """
+    from methods import create_method
+
+    key = config_key(cfg)
+    started = time.time()
+    seed_everything(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    bundle: DatasetBundle = load_dataset(cfg.data, seed=cfg.seed)
+    image_cache = cache_root(cfg.data) / "images"
+    train_images = load_images(list(bundle.train.paths), cfg.data.height, cfg.data.width, cache_dir=image_cache)
+    method = create_method(cfg, bundle.num_classes, bundle.num_cameras).to(device)
+    n_params = sum(p.numel() for p in method.parameters())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def validate() -> dict[str, float]:
+        if bundle.validation is None:
+            raise TrialFailure("validation requested but data.val_identities is 0")
+        res, _ = evaluate_protocols(method, {"val": bundle.validation}, cfg, device, image_cache)
+        method.train()
+        return summarise(res["val"])
+
+    ckpt = workdir / f"{key}.ckpt" if workdir else None
+    if ckpt:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(method, cfg.train, bundle.train, train_images, device=device, seed=cfg.seed,
+                      checkpoint_path=ckpt, on_iter=on_iter,
+                      on_epoch=(lambda e, losses: on_epoch(e, losses, validate)) if on_epoch else None)
+    base = {
+        "trial_key": key, "method": cfg.method, "backbone": cfg.model.backbone, "dataset": bundle.name,
+        "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "device": device_name(device), "versions": json.dumps(library_versions()),
+        "num_params": n_params, "num_train_images": len(bundle.train.paths), "num_classes": bundle.num_classes,
+        **(extra or {}),
+    }
+    try:
+        trainer.maybe_resume()
+        stats = trainer.fit()
+        results, infer_speed = evaluate_protocols(method, bundle.protocols, cfg, device, image_cache)
+        val = validate() if bundle.validation is not None else {}
+    except TrialFailure as exc:
+        return TrialResult(key=key, status="failed", failure=str(exc), checkpoint=ckpt, records=[{
+            **base, "status": "failed", "failure": str(exc), "wall_seconds": time.time() - started}])
+    common = {
+        **base, "status": "ok", "failure": None, "epochs": stats.epochs_run,
+        "train_img_per_s": stats.throughput, "infer_img_per_s": infer_speed,
+        "peak_memory_mb": peak_memory_mb(device), "wall_seconds": time.time() - started,
+        "final_losses": json.dumps(stats.last_losses),
+        **{f"val_{k}": v for k, v in val.items()},
+    }
+    records = []
+    for name, res in results.items():
+        p = bundle.protocols[name]
+        records.append({
+            **common, "protocol": name, "metric_protocol": p.metric_protocol,
+            "gallery_trials": int(p.trial_masks.shape[0]), **summarise(res),
+            "cmc": json.dumps([float(x) for x in np.asarray(res["cmc_mean"])]),
+            "per_trial": json.dumps([{"rank1": float(t["cmc"][0]), "mAP": float(t["mAP"]), "mINP": float(t["mINP"])}
+                                     for t in res["trials"]]),
+        })
+    return TrialResult(key=key, status="ok", records=records, checkpoint=ckpt)

@@ -1,0 +1,130 @@
+"""MCLNet (Hao et al., ICCV 2021) and its ablations as one switchable method family.
+
+Switches: `mcm` (modality confusion), `center` ("none" | "center" | "ica"), `cca` (camera-aware
+marginal center aggregation). The AGW baseline is every switch off. Named presets are points of
+this space; any combination can also be written as `agw+mcm+ica+cca` etc.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config import TrialConfig
+from harness.errors import HarnessError
+from methods.agw import ReIDNet
+from methods.losses import center_loss, marginal_center_loss, wrt_loss
+from methods.mcm import ModalityConfusion
+from methods.registry import register_composer, register_method
+
+CENTER_TERMS = ("none", "center", "ica")
+
+
+class MCLNet(nn.Module):
+    def __init__(self, cfg: TrialConfig, *, num_classes: int, num_cameras: int, mcm: bool = True,
+                 center: str = "ica", cca: bool = True) -> None:
+        super().__init__()
+        if center not in CENTER_TERMS:
+            raise HarnessError(f"method switch center={center!r}: expected one of {', '.join(CENTER_TERMS)}")
+        self.cfg = cfg
+        self.use_mcm, self.center_term, self.use_cca = mcm, center, cca
+        m = cfg.model
+        self.net = ReIDNet(m.backbone, num_classes, pretrained_file=m.pretrained_file, non_local=m.non_local,
+                           non_local_ratio=m.non_local_ratio, gem_p=m.gem_p, last_stride_one=m.last_stride_one)
+        dim = self.net.feature_dim
+        authors = cfg.loss.variant == "authors-code"
+        if mcm:
+            c = cfg.mcm
+            self.mcm = ModalityConfusion(dim, hidden=c.hidden, batchnorm_out=c.batchnorm_out, lr=c.lr,
+                                         momentum=c.momentum, weight_decay=c.weight_decay)
+        if center != "none":
+            # Center loss always learns its centers; the public code's ICA centers stay at their random init.
+            learn = center == "center" or not authors
+            self.id_centers = nn.Parameter(torch.randn(num_classes, dim), requires_grad=learn)
+        if cca:
+            self.cam_centers = nn.Parameter(torch.randn(num_cameras, dim), requires_grad=not authors)
+
+    def forward(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(images, modality)
+
+    def test_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        return self.net(images, modality)[self.cfg.model.test_feature]
+
+    def training_losses(self, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor,
+                        cams: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one batch; the MCM discriminator is updated here, before L_e."""
+        L = self.cfg.loss
+        out = self.net(images, modality)
+        pool, bn = out["pool"].float(), out["bn"].float()
+        losses = {
+            "ce": L.ce_weight * F.cross_entropy(out["logits"].float(), pids, label_smoothing=L.label_smoothing),
+            "wrt": L.wrt_weight * wrt_loss(pool, pids),
+        }
+        if self.use_mcm:
+            self.mcm.discriminator_step(pool, modality)
+            losses["mcm"] = L.mcm_weight * self.mcm.confusion_loss(pool)
+        if self.center_term == "center":
+            losses["center"] = L.center_weight * center_loss(bn, pids, self.id_centers)
+        elif self.center_term == "ica":
+            losses["ica"] = L.ica.weight * marginal_center_loss(
+                bn, pids, self.id_centers, sigma=L.ica.sigma, rho=L.ica.rho, variant=L.variant,
+                **({"nearest_weighting": "per-class-8"} if L.variant == "authors-code" else {}))
+        if self.use_cca:
+            losses["cca"] = L.cca.weight * marginal_center_loss(
+                bn, cams, self.cam_centers, sigma=L.cca.sigma, rho=L.cca.rho, variant=L.variant,
+                **({"nearest_weighting": "per-sample"} if L.variant == "authors-code" else {}))
+        return losses
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """SGD groups: backbone at train.lr, BNNeck/classifier and centers at their own rates."""
+        t = self.cfg.train
+        groups = self.net.param_groups()
+        out = [{"params": groups["backbone"], "lr": t.lr, "name": "backbone"},
+               {"params": groups["head"], "lr": t.head_lr, "name": "head"}]
+        centers = [p for n, p in self.named_parameters(recurse=False) if p.requires_grad]
+        if centers:
+            out.append({"params": centers, "lr": t.center_lr, "name": "centers", "weight_decay": 0.0})
+        return out
+
+    def auxiliary_state(self) -> dict[str, Any]:
+        """State outside the main optimiser (the MCM optimiser) for checkpoints."""
+        return {"mcm": self.mcm.state_dict()} if self.use_mcm else {}
+
+
+def build_mclnet(cfg: TrialConfig, *, num_classes: int, num_cameras: int, **switches: Any) -> MCLNet:
+    return MCLNet(cfg, num_classes=num_classes, num_cameras=num_cameras, **switches)
+
+
+def parse_agw_tokens(tokens: list[str]) -> dict[str, Any]:
+    switches: dict[str, Any] = {"mcm": False, "center": "none", "cca": False}
+    for tok in tokens:
+        if tok == "mcm":
+            switches["mcm"] = True
+        elif tok == "cca":
+            switches["cca"] = True
+        elif tok in ("center", "ica"):
+            if switches["center"] != "none":
+                raise HarnessError(f"method: 'center' and 'ica' are alternatives; got both in agw+{'+'.join(tokens)}")
+            switches["center"] = tok
+        else:
+            raise HarnessError(f"method: unknown switch {tok!r} in agw+{'+'.join(tokens)}; "
+                               "accepted switches: mcm, center, ica, cca")
+    return switches
+
+
+_PRESETS = [
+    ("agw", "AGW baseline: two-stream, non-local, GeM, BNNeck; CE + WRT", dict(mcm=False, center="none", cca=False)),
+    ("agw+mcm", "AGW + modality confusion module", dict(mcm=True, center="none", cca=False)),
+    ("agw+mcm+center", "AGW + MCM + center loss (ablation: center loss instead of ICA)",
+     dict(mcm=True, center="center", cca=False)),
+    ("agw+mcm+ica", "AGW + MCM + identity-aware marginal center aggregation",
+     dict(mcm=True, center="ica", cca=False)),
+    ("mclnet", "MCLNet: AGW + MCM + ICA + CCA (full method)", dict(mcm=True, center="ica", cca=True)),
+    ("mclnet-no-mcm", "MCLNet without MCM: AGW + ICA + CCA", dict(mcm=False, center="ica", cca=True)),
+]
+for _name, _desc, _switches in _PRESETS:
+    register_method(_name, builder=build_mclnet, description=_desc, **_switches)
+register_composer("agw", parse=parse_agw_tokens, builder=build_mclnet, tokens_help="mcm|center|ica|cca joined by +")
