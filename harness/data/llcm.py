@@ -1,0 +1,172 @@
+"""LLCM: index-file training split and the two folder-based test directions.
+
+Layout: ``idx/train_vis.txt`` / ``idx/train_nir.txt`` (``<relative path> <label>`` lines),
+``idx/test_id.txt`` (comma-separated ids), ``test_vis/camK/<id>/*`` and ``test_nir/camK/<id>/*``.
+The nine cameras capture both modalities, so camera labels (K-1) are shared across modalities.
+
+Training images' camera: the ``_cNN_`` part of the file name (``0001_c01_s185535_f7010_vis.jpg``
+-> camera 1) when present, otherwise a ``camK`` component of the path relative to the root;
+an image with neither is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.data.regdb import read_labelled_list
+from harness.data.splits import (
+    MODALITY_INFRARED,
+    MODALITY_VISIBLE,
+    DataProblem,
+    DatasetBundle,
+    EvalProtocol,
+    ImageSplit,
+    report_problem,
+    sampled_gallery_protocol,
+)
+from harness.data.sysu import (
+    CameraTree,
+    absolute_root,
+    camera_pool,
+    check_positive_int,
+    read_id_list,
+    scan_camera_tree,
+)
+from harness.errors import HarnessError
+
+LLCM_CAMERAS = tuple(range(1, 10))
+LLCM_FOLDERS = {"vis": ("test_vis", MODALITY_VISIBLE), "nir": ("test_nir", MODALITY_INFRARED)}
+LLCM_DIRECTIONS = {"ir2vis": ("nir", "vis"), "vis2ir": ("vis", "nir")}
+
+_FILE_NAME_CAMERA = re.compile(r"_c(\d+)_")
+_CAMERA_COMPONENT = re.compile(r"cam(\d+)")
+
+
+def training_camera(image: str, root: Path) -> int | None:
+    """1-based camera of a training image, or None when neither the name nor the path says."""
+    match = _FILE_NAME_CAMERA.search(os.path.basename(image))
+    if match:
+        return int(match.group(1))
+    relative = os.path.relpath(image, root)
+    for component in reversed(Path(relative).parts[:-1]):
+        match = _CAMERA_COMPONENT.fullmatch(component)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+@dataclass
+class LlcmLayout:
+    root: Path
+    train: dict[str, list[tuple[str, int, int]]]  # "vis"/"nir" -> (path, label, 1-based camera)
+    test_ids: list[int]
+    trees: dict[str, CameraTree]  # "vis"/"nir"
+
+
+def scan_llcm(root: str | os.PathLike[str], problems: list[DataProblem] | None = None) -> LlcmLayout | None:
+    """Read the index files and index the test folders; None when the root itself is missing."""
+    base = absolute_root(root)
+    if not base.is_dir():
+        report_problem(problems, base, "LLCM root folder does not exist")
+        return None
+    train: dict[str, list[tuple[str, int, int]]] = {}
+    for modality in LLCM_FOLDERS:
+        index = base / "idx" / f"train_{modality}.txt"
+        entries = []
+        for path, label in read_labelled_list(index, base, problems):
+            cam = training_camera(path, base)
+            if cam is None:
+                report_problem(
+                    problems,
+                    path,
+                    "cannot tell the camera: expected '_cNN_' in the file name or a camK folder",
+                )
+                continue
+            if cam not in LLCM_CAMERAS:
+                report_problem(problems, path, f"camera {cam} is out of range 1..{len(LLCM_CAMERAS)}")
+                continue
+            entries.append((path, label, cam))
+        train[modality] = entries
+    test_ids = read_id_list(base / "idx" / "test_id.txt", problems)
+    trees = {}
+    for modality, (folder, _) in LLCM_FOLDERS.items():
+        if (base / folder).is_dir():
+            trees[modality] = scan_camera_tree(base / folder, LLCM_CAMERAS, problems)
+        else:
+            report_problem(problems, base / folder, "test folder is missing (expected camK/<id>/ images)")
+            trees[modality] = CameraTree(base / folder)
+    present = trees["vis"].identities() | trees["nir"].identities()
+    for pid in test_ids:
+        if pid not in present:
+            report_problem(
+                problems,
+                base / "idx" / "test_id.txt",
+                f"identity {pid} is listed but has no image in test_vis or test_nir",
+            )
+    return LlcmLayout(base, train, test_ids, trees)
+
+
+def llcm_train_split(layout: LlcmLayout) -> tuple[ImageSplit, int]:
+    """Visible then near-infrared training images; labels relabelled 0..K-1 over their union."""
+    all_labels = sorted({label for entries in layout.train.values() for _, label, _ in entries})
+    labels = {label: i for i, label in enumerate(all_labels)}
+    records = [
+        (path, labels[label], cam - 1, LLCM_FOLDERS[modality][1])
+        for modality in LLCM_FOLDERS
+        for path, label, cam in layout.train[modality]
+    ]
+    return ImageSplit.from_records(records), len(labels)
+
+
+def llcm_protocol(layout: LlcmLayout, direction: str, trials: int) -> EvalProtocol:
+    """Query: every test image of the query modality. Gallery of trial t: with `random.Random(t)`,
+    walk test ids ascending and cameras cam1..cam9 of the gallery modality, taking
+    `rng.choice(sorted(files))` per existing folder (a missing folder consumes no draw, so
+    walking cam1..cam9 equals walking only the cameras that modality has)."""
+    if direction not in LLCM_DIRECTIONS:
+        raise HarnessError(f"LLCM direction {direction!r}: expected one of {', '.join(LLCM_DIRECTIONS)}")
+    query_modality, gallery_modality = LLCM_DIRECTIONS[direction]
+    query, _ = camera_pool(
+        layout.trees[query_modality],
+        layout.test_ids,
+        LLCM_CAMERAS,
+        dict.fromkeys(LLCM_CAMERAS, LLCM_FOLDERS[query_modality][1]),
+    )
+    pool, candidates = camera_pool(
+        layout.trees[gallery_modality],
+        layout.test_ids,
+        LLCM_CAMERAS,
+        dict.fromkeys(LLCM_CAMERAS, LLCM_FOLDERS[gallery_modality][1]),
+    )
+    return sampled_gallery_protocol(
+        name=direction,
+        metric_protocol="llcm",
+        query=query,
+        pool=pool,
+        candidates=candidates,
+        ids=layout.test_ids,
+        cams=LLCM_CAMERAS,
+        trials=trials,
+        shots=1,
+        rng_for_trial=random.Random,
+    )
+
+
+def load_llcm(root: str | os.PathLike[str], *, trials: int = 10) -> DatasetBundle:
+    """LLCM: training split from the index files, protocols "ir2vis" and "vis2ir"."""
+    trials = check_positive_int(trials, "LLCM trials")
+    layout = scan_llcm(root)
+    assert layout is not None  # a missing root raised already
+    train, num_classes = llcm_train_split(layout)
+    return DatasetBundle(
+        name="llcm",
+        train=train,
+        num_classes=num_classes,
+        num_cameras=len(LLCM_CAMERAS),
+        protocols={d: llcm_protocol(layout, d, trials) for d in LLCM_DIRECTIONS},
+        validation=None,
+    )
