@@ -212,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "trial uses.")
     sp.add_argument("--dataset", required=True, choices=["sysu", "regdb", "llcm"], help="layout of ROOT")
     sp.add_argument("root", help="dataset root folder")
-    sp.add_argument("--mode", default="all", choices=["all", "indoor"], help="SYSU search mode (default all)")
-    sp.add_argument("--shots", type=int, default=1, choices=[1, 10], help="gallery images per id and camera")
-    sp.add_argument("--trial", type=int, default=0, help="gallery trial (SYSU/LLCM 0..9, RegDB split 1..10)")
+    sp.add_argument("--mode", choices=["all", "indoor"], help="SYSU search mode (SYSU only; default all)")
+    sp.add_argument("--shots", type=int, choices=[1, 10],
+                    help="SYSU gallery images per id and camera: 1 single-shot, 10 multi-shot (default 1)")
+    sp.add_argument("--trial", type=int,
+                    help="gallery draw 0..9 for SYSU/LLCM (default 0); split 1..10 for RegDB (default 1)")
     sp.add_argument("--direction", help="RegDB v2t|t2v, LLCM ir2vis|vis2ir")
     sp.add_argument("--json", action="store_true", help="JSON output")
     sp.set_defaults(func=cmd_data_split)

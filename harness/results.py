@@ -169,8 +169,8 @@ def table_frame(agg: pd.DataFrame, *, key_columns: Sequence[str] = ("method",),
     cols["seeds"] = [str(n) + (f" ({f} failed)" if f else "") for n, f in zip(agg["n"], agg["failed"])]
     for m in metrics:
         cells = []
-        for mean, std in zip(agg[m], agg[f"{m}_std"]):
-            text = _cell(mean, std)
+        for mean, std, n in zip(agg[m], agg[f"{m}_std"], agg["n"]):
+            text = _cell(mean, std if n > 1 else math.nan)
             if mark_best and m in best and not math.isnan(mean) and mean == best[m]:
                 text = mark_best.format(text)
             cells.append(text)
@@ -180,7 +180,8 @@ def table_frame(agg: pd.DataFrame, *, key_columns: Sequence[str] = ("method",),
                 "-" if math.isnan(d) else f"{d:+.2f}" for d in agg[f"delta_{m}"]]
     for m in ("train_img_per_s", "infer_img_per_s"):
         if m in agg:
-            cols[METRIC_LABELS[m]] = [_cell(a, b, 1) for a, b in zip(agg[m], agg[f"{m}_std"])]
+            cols[METRIC_LABELS[m]] = [_cell(a, b if n > 1 else math.nan, 1)
+                                      for a, b, n in zip(agg[m], agg[f"{m}_std"], agg["n"])]
     if published is not None:
         rows = agg[key_columns[0]].astype(str).tolist()
         for m in ("rank1", "rank10", "mAP", "mINP"):
