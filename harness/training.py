@@ -122,7 +122,6 @@ class Trainer:
         return {
             "epoch": epoch,
             "method": self.method.state_dict(),
-            "auxiliary": self.method.auxiliary_state() if hasattr(self.method, "auxiliary_state") else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -137,8 +136,6 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
-        if state.get("auxiliary") and hasattr(self.method, "load_auxiliary_state"):
-            self.method.load_auxiliary_state(state["auxiliary"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -89,10 +89,6 @@ class MCLNet(nn.Module):
             out.append({"params": centers, "lr": t.center_lr, "name": "centers", "weight_decay": 0.0})
         return out
 
-    def auxiliary_state(self) -> dict[str, Any]:
-        """State outside the main optimiser (the MCM optimiser) for checkpoints."""
-        return {"mcm": self.mcm.state_dict()} if self.use_mcm else {}
-
 
 def build_mclnet(cfg: TrialConfig, *, num_classes: int, num_cameras: int, **switches: Any) -> MCLNet:
     return MCLNet(cfg, num_classes=num_classes, num_cameras=num_cameras, **switches)

@@ -1,0 +1,157 @@
+"""The AGW re-ID network: two-stream timm backbone, non-local blocks, GeM pooling, BNNeck."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+from methods.backbones import TwoStreamBackbone
+
+
+class NonLocalBlock(nn.Module):
+    """Embedded-dot-product non-local block without softmax (attention scaled by 1/(H*W)).
+
+    y = x + W(z), z_i = (1/N) sum_j (theta(x_i) . phi(x_j)) g(x_j); W is a 1x1 conv followed by
+    a BatchNorm whose weight and bias start at zero, so the block starts as the identity.
+    """
+
+    def __init__(self, in_channels: int, inner_channels: int) -> None:
+        super().__init__()
+        if in_channels < 1 or inner_channels < 1:
+            raise HarnessError(
+                f"NonLocalBlock needs positive channel counts; got in_channels={in_channels}, inner_channels={inner_channels}"
+            )
+        self.in_channels = in_channels
+        self.inner_channels = inner_channels
+        self.theta = nn.Conv2d(in_channels, inner_channels, kernel_size=1)
+        self.phi = nn.Conv2d(in_channels, inner_channels, kernel_size=1)
+        self.g = nn.Conv2d(in_channels, inner_channels, kernel_size=1)
+        self.W = nn.Sequential(nn.Conv2d(inner_channels, in_channels, kernel_size=1), nn.BatchNorm2d(in_channels))
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        positions = height * width
+        theta = self.theta(x).flatten(2)  # (B, C', N)
+        phi = self.phi(x).flatten(2)
+        g = self.g(x).flatten(2)
+        # without softmax the product is associative: take the cheaper order
+        if positions <= self.inner_channels:
+            affinity = torch.bmm(theta.transpose(1, 2), phi) / positions  # (B, N, N)
+            z = torch.bmm(g, affinity.transpose(1, 2))  # (B, C', N)
+        else:
+            context = torch.bmm(g, phi.transpose(1, 2)) / positions  # (B, C', C')
+            z = torch.bmm(context, theta)  # (B, C', N)
+        z = z.reshape(batch, self.inner_channels, height, width)
+        return x + self.W(z)
+
+
+def insert_non_local(
+    backbone: TwoStreamBackbone,
+    ratio: float = 0.5,
+    layer2_blocks: int = 2,
+    layer3_blocks: int = 3,
+) -> list[str]:
+    """Place non-local blocks after the last blocks of ResNet layer2 / layer3 (AGW positions).
+
+    Each chosen block becomes ``nn.Sequential(block, NonLocalBlock)``. A stage with fewer
+    blocks than requested (ResNet-18 layer2/layer3, test models) gets one after each of its
+    blocks. Returns the positions, e.g. ``["layer2.2", "layer2.3", ...]``.
+    """
+    if not 0 < ratio <= 1:
+        raise HarnessError(f"non_local_ratio must be in (0, 1]; got {ratio}")
+    if layer2_blocks < 0 or layer3_blocks < 0:
+        raise HarnessError(f"non-local block counts must be >= 0; got layer2={layer2_blocks}, layer3={layer3_blocks}")
+    stages = backbone.blocks_for_nonlocal()
+    positions: list[str] = []
+    for stage_name, wanted in (("layer2", layer2_blocks), ("layer3", layer3_blocks)):
+        stage = stages[stage_name]
+        channels = backbone.stage_channels(stage_name)
+        inner = max(1, int(channels * ratio))
+        for index in range(max(0, len(stage) - wanted), len(stage)):
+            stage[index] = nn.Sequential(stage[index], NonLocalBlock(channels, inner))
+            positions.append(f"{stage_name}.{index}")
+    return positions
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling over H, W: (mean(clamp(x, eps)^p))^(1/p), computed in float32."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = False) -> None:
+        super().__init__()
+        if p <= 0:
+            raise HarnessError(f"GeM power p must be > 0; got {p}")
+        value = torch.tensor(float(p))
+        if learnable:
+            self.p = nn.Parameter(value)
+        else:
+            self.register_buffer("p", value)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32: x^p overflows half precision under autocast
+        p = self.p.float()
+        return x.float().clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+class BNNeck(nn.Module):
+    """BatchNorm1d with a frozen zero bias, then a bias-free identity classifier on the BN feature."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        if dim < 1 or num_classes < 1:
+            raise HarnessError(f"BNNeck needs dim >= 1 and num_classes >= 1; got dim={dim}, num_classes={num_classes}")
+        self.bn = nn.BatchNorm1d(dim)
+        nn.init.ones_(self.bn.weight)
+        nn.init.zeros_(self.bn.bias)
+        self.bn.bias.requires_grad_(False)
+        self.classifier = nn.Linear(dim, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def forward(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bn_feature = self.bn(feature)
+        return bn_feature, self.classifier(bn_feature)
+
+
+class ReIDNet(nn.Module):
+    """AGW network over any timm backbone; returns pooled, BN feature and identity logits."""
+
+    def __init__(
+        self,
+        backbone_name: str,
+        num_classes: int,
+        *,
+        pretrained_file: str | None = None,
+        non_local: bool = True,
+        non_local_ratio: float = 0.5,
+        gem_p: float = 3.0,
+        last_stride_one: bool = True,
+        **timm_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.backbone = TwoStreamBackbone(
+            backbone_name, pretrained_file=pretrained_file, last_stride_one=last_stride_one, **timm_kwargs
+        )
+        self.non_local_positions: list[str] = (
+            insert_non_local(self.backbone, ratio=non_local_ratio) if non_local else []
+        )
+        self.pool = GeM(p=gem_p)
+        self.feature_dim: int = self.backbone.num_features
+        self.neck = BNNeck(self.feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """pool (B, C): GeM feature (metric losses); bn (B, C): BNNeck feature; logits (B, num_classes)."""
+        pooled = self.pool(self.backbone(x, modality))
+        bn_feature, logits = self.neck(pooled)
+        return {"pool": pooled, "bn": bn_feature, "logits": logits}
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters split for separate learning rates: backbone (+ non-local, GeM) and head (BNNeck + classifier)."""
+        head_ids = {id(p) for p in self.neck.parameters()}
+        backbone = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
+        head = [p for p in self.neck.parameters() if p.requires_grad]
+        return {"backbone": backbone, "head": head}
