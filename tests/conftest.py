@@ -19,3 +19,23 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("VIREID_CACHE", None)
     else:
         os.environ["VIREID_CACHE"] = old
+
+
+# A trial small enough for CPU tests: tiny timm model, small synthetic SYSU-layout data.
+TINY = {
+    "model": {"backbone": "test_resnet", "non_local": False},
+    "data": {"dataset": "synthetic", "height": 64, "width": 32, "modes": ["all"], "gallery_trials": 2,
+             "synthetic": {"num_identities": 16, "images_per_camera": 2, "height": 64, "width": 32}},
+    "train": {"epochs": 2, "iters_per_epoch": 2, "num_identities": 4, "images_per_modality": 2,
+              "warmup_epochs": 1, "milestones": [1], "device": "cpu", "eval_batch_size": 64},
+}
+
+
+@pytest.fixture
+def tiny_config():
+    from harness.config import TrialConfig
+
+    def make(**overrides):
+        return TrialConfig.from_dict(TINY).with_overrides(overrides)
+
+    return make
