@@ -42,7 +42,8 @@ class SweepProgress:
     def trial_started(self, label: str, *, epochs: int) -> None:
         if self.epoch_task is not None:
             self.progress.remove_task(self.epoch_task)
-        self.epoch_task = self.progress.add_task(f"  {label}: epoch", total=epochs)
+        self.epoch_label = f"  {label}: epoch"
+        self.epoch_task = self.progress.add_task(self.epoch_label, total=epochs)
 
     def iteration(self, epoch: int, it: int) -> None:
         pass
@@ -50,9 +51,8 @@ class SweepProgress:
     def epoch(self, epoch: int, losses: dict[str, float]) -> None:
         if self.epoch_task is not None:
             loss = losses.get("total")
-            text = self.progress.tasks[self.epoch_task].description.split(" loss")[0]
-            self.progress.update(self.epoch_task, completed=epoch + 1,
-                                 description=f"{text} loss {loss:.3f}" if loss is not None else text)
+            text = self.epoch_label + (f" loss {loss:.3f}" if loss is not None else "")
+            self.progress.update(self.epoch_task, completed=epoch + 1, description=text)
 
     def trial_finished(self, status: str, *, score: float | None = None, failure: str | None = None) -> None:
         self.counts[status if status in self.counts else "failed"] += 1

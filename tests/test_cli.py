@@ -1,0 +1,83 @@
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+from tests.conftest import TINY
+
+
+def _flat(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}={v}".replace("'", "")
+
+
+def test_methods_lists_presets(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("agw", "agw+mcm", "agw+mcm+center", "agw+mcm+ica", "mclnet", "mclnet-no-mcm"):
+        assert f"\n{name} " in out
+    mclnet_line = next(line for line in out.splitlines() if line.startswith("mclnet "))
+    assert mclnet_line.split()[1:4] == ["yes", "ica", "yes"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "--set", "method=foo"], "unknown method 'foo'"),
+    (["run", "--set", "model.backbone=resnet_nope", "--set", "train.epochs=1"], "resnet_nope"),
+    (["run", "--set", "train.epochs=two"], "train.epochs: expected an integer"),
+    (["run", "--set", "trian.epochs=1"], "unknown config key 'trian.epochs'"),
+    (["run", "--set", "data.dataset=sysu"], "data.root"),
+    (["run", "--set", "data.dataset=sysu", "--set", "data.root=/no/such/dir"], "/no/such/dir"),
+    (["sweep", "no-such-spec.yaml"], "no-such-spec.yaml: file not found"),
+    (["table", "/no/such/results"], "no records.sqlite"),
+])
+def test_bad_input_exits_2_with_a_message(argv, fragment, capsys, tmp_path):
+    code = main(argv + (["--results-dir", str(tmp_path)] if argv[0] in ("run", "sweep") else []))
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err
+
+
+def test_malformed_yaml_spec(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\ngrid: {method: [agw\n")
+    assert main(["sweep", str(spec)]) == 2
+    assert "bad.yaml: malformed YAML (line" in capsys.readouterr().err
+
+
+def test_console_script_help_for_every_subcommand():
+    for sub in (["run"], ["sweep"], ["table"], ["methods"], ["data", "check"], ["data", "split"],
+                ["data", "synth"], ["bench"]):
+        out = subprocess.run([sys.executable, "-m", "harness.cli", *sub, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: vireid" in out.stdout
+        assert "show this help message" in out.stdout
+
+
+def test_sweep_end_to_end_resumes_and_tables(tmp_path, capsys):
+    import yaml
+
+    from harness.results import ResultStore
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "tiny", "base": TINY,
+        "grid": {"method": ["agw", "mclnet"], "seed": [0, 1]},
+        "table": {"baseline": "agw", "protocol": "all-single"},
+    }))
+    assert main(["sweep", str(spec), "--results-dir", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| agw | 2 |" in out and "| mclnet | 2 |" in out and "Δ Rank-1" in out
+    folder = tmp_path / "tiny"
+    for name in ("table-all-single.md", "table-all-single.csv", "table-all-single.tex", "cmc-all-single.png"):
+        assert (folder / name).is_file()
+    store = ResultStore(folder)
+    first = store.dataframe()
+    assert len(first) == 4 and set(first["status"]) == {"ok"}
+    # rerun: every trial is finished, nothing is run again and nothing is lost
+    assert main(["sweep", str(spec), "--results-dir", str(tmp_path), "--quiet"]) == 0
+    again = store.dataframe()
+    assert again["record_id"].tolist() == first["record_id"].tolist()
+    assert (main(["table", str(folder), "--baseline", "mclnet", "--no-plots"])) == 0
+    assert "Δ mAP" in capsys.readouterr().out
