@@ -51,6 +51,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep import load_spec
 
     spec = load_spec(args.spec)
+    if args.dry_run:
+        spec = spec.as_dry_run()
     overrides = _overrides(args.overrides)
     spec.trials(overrides)
     folder = run_sweep(spec, backend=args.backend, overrides=overrides, results_dir=args.results_dir,
@@ -152,7 +154,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     print(run_step_benchmark(method=args.method, backbone=args.backbone, size=args.size, batch=args.batch,
                              device=args.device, steps=args.steps, warmup=args.warmup, amp=args.amp,
-                             channels_last=args.channels_last, compile=args.compile, overrides=_overrides(args.overrides)))
+                             channels_last=args.channels_last, compile=args.compile, overrides=_overrides(args.overrides),
+                             as_json=args.json))
     return 0
 
 
@@ -179,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--results-dir", default="results", help="where sweep folders go (default: results)")
     sw.add_argument("--workers", type=int, help="optuna: worker processes on the study")
     sw.add_argument("--address", help="ray: address of an existing Ray cluster (e.g. auto or HOST:6379)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="apply the spec's dry_run overrides (synthetic data in the same layout, tiny model) and "
+                         "write to results/<name>-dry-run")
     sw.add_argument("--retry-failed", action="store_true", help="run failed trials again instead of skipping them")
     sw.add_argument("--quiet", action="store_true", help="no progress display")
     sw.set_defaults(func=cmd_sweep)
@@ -244,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
     be.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     be.add_argument("--compile", action="store_true", help="torch.compile the network")
+    be.add_argument("--json", action="store_true", help="machine-readable output")
     _add_set(be)
     be.set_defaults(func=cmd_bench)
     return p

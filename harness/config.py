@@ -23,8 +23,10 @@ from harness.errors import HarnessError
 
 @dataclass
 class SyntheticConfig:
-    """Size of the built-in procedural dataset (written once into a cache folder)."""
+    """Size and layout of the built-in procedural dataset (written once into a cache folder)."""
 
+    layout: Literal["sysu", "regdb", "llcm"] = "sysu"
+    """Which real dataset's layout (and so protocols) the synthetic tree is written in."""
     num_identities: int = 60
     images_per_camera: int = 4
     height: int = 128
@@ -35,7 +37,7 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"
-    """synthetic (SYSU-MM01 layout, generated) | sysu | regdb | llcm."""
+    """synthetic (generated, in the layout data.synthetic.layout) | sysu | regdb | llcm."""
     root: str | None = None
     """Dataset root folder; ignored for synthetic (its cache folder is used)."""
     height: int = 288
@@ -210,6 +212,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise HarnessError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise HarnessError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -277,6 +284,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise HarnessError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            value = float(value)
+        except ValueError:
+            pass
     return key.strip(), value
 
 

@@ -91,8 +91,9 @@ def aggregate(df: pd.DataFrame, *, protocol: str | None = None, group_by: Sequen
               metrics: Sequence[str] = METRICS + ("train_img_per_s", "infer_img_per_s")) -> pd.DataFrame:
     """Mean and sample std over seeds (and any other unlisted axis) of each metric per group.
 
-    Rows keep the order in which their groups first appear in the store. Failed trials are
-    counted in `failed` and excluded from the statistics.
+    Rows keep the order in which their groups first appear in the store; `n` counts the runs
+    (seeds, RegDB splits, ...) behind each row. Failed trials are counted in `failed` and
+    excluded from the statistics.
     """
     if df.empty:
         raise HarnessError("no records to tabulate (the sweep has not finished any trial yet)")
@@ -112,7 +113,7 @@ def aggregate(df: pd.DataFrame, *, protocol: str | None = None, group_by: Sequen
         g = ok[sel] if len(ok) else ok
         failed_mask = (df["status"] != "ok") & np.all(df[group_by].astype(str).values == np.array(group), axis=1)
         row: dict[str, Any] = dict(zip(group_by, group))
-        row["n"] = int(g["seed"].nunique()) if len(g) else 0
+        row["n"] = int(len(g))
         row["failed"] = int(df[failed_mask]["trial_key"].nunique())
         for m in metrics:
             vals = g[m].astype(float).to_numpy() if m in g else np.array([])
@@ -166,7 +167,7 @@ def table_frame(agg: pd.DataFrame, *, key_columns: Sequence[str] = ("method",),
     """
     best = {m: agg[m].max() for m in metrics if m in agg and agg[m].notna().any()}
     cols: dict[str, list[str]] = {c: agg[c].astype(str).tolist() for c in key_columns if c in agg}
-    cols["seeds"] = [str(n) + (f" ({f} failed)" if f else "") for n, f in zip(agg["n"], agg["failed"])]
+    cols["runs"] = [str(n) + (f" ({f} failed)" if f else "") for n, f in zip(agg["n"], agg["failed"])]
     for m in metrics:
         cells = []
         for mean, std, n in zip(agg[m], agg[f"{m}_std"], agg["n"]):

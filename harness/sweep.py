@@ -12,7 +12,7 @@ from typing import Any
 from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
 from harness.errors import HarnessError
 
-SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "results_dir")
+SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "dry_run")
 BACKENDS = ("local", "optuna", "ray")
 SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
 SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "epochs_per_report",
@@ -42,6 +42,17 @@ class SweepSpec:
     table: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "<spec>"
+    dry_run: dict[str, Any] = field(default_factory=dict)
+    """Dotted overrides that turn a real-data spec into a quick run on synthetic data."""
+
+    def as_dry_run(self) -> "SweepSpec":
+        if not self.dry_run:
+            raise HarnessError(f"{self.source}: --dry-run needs a 'dry_run' mapping of config overrides in the spec")
+        base = TrialConfig.from_dict(self.base, where=f"{self.source}: base").with_overrides(
+            self.dry_run, where=f"{self.source}: dry_run").to_dict()
+        grid = {k: v for k, v in self.grid.items() if k not in self.dry_run}
+        return SweepSpec(name=f"{self.name}-dry-run", base=base, grid=grid, backend=self.backend, search=self.search,
+                         table=self.table, description=self.description, source=self.source)
 
     def trials(self, overrides: dict[str, Any] | None = None) -> list[TrialConfig]:
         """Every grid point as a validated config (command-line overrides applied last)."""
@@ -139,9 +150,15 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
     if not isinstance(table, dict):
         raise HarnessError(f"{source}: table must be a mapping")
     _check_keys(f"{source}: table", table, TABLE_KEYS)
+    dry_run = data.get("dry_run") or {}
+    if not isinstance(dry_run, dict):
+        raise HarnessError(f"{source}: dry_run must map dotted config keys to values")
     spec = SweepSpec(name=name, base=base, grid=grid, backend=backend, search=search, table=table,
-                     description=str(data.get("description", "")), source=source)
-    spec.trials()  # validate every grid point before anything runs
+                     description=str(data.get("description", "")), source=source, dry_run=dry_run)
+    if dry_run:
+        spec.as_dry_run().trials()
+    else:
+        spec.trials()  # validate every grid point before anything runs
     return spec
 
 

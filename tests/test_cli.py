@@ -81,3 +81,17 @@ def test_sweep_end_to_end_resumes_and_tables(tmp_path, capsys):
     assert again["record_id"].tolist() == first["record_id"].tolist()
     assert (main(["table", str(folder), "--baseline", "mclnet", "--no-plots"])) == 0
     assert "Δ mAP" in capsys.readouterr().out
+
+
+def test_paper_spec_dry_run_on_synthetic_regdb_layout(tmp_path, capsys):
+    argv = ["sweep", "benchmarks/paper_main_regdb.yaml", "--dry-run", "--set", "data.trial=2",
+            "--set", "train.epochs=1", "--results-dir", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "protocol v2t" in out and "protocol t2v" in out
+    assert "published Rank-1" in out and "80.30" in out  # MCLNet's published RegDB V->T Rank-1
+    from harness.results import ResultStore
+
+    df = ResultStore(tmp_path / "paper-main-regdb-dry-run").dataframe()
+    assert sorted(set(df["protocol"])) == ["t2v", "v2t"] and len(df) == 4  # 2 methods x 2 directions
+    assert set(df["dataset"]) == {"synthetic-regdb"}

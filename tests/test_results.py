@@ -56,7 +56,7 @@ def test_failed_trials_are_counted_not_averaged(tmp_path):
     agg = aggregate(store.dataframe())
     assert agg.iloc[0]["rank1"] == 40.0 and agg.iloc[0]["failed"] == 1 and agg.iloc[0]["n"] == 1
     frame = table_frame(agg)
-    assert frame["seeds"].iloc[0] == "1 (1 failed)"
+    assert frame["runs"].iloc[0] == "1 (1 failed)"
 
 
 def test_best_is_marked_and_rendered(tmp_path):
@@ -65,7 +65,7 @@ def test_best_is_marked_and_rendered(tmp_path):
     assert frame["Rank-1"].tolist() == ["40.00", "**45.00**"]  # one seed: no std shown
     assert frame["mAP"].iloc[0].startswith("**50.00")
     md = to_markdown(frame)
-    assert md.splitlines()[0].startswith("| method | seeds | Rank-1")
+    assert md.splitlines()[0].startswith("| method | runs | Rank-1")
     tex = to_latex(table_frame(aggregate(store.dataframe()), mark_best="\\textbf{{{}}}"))
     assert "\\textbf{45.00}" in tex and "50.00" in tex
 

@@ -42,14 +42,15 @@ def _require_root(cfg: DataConfig) -> Path:
 @register_dataset("synthetic")
 def _synthetic(cfg: DataConfig) -> DatasetBundle:
     from harness.data.synthetic import SynthSpec, ensure_synthetic
-    from harness.data.sysu import load_sysu
 
     s = cfg.synthetic
     spec = SynthSpec(num_identities=s.num_identities, images_per_camera=s.images_per_camera,
                      height=s.height, width=s.width, seed=s.seed)
-    root = ensure_synthetic("sysu", spec, cache_root(cfg) / "synthetic")
-    bundle = load_sysu(root, modes=tuple(cfg.modes), shots=tuple(cfg.shots), trials=cfg.gallery_trials)
-    return dataclasses.replace(bundle, name="synthetic")
+    root = ensure_synthetic(s.layout, spec, cache_root(cfg) / "synthetic")
+    real = dataclasses.replace(cfg, dataset=s.layout, root=str(root))
+    bundle = DATASETS[s.layout](real)
+    name = "synthetic" if s.layout == "sysu" else f"synthetic-{s.layout}"
+    return dataclasses.replace(bundle, name=name)
 
 
 @register_dataset("sysu")

@@ -14,7 +14,8 @@ from harness.trial import config_key
 
 def run_local(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None = None,
               retry_failed: bool = False, quiet: bool = False) -> None:
-    configs = spec.trials(overrides)
+    # identical grid points (e.g. a --set that pins a grid key) run once
+    configs = list({config_key(c): c for c in spec.trials(overrides)}.values())
     store = ResultStore(folder)
     done = store.statuses()
     skip = ("ok",) if retry_failed else FINISHED

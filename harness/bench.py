@@ -1,0 +1,327 @@
+"""`vireid bench`: time full training steps of a method, phase by phase, on random images.
+
+A step here is exactly what `Trainer.fit` runs per iteration: sample a batch of indices,
+gather and augment the uint8 images on the device, network forward, every loss term (with
+the MCM discriminator update), backward, optimiser update. Two passes are timed after the
+warm-up steps (where torch.compile and cuDNN do their one-off work):
+
+* a phased pass with a synchronising `PhaseTimer`, for the share of each phase;
+* a plain pass without per-phase synchronisation, for the throughput (images/s).
+
+FLOPs are counted once, untimed, with torch's FlopCounterMode over one forward + backward of
+the method's training losses (convolutions, matmuls and attention only; element-wise work
+is free in that count), and compared with the device's dense peak where it is known.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from harness.config import TrialConfig
+from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, ImageSplit
+from harness.errors import HarnessError
+from harness.training import PhaseTimer, Trainer, autocast_context, resolve_device, seed_everything, synchronize
+
+BENCH_NUM_CLASSES = 395  # SYSU-MM01 training identities
+BENCH_NUM_CAMERAS = 6
+_VISIBLE_CAMERAS = np.array([0, 1, 3, 4])  # SYSU-MM01 (0-based): cam3 and cam6 are infrared
+_INFRARED_CAMERAS = np.array([2, 5])
+
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's data sheets:
+# (name fragment, bf16/fp16, tf32, fp32). The first fragment found in the device name wins.
+PEAK_TFLOPS: tuple[tuple[str, float, float, float], ...] = (
+    ("H100 PCIe", 756.0, 378.0, 51.0),
+    ("H100 NVL", 835.0, 418.0, 60.0),
+    ("H200", 989.0, 494.0, 67.0),
+    ("H100", 989.0, 494.0, 67.0),  # SXM
+    ("A100", 312.0, 156.0, 19.5),
+    ("L40S", 362.0, 183.0, 91.6),
+    ("L4", 121.0, 60.0, 30.3),
+    ("A10", 125.0, 62.5, 31.2),
+)
+
+
+def device_peak_tflops(name: str, precision: str) -> float | None:
+    """Dense peak TFLOP/s of a known GPU for "bf16" | "tf32" | "fp32"; None when unknown."""
+    column = {"bf16": 1, "tf32": 2, "fp32": 3}[precision]
+    for entry in PEAK_TFLOPS:
+        if entry[0].lower() in name.lower():
+            return float(entry[column])
+    return None
+
+
+def compute_precision(amp: str) -> str:
+    """Which peak the step is measured against: bf16 (also fp16), tf32 where torch allows it, else fp32."""
+    if amp != "none":
+        return "bf16"
+    tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if tf32 else "fp32"
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """"288x144" -> (288, 144)."""
+    parts = str(size).lower().split("x")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise HarnessError(f"bench --size {size!r}: expected HEIGHTxWIDTH in pixels, e.g. 288x144") from None
+    if height < 1 or width < 1:
+        raise HarnessError(f"bench --size {size!r}: height and width must be positive")
+    return height, width
+
+
+def batch_layout(batch: int, images_per_modality: int) -> tuple[int, int]:
+    """(P identities, K images per modality) with 2*P*K == batch and P >= 2 where possible.
+
+    K is `images_per_modality`, lowered until it divides the batch into at least two identities
+    (WRT and the center terms need more than one identity per batch).
+    """
+    if batch < 4 or batch % 2:
+        raise HarnessError(f"bench --batch {batch}: expected an even batch of at least 4 (2 identities x "
+                           "1 visible + 1 infrared image)")
+    for k in range(max(1, images_per_modality), 0, -1):
+        if batch % (2 * k) == 0 and batch // (2 * k) >= 2:
+            return batch // (2 * k), k
+    raise AssertionError("unreachable: k = 1 always fits an even batch >= 4")
+
+
+def synthetic_train_set(num_identities: int, images_per_modality: int, height: int, width: int, *,
+                        seed: int = 0) -> tuple[ImageSplit, torch.Tensor]:
+    """Random uint8 images with a valid two-modality label layout (timing and tests, not learning)."""
+    generator = np.random.default_rng(seed)
+    per_identity = 2 * images_per_modality
+    pids = np.repeat(np.arange(num_identities), per_identity)
+    modalities = np.tile(np.repeat([MODALITY_VISIBLE, MODALITY_INFRARED], images_per_modality), num_identities)
+    cams = np.where(modalities == MODALITY_VISIBLE, generator.choice(_VISIBLE_CAMERAS, len(pids)),
+                    generator.choice(_INFRARED_CAMERAS, len(pids)))
+    split = ImageSplit(paths=tuple(f"random/{i}.png" for i in range(len(pids))), pids=pids, cams=cams,
+                       modalities=modalities)
+    torch_generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (len(pids), 3, height, width), dtype=torch.uint8, generator=torch_generator)
+    return split, images
+
+
+@dataclass
+class StepSetup:
+    """A trainer ready to run benchmark steps, and what it was built from."""
+
+    cfg: TrialConfig
+    method: nn.Module
+    trainer: Trainer
+    device: torch.device
+    height: int
+    width: int
+    batch: int
+
+    def step(self) -> dict[str, float]:
+        """One full training step (sampling, augmentation, forward, losses, backward, update)."""
+        return self.trainer.train_step(self.trainer.next_indices())
+
+
+def bench_config(method: str, backbone: str, batch: int, *, device: str = "auto", amp: str = "none",
+                 channels_last: bool = False, compile: bool = False,
+                 overrides: dict[str, Any] | None = None) -> TrialConfig:
+    """The trial config of a benchmark; `overrides` (dotted keys) win over the keyword arguments."""
+    cfg = TrialConfig(method=method).with_overrides(
+        {"model.backbone": backbone, "train.device": device, "train.amp": amp, "train.channels_last": channels_last,
+         "train.compile": compile, **(overrides or {})}, where="bench")
+    num_identities, images_per_modality = batch_layout(batch, cfg.train.images_per_modality)
+    return cfg.with_overrides({"train.num_identities": num_identities,
+                               "train.images_per_modality": images_per_modality}, where="bench")
+
+
+def build_step_setup(cfg: TrialConfig, height: int, width: int, *, timer: PhaseTimer | None = None,
+                     compile_backend: str = "inductor", before_trainer: Any = None) -> StepSetup:
+    """Method + trainer on a random train set sized for the sampler, everything on the config's device.
+
+    `before_trainer(method, device)` runs on the eager method before the trainer converts it
+    (channels_last) and compiles it: the place to count FLOPs.
+    """
+    from methods import create_method
+
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.seed)
+    t = cfg.train
+    num_identities = min(BENCH_NUM_CLASSES, max(2 * t.num_identities, 8))
+    train, images = synthetic_train_set(num_identities, t.images_per_modality, height, width, seed=cfg.seed)
+    method = create_method(cfg, BENCH_NUM_CLASSES, BENCH_NUM_CAMERAS).to(device)
+    method.train()
+    if before_trainer is not None:
+        before_trainer(method, device)
+    trainer = Trainer(method, t, train, images, device=device, seed=cfg.seed, timer=timer or PhaseTimer(device),
+                      compile_backend=compile_backend)
+    return StepSetup(cfg=cfg, method=method, trainer=trainer, device=device, height=height, width=width,
+                     batch=trainer.sampler.batch_size)
+
+
+def training_step_flops(method: nn.Module, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor,
+                        cams: torch.Tensor) -> int:
+    """FLOPs of one forward + backward of `method.training_losses` (FlopCounterMode's count).
+
+    Runs a real step's worth of autograd (and the MCM discriminator update); gradients are
+    cleared afterwards.
+    """
+    with FlopCounterMode(display=False) as counter:
+        losses = method.training_losses(images, modality, pids, cams)
+        sum(losses.values()).backward()
+    method.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+@dataclass
+class StepBenchmark:
+    method: str
+    backbone: str
+    height: int
+    width: int
+    batch: int
+    identities_per_batch: int
+    images_per_modality: int
+    device: str
+    device_name: str
+    torch_version: str
+    timm_version: str
+    amp: str
+    channels_last: bool
+    compile: bool
+    fused_optimizer: bool
+    steps: int
+    warmup: int
+    phase_ms: dict[str, float] = field(default_factory=dict)
+    """Mean exclusive ms per step of each phase; "other" is the step time outside every phase."""
+    phased_step_ms: float = 0.0
+    step_ms: float = 0.0
+    """Mean step time of the plain pass (no per-phase synchronisation)."""
+    images_per_s: float = 0.0
+    flops_per_image: int = 0
+    achieved_tflops: float = 0.0
+    precision: str = "fp32"
+    peak_tflops: float | None = None
+    peak_fraction: float | None = None
+    peak_memory_mb: float = 0.0
+    memory_kind: str = ""
+
+    def phase_percent(self) -> dict[str, float]:
+        return {k: 100.0 * v / self.phased_step_ms for k, v in self.phase_ms.items()} if self.phased_step_ms else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "phase_percent": self.phase_percent()}
+
+
+def measure_step(cfg: TrialConfig, height: int, width: int, *, steps: int, warmup: int,
+                 compile_backend: str = "inductor") -> StepBenchmark:
+    """Count FLOPs once, warm up, then time a phased pass and a plain pass of `steps` steps each."""
+    import timm
+
+    from harness.trial import device_name, peak_memory_mb
+
+    if steps < 1 or warmup < 0:
+        raise HarnessError(f"bench: expected --steps >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
+    flops: dict[str, int] = {}
+
+    def count_flops(method: nn.Module, device: torch.device) -> None:
+        batch = 2 * cfg.train.num_identities * cfg.train.images_per_modality
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        images = torch.randn(batch, 3, height, width, generator=generator).to(device)
+        modality = torch.arange(batch).ge(batch // 2).long().to(device)
+        ids = torch.arange(batch) % cfg.train.num_identities
+        cams = torch.where(modality.cpu() == 0, 0, 2)
+        with autocast_context(device, cfg.train.amp):
+            flops["step"] = training_step_flops(method, images, modality, ids.to(device), cams.to(device))
+
+    timer = PhaseTimer(resolve_device(cfg.train.device))
+    setup = build_step_setup(cfg, height, width, timer=timer, compile_backend=compile_backend,
+                             before_trainer=count_flops)
+    device = setup.device
+    for _ in range(warmup):
+        setup.step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    timer.enabled = True
+    timer.reset()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        setup.step()
+    synchronize(device)
+    phased_ms = 1000.0 * (time.perf_counter() - start) / steps
+    timer.enabled = False
+    phase_ms = {k: 1000.0 * v / steps for k, v in timer.seconds.items()}
+    phase_ms["other"] = max(0.0, phased_ms - sum(phase_ms.values()))
+
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        setup.step()
+    synchronize(device)
+    step_ms = 1000.0 * (time.perf_counter() - start) / steps
+
+    t = cfg.train
+    images_per_s = setup.batch / (step_ms / 1000.0)
+    flops_per_image = flops["step"] // setup.batch
+    achieved = flops["step"] / (step_ms / 1000.0) / 1e12
+    name = device_name(device)
+    precision = compute_precision(t.amp)
+    peak = device_peak_tflops(name, precision) if device.type == "cuda" else None
+    return StepBenchmark(
+        method=cfg.method, backbone=cfg.model.backbone, height=height, width=width, batch=setup.batch,
+        identities_per_batch=t.num_identities, images_per_modality=t.images_per_modality, device=str(device),
+        device_name=name, torch_version=torch.__version__, timm_version=timm.__version__, amp=t.amp,
+        channels_last=t.channels_last, compile=t.compile, fused_optimizer=t.fused_optimizer, steps=steps,
+        warmup=warmup, phase_ms=phase_ms, phased_step_ms=phased_ms, step_ms=step_ms, images_per_s=images_per_s,
+        flops_per_image=flops_per_image, achieved_tflops=achieved, precision=precision, peak_tflops=peak,
+        peak_fraction=achieved / peak if peak else None, peak_memory_mb=peak_memory_mb(device),
+        memory_kind="allocated by torch" if device.type == "cuda" else "process peak RSS")
+
+
+def format_report(result: StepBenchmark) -> str:
+    """Plain-text table of a StepBenchmark."""
+    r = result
+    lines = [
+        f"vireid bench: {r.method} on {r.backbone}, {r.height}x{r.width}, batch {r.batch} "
+        f"({r.identities_per_batch} identities x {r.images_per_modality} visible + {r.images_per_modality} infrared)",
+        f"device: {r.device_name} [{r.device}]   torch {r.torch_version}   timm {r.timm_version}",
+        f"settings: amp={r.amp} channels_last={r.channels_last} compile={r.compile} "
+        f"fused_optimizer={r.fused_optimizer}   {r.steps} timed steps per pass after {r.warmup} warm-up steps",
+        "",
+        f"{'phase':<14}{'mean ms':>10}{'% step':>9}",
+    ]
+    percent = r.phase_percent()
+    for phase, ms in r.phase_ms.items():
+        lines.append(f"{phase:<14}{ms:>10.2f}{percent[phase]:>9.1f}")
+    lines.append(f"{'step (phased)':<14}{r.phased_step_ms:>10.2f}{sum(percent.values()):>9.1f}")
+    lines += [
+        "",
+        f"step (plain)     {r.step_ms:.2f} ms   {r.images_per_s:.2f} images/s",
+        f"FLOPs/image      {r.flops_per_image:,} ({r.flops_per_image / 1e9:.3f} GFLOP, forward + backward of the "
+        "training losses)",
+        f"achieved         {r.achieved_tflops:.4f} TFLOP/s",
+    ]
+    if r.peak_tflops is not None:
+        lines.append(f"peak fraction    {100 * r.peak_fraction:.2f} % of {r.peak_tflops:g} TFLOP/s dense {r.precision}")
+    elif r.device.startswith("cuda"):
+        lines.append(f"peak fraction    n/a (no peak known for {r.device_name})")
+    lines.append(f"peak memory      {r.peak_memory_mb:.1f} MiB ({r.memory_kind})")
+    return "\n".join(lines)
+
+
+def run_step_benchmark(*, method: str, backbone: str, size: str, batch: int, device: str = "auto", steps: int = 10,
+                       warmup: int = 3, amp: str = "none", channels_last: bool = False, compile: bool = False,
+                       overrides: dict[str, Any] | None = None, as_json: bool = False) -> str:
+    """The `vireid bench` report: a phase table (or JSON with `as_json`) of full training steps."""
+    height, width = parse_size(size)
+    cfg = bench_config(method, backbone, batch, device=device, amp=amp, channels_last=channels_last,
+                       compile=compile, overrides=overrides)
+    result = measure_step(cfg, height, width, steps=steps, warmup=warmup)
+    return json.dumps(result.to_dict(), indent=2) if as_json else format_report(result)

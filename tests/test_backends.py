@@ -1,0 +1,355 @@
+"""Optuna and Ray Tune sweep backends, driven by a fast fake trial whose metrics are known formulas."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from harness.errors import HarnessError
+from harness.results import ResultStore
+from harness.runner import common
+from harness.runner.optuna_backend import (PARETO_CSV, STUDY_FILE, TRIALS_CSV, OptunaJob, prepare_study, run_optuna,
+                                           worker_command, write_job)
+from harness.sweep import parse_spec
+from harness.trial import TrialResult, config_key
+
+FAKE = "tests.test_backends:fake_run_trial"
+BLOCK_ENV = "VIREID_TEST_BLOCK_FILE"
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- the fake trial
+
+
+def fake_val_map(cfg) -> float:
+    """Validation mAP of the fake trial: grows with train.lr, scaled by train.weight_decay; NaN above lr 0.08."""
+    if cfg.train.lr > 0.08:
+        return math.nan
+    return 100.0 * (cfg.train.lr / 0.1) * (cfg.train.weight_decay / 0.01)
+
+
+def fake_throughput(cfg) -> float:
+    """Training img/s of the fake trial: falls with train.lr (a trade-off against fake_val_map)."""
+    return 1000.0 * (1.0 - cfg.train.lr / 0.1) * (0.5 + cfg.train.weight_decay / 0.02)
+
+
+def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None) -> TrialResult:
+    """Stands in for harness.trial.run_trial: per-epoch validation rises linearly to fake_val_map."""
+    block = os.environ.get(BLOCK_ENV)
+    if block and Path(block).exists():  # park here until the test kills this process
+        Path(block + ".started").write_text(str(os.getpid()))
+        deadline = time.time() + 60
+        while Path(block).exists() and time.time() < deadline:
+            time.sleep(0.05)
+    final = fake_val_map(cfg)
+    epochs = cfg.train.epochs
+    for epoch in range(epochs):
+        if on_epoch:
+            on_epoch(epoch, {"total": 1.0 / (epoch + 1)},
+                     lambda e=epoch: {"mAP": final * (e + 1) / epochs, "rank1": final})
+    if cfg.train.gamma == 0.5:
+        raise RuntimeError("fake crash")
+    key = config_key(cfg)
+    common_fields = {"trial_key": key, "method": cfg.method, "backbone": cfg.model.backbone, "dataset": "fake",
+                     "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True), "status": "ok",
+                     "failure": None, "epochs": epochs, "val_mAP": final, "train_img_per_s": fake_throughput(cfg),
+                     "pid": os.getpid(), **(extra or {})}
+    records = [{**common_fields, "protocol": p, "rank1": 10.0 + i, "mAP": 5.0 + i} for i, p in enumerate(("a", "b"))]
+    return TrialResult(key=key, status="ok", records=records)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Counts the trials the fake actually ran in this process."""
+    calls = []
+
+    def counting(cfg, **kw):
+        calls.append(cfg)
+        return fake_run_trial(cfg, **kw)
+
+    monkeypatch.setattr(common, "run_trial", counting)
+    return calls
+
+
+def make_spec(name="s", *, search=None, grid=None, base=None):
+    data = {"name": name, "base": base or {"data": {"val_identities": 4}, "train": {"epochs": 3}},
+            "grid": grid or {}}
+    if search is not None:
+        data["search"] = search
+    return parse_spec(data, source=f"{name}.yaml")
+
+
+LR_SPACE = {"train.lr": {"type": "uniform", "low": 0.001, "high": 0.079}}
+
+
+def load(folder: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / STUDY_FILE}")
+
+
+def ok_records(folder: Path):
+    df = ResultStore(folder).dataframe()
+    return df[df["status"] == "ok"]
+
+
+# --------------------------------------------------------------------------- optuna: grid and search
+
+
+def test_optuna_grid_runs_each_point_once_and_resumes(tmp_path, fake):
+    spec = make_spec("grid", grid={"train.lr": [0.01, 0.02, 0.03]})
+    run_optuna(spec, tmp_path, quiet=True)
+    df = ResultStore(tmp_path).dataframe()
+    assert sorted(df["status"].unique()) == ["ok"]
+    assert df["trial_key"].nunique() == 3 and len(df) == 6  # two protocols per trial
+    lrs = sorted(json.loads(c)["train"]["lr"] for c in df.drop_duplicates("trial_key")["config"])
+    assert lrs == [0.01, 0.02, 0.03]
+    assert set(df["backend"]) == {"optuna"}
+    assert len(fake) == 3
+    run_optuna(spec, tmp_path, quiet=True)  # resume: nothing left to run
+    assert len(fake) == 3
+    assert len(load(tmp_path, "grid").trials) == 3
+    assert len(ResultStore(tmp_path).dataframe()) == 6
+
+
+def test_optuna_grid_skips_points_finished_by_another_backend(tmp_path, fake):
+    spec = make_spec("mixed", grid={"train.lr": [0.01, 0.02]})
+    done = spec.trials()[0]
+    ResultStore(tmp_path).put_trial(config_key(done), fake_run_trial(done).records)
+    run_optuna(spec, tmp_path, quiet=True)
+    assert [c.train.lr for c in fake] == [0.02]
+    assert ResultStore(tmp_path).dataframe()["trial_key"].nunique() == 2
+
+
+def test_optuna_tpe_search_records_every_trial_with_its_params(tmp_path, fake):
+    spec = make_spec("tpe", search={"space": LR_SPACE, "n_trials": 6, "sampler": "tpe", "pruner": "none"})
+    run_optuna(spec, tmp_path, quiet=True)
+    df = ok_records(tmp_path).drop_duplicates("trial_key")
+    assert len(df) == 6 and len(ResultStore(tmp_path).dataframe()) == 12
+    study = load(tmp_path, "tpe")
+    by_number = {t.number: t for t in study.trials}
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) and len(study.trials) == 6
+    for row in df.to_dict("records"):
+        lr = json.loads(row["config"])["train"]["lr"]
+        assert 0.001 <= lr <= 0.079
+        assert row["param_train.lr"] == lr
+        trial = by_number[row["optuna_trial"]]
+        assert trial.params["train.lr"] == lr
+        assert trial.value == pytest.approx(100.0 * lr / 0.1 * (0.0005 / 0.01))  # the validation formula
+    csv = (tmp_path / TRIALS_CSV).read_text().splitlines()
+    assert "val_mAP" in csv[0].split(",") and len(csv) == 7
+
+
+def test_optuna_search_crosses_grid_points_with_n_trials_each(tmp_path, fake):
+    spec = make_spec("cross", grid={"seed": [0, 1]},
+                     search={"space": LR_SPACE, "n_trials": 3, "sampler": "random", "pruner": "none"})
+    run_optuna(spec, tmp_path, quiet=True)
+    df = ok_records(tmp_path).drop_duplicates("trial_key")
+    assert sorted(df["seed"].value_counts().to_dict().items()) == [(0, 3), (1, 3)]
+
+
+def test_optuna_grid_sampler_enumerates_the_discretised_space(tmp_path, fake):
+    space = {"train.lr": {"type": "uniform", "low": 0.01, "high": 0.03, "step": 0.01},
+             "train.weight_decay": {"type": "categorical", "choices": [0.001, 0.002]}}
+    spec = make_spec("gridsampler", search={"space": space, "n_trials": 100, "sampler": "grid", "pruner": "none"})
+    run_optuna(spec, tmp_path, quiet=True)
+    df = ok_records(tmp_path).drop_duplicates("trial_key")
+    got = sorted((round(json.loads(c)["train"]["lr"], 6), json.loads(c)["train"]["weight_decay"]) for c in df["config"])
+    assert got == sorted((lr, wd) for lr in (0.01, 0.02, 0.03) for wd in (0.001, 0.002))
+
+
+def test_optuna_nan_objective_is_a_failed_record_and_the_study_goes_on(tmp_path, fake):
+    space = {"train.lr": {"type": "categorical", "choices": [0.01, 0.02, 0.09]}}  # 0.09 -> NaN
+    spec = make_spec("nan", search={"space": space, "n_trials": 8, "sampler": "random", "pruner": "none"})
+    run_optuna(spec, tmp_path, quiet=True)
+    study = load(tmp_path, "nan")
+    assert len(study.trials) == 8
+    df = ResultStore(tmp_path).dataframe()
+    status = {json.loads(c)["train"]["lr"]: s for c, s in zip(df["config"], df["status"])}
+    for t in study.trials:
+        lr = t.params["train.lr"]
+        expected = optuna.trial.TrialState.FAIL if lr == 0.09 else optuna.trial.TrialState.COMPLETE
+        assert t.state == expected
+        assert status[lr] == ("failed" if lr == 0.09 else "ok")
+    assert 0.09 in status and "not finite" in df[df["status"] == "failed"]["failure"].iloc[0]
+
+
+def test_optuna_inf_objective_is_a_failure_too(tmp_path, monkeypatch, fake):
+    monkeypatch.setattr(sys.modules[__name__], "fake_throughput", lambda cfg: math.inf)
+    spec = make_spec("inf", search={"space": LR_SPACE, "n_trials": 2, "objectives": ["val_mAP", "train_img_per_s"],
+                                    "sampler": "random"})
+    run_optuna(spec, tmp_path, quiet=True)
+    assert [t.state for t in load(tmp_path, "inf").trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert set(ResultStore(tmp_path).dataframe()["status"]) == {"failed"}
+
+
+def test_optuna_crashing_trial_is_failed_not_fatal(tmp_path, fake):
+    spec = make_spec("crash", grid={"train.gamma": [0.5, 0.1]})
+    run_optuna(spec, tmp_path, quiet=True)
+    df = ResultStore(tmp_path).dataframe()
+    by_gamma = {json.loads(c)["train"]["gamma"]: s for c, s in zip(df["config"], df["status"])}
+    assert by_gamma == {0.5: "failed", 0.1: "ok"}
+
+
+def test_optuna_median_pruning_stores_pruned_records(tmp_path, fake):
+    spec = make_spec("prune", base={"data": {"val_identities": 4}, "train": {"epochs": 4, "weight_decay": 0.01}},
+                     search={"space": LR_SPACE, "n_trials": 14, "sampler": "random", "pruner": "median"})
+    run_optuna(spec, tmp_path, quiet=True)
+    trials = load(tmp_path, "prune").trials
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "some low-lr trials must be pruned"
+    df = ResultStore(tmp_path).dataframe()
+    for t in pruned:
+        rows = df[df["optuna_trial"] == t.number]
+        assert list(rows["status"]) == ["pruned"]
+        step = max(t.intermediate_values)
+        assert rows["epochs"].iloc[0] == step + 1 < 4
+        # brute force: its best value so far is below the median of the earlier completed trials at that step
+        earlier = [u.intermediate_values[step] for u in trials
+                   if u.number < t.number and u.state == optuna.trial.TrialState.COMPLETE]
+        assert len(earlier) >= 5
+        assert max(t.intermediate_values.values()) < np.median(earlier)
+        assert json.loads(rows["val_history"].iloc[0])[str(step)] == pytest.approx(t.intermediate_values[step])
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) + len(pruned) == 14
+    assert len(df[df["status"] == "ok"]["trial_key"].unique()) == len(complete)
+
+
+def test_optuna_multi_objective_pareto_front_is_the_non_dominated_set(tmp_path, fake):
+    space = {"train.lr": {"type": "uniform", "low": 0.001, "high": 0.079},
+             "train.weight_decay": {"type": "uniform", "low": 0.001, "high": 0.01}}
+    spec = make_spec("pareto", search={"space": space, "n_trials": 12, "objectives": ["val_mAP", "train_img_per_s"],
+                                       "sampler": "random"})
+    run_optuna(spec, tmp_path, quiet=True)
+    df = ok_records(tmp_path).drop_duplicates("trial_key")
+    pts = {int(r.optuna_trial): (r.val_mAP, r.train_img_per_s) for r in df.itertuples()}
+    assert len(pts) == 12
+    expected = set()
+    for n, (a, b) in pts.items():  # brute force, one pair at a time
+        if not any(a2 >= a and b2 >= b and (a2 > a or b2 > b) for m, (a2, b2) in pts.items() if m != n):
+            expected.add(n)
+    import pandas as pd
+
+    front = pd.read_csv(tmp_path / PARETO_CSV)
+    assert set(front["number"]) == expected and 1 < len(expected) < 12
+    every = pd.read_csv(tmp_path / TRIALS_CSV)
+    assert set(every[every["is_pareto"]]["number"]) == expected
+    for row in front.itertuples():
+        assert row.val_mAP == pytest.approx(pts[row.number][0])
+        assert row.train_img_per_s == pytest.approx(pts[row.number][1])
+
+
+def test_optuna_resume_respects_the_budget_and_can_grow_it(tmp_path, fake):
+    search = {"space": LR_SPACE, "n_trials": 3, "sampler": "tpe", "pruner": "none"}
+    run_optuna(make_spec("resume", search=search), tmp_path, quiet=True)
+    first = ResultStore(tmp_path).dataframe()
+    run_optuna(make_spec("resume", search=search), tmp_path, quiet=True)
+    again = ResultStore(tmp_path).dataframe()
+    assert len(fake) == 3 and len(load(tmp_path, "resume").trials) == 3
+    assert list(again["record_id"]) == list(first["record_id"])  # nothing rewritten
+    run_optuna(make_spec("resume", search={**search, "n_trials": 5}), tmp_path, quiet=True)
+    assert len(fake) == 5 and len(load(tmp_path, "resume").trials) == 5
+    assert ok_records(tmp_path)["trial_key"].nunique() == 5
+    with pytest.raises(HarnessError, match="grow"):
+        run_optuna(make_spec("resume", search={**search, "n_trials": 2}), tmp_path, quiet=True)
+    other = {**search, "space": {"train.lr": {"type": "uniform", "low": 0.002, "high": 0.05}}}
+    with pytest.raises(HarnessError, match="different sweep"):
+        run_optuna(make_spec("resume", search=other), tmp_path, quiet=True)
+
+
+def test_optuna_interrupted_trial_runs_again_on_resume(tmp_path, monkeypatch, fake):
+    spec = make_spec("ctrlc", search={"space": LR_SPACE, "n_trials": 3, "sampler": "random", "pruner": "none"})
+    calls = []
+
+    def interrupt_second(cfg, **kw):
+        calls.append(cfg)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake_run_trial(cfg, **kw)
+
+    monkeypatch.setattr(common, "run_trial", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True)
+    assert len(calls) == 4
+    assert calls[3].train.lr == calls[1].train.lr  # the same trial, not a new sample
+    assert ok_records(tmp_path)["trial_key"].nunique() == 3
+
+
+def test_optuna_search_needs_validation_identities(tmp_path, fake):
+    spec = make_spec("noval", base={"train": {"epochs": 2}}, search={"space": LR_SPACE, "n_trials": 2})
+    with pytest.raises(HarnessError, match="data.val_identities"):
+        run_optuna(spec, tmp_path, quiet=True)
+    assert not (tmp_path / STUDY_FILE).exists() and not fake
+
+
+@pytest.mark.parametrize("search, match", [
+    ({"objective": "mAP"}, "not a validation metric"),
+    ({"objective": "rank1"}, "not a validation metric"),
+    ({"sampler": "cmaes"}, "search.sampler"),
+    ({"pruner": "asha"}, "search.pruner"),
+    ({"space": {"train.epochs": {"type": "uniform", "low": 1, "high": 3}}}, "train.epochs"),
+    ({"sampler": "grid"}, "step"),
+])
+def test_optuna_rejects_bad_searches_before_running(tmp_path, fake, search, match):
+    spec = make_spec("bad", search={"space": LR_SPACE, "n_trials": 2, **search})
+    with pytest.raises(HarnessError, match=match):
+        run_optuna(spec, tmp_path, quiet=True)
+    assert not fake
+
+
+# --------------------------------------------------------------------------- optuna: worker processes
+
+
+def _env(**extra) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def test_optuna_killed_worker_trial_is_retried_via_heartbeat(tmp_path, fake):
+    spec = make_spec("killed", search={"space": LR_SPACE, "n_trials": 3, "sampler": "random", "pruner": "none"})
+    job = OptunaJob(spec=spec, folder=tmp_path, overrides={}, trial_fn=FAKE, heartbeat_interval=1, grace_period=2)
+    prepare_study(job)
+    block = tmp_path / "block"
+    block.write_text("")
+    worker = subprocess.Popen(worker_command(write_job(job), 0, 1), cwd=REPO, env=_env(**{BLOCK_ENV: str(block)}))
+    try:
+        deadline = time.time() + 60
+        while not Path(str(block) + ".started").exists():
+            assert worker.poll() is None and time.time() < deadline, "worker did not start its trial"
+            time.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    block.unlink()
+    study = load(tmp_path, "killed")
+    [killed] = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    run_optuna(spec, tmp_path, quiet=True, heartbeat_interval=1, grace_period=2)
+    trials = load(tmp_path, "killed").trials
+    assert trials[killed.number].state == optuna.trial.TrialState.FAIL
+    [retry] = [t for t in trials if killed.number in t.system_attrs.get("retry_history", [])]
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.params["train.lr"] == killed.params["train.lr"]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 3
+    assert ok_records(tmp_path)["trial_key"].nunique() == 3 and len(fake) == 3
+
+
+def test_optuna_two_worker_processes_share_one_budget(tmp_path):
+    spec = make_spec("two", search={"space": LR_SPACE, "n_trials": 6, "sampler": "tpe", "pruner": "none",
+                                    "workers": 2})
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=FAKE, heartbeat_interval=1, grace_period=3)
+    trials = load(tmp_path, "two").trials
+    assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    df = ok_records(tmp_path)
+    assert df["trial_key"].nunique() == 6 and len(df) == 12
+    assert os.getpid() not in set(df["pid"])  # the trials ran in the worker processes
+    assert sorted(df.drop_duplicates("trial_key")["optuna_trial"]) == list(range(6))
