@@ -1,0 +1,362 @@
+"""Functional losses of MCLNet and its AGW baseline.
+
+Every loss takes plain tensors and returns a scalar tensor that is differentiable with respect to
+the features (and the centers, where there are any). Inputs of any floating dtype are accepted,
+including bfloat16 / float16 activations produced under autocast: the arithmetic runs in float32
+(float64 stays float64) with autocast switched off, because squared distances of 2048-d features
+lose too much precision in half precision. All work is batched tensor algebra: no Python loop over
+samples or classes, so the same code runs on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.errors import HarnessError
+
+MARGINAL_VARIANTS: tuple[str, ...] = ("paper", "authors-code")
+NEAREST_WEIGHTINGS: tuple[str, ...] = ("per-sample", "per-class-8")
+
+# Squared distances are clamped to this before the square root so that its gradient stays finite
+# for coincident points.
+_SQUARED_DISTANCE_FLOOR = 1e-12
+# The authors' code multiplies the sum of per-identity nearest distances by this batch constant
+# (their identity sampler draws 8 images per identity).
+_AUTHORS_IMAGES_PER_IDENTITY = 8.0
+
+
+# --------------------------------------------------------------------------------------------
+# input checks and precision
+# --------------------------------------------------------------------------------------------
+
+
+def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast would silently run the distance matmuls in half precision again."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know cannot be autocasting either
+        return contextlib.nullcontext()
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def _check_features(loss_name: str, features: Tensor) -> None:
+    if not isinstance(features, Tensor) or features.dim() != 2 or not features.is_floating_point():
+        raise HarnessError(
+            f"{loss_name}: features must be a 2-D floating tensor (N, D); got "
+            f"{_describe(features)}"
+        )
+    if features.shape[0] == 0:
+        raise HarnessError(f"{loss_name}: features is an empty batch (shape {tuple(features.shape)})")
+
+
+def _check_labels(loss_name: str, labels: Tensor, values: Tensor, field: str = "labels") -> None:
+    """`labels` must hold one integer per row of `values`, on the device of `values`."""
+    batch_size = values.shape[0]
+    if (
+        not isinstance(labels, Tensor)
+        or labels.dim() != 1
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
+        raise HarnessError(
+            f"{loss_name}: {field} must be a 1-D integer tensor (N,); got {_describe(labels)}"
+        )
+    if labels.shape[0] != batch_size:
+        raise HarnessError(
+            f"{loss_name}: {field} has {labels.shape[0]} entries but the batch has {batch_size} samples"
+        )
+    if labels.device != values.device:
+        raise HarnessError(
+            f"{loss_name}: {field} are on {labels.device} but the batch is on {values.device}"
+        )
+
+
+def _check_centers(loss_name: str, features: Tensor, labels: Tensor, centers: Tensor) -> None:
+    if not isinstance(centers, Tensor) or centers.dim() != 2 or not centers.is_floating_point():
+        raise HarnessError(
+            f"{loss_name}: centers must be a 2-D floating tensor (num_classes, D); got "
+            f"{_describe(centers)}"
+        )
+    if centers.shape[0] == 0:
+        raise HarnessError(f"{loss_name}: centers has no rows (shape {tuple(centers.shape)})")
+    if centers.shape[1] != features.shape[1]:
+        raise HarnessError(
+            f"{loss_name}: centers have dimension {centers.shape[1]} but features have "
+            f"dimension {features.shape[1]}"
+        )
+    if centers.device != features.device:
+        raise HarnessError(
+            f"{loss_name}: centers are on {centers.device} but features are on {features.device}"
+        )
+    _check_label_range(loss_name, labels, centers.shape[0])
+
+
+def _check_label_range(loss_name: str, labels: Tensor, num_classes: int, field: str = "labels") -> None:
+    low, high = torch.aminmax(labels)
+    low, high = int(low), int(high)
+    if low < 0 or high >= num_classes:
+        raise HarnessError(
+            f"{loss_name}: {field} must lie in [0, {num_classes}) to index {num_classes} classes; "
+            f"got values from {low} to {high}"
+        )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"shape {tuple(value.shape)}, dtype {value.dtype}"
+    return f"a {type(value).__name__}"
+
+
+def _check_margin(loss_name: str, field: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise HarnessError(f"{loss_name}: {field} must be a finite number; got {value!r}")
+    return float(value)
+
+
+def _squared_distances(left: Tensor, right: Tensor) -> Tensor:
+    """All-pairs squared Euclidean distances through one matmul (|a|^2 + |b|^2 - 2ab)."""
+    left_norms = left.square().sum(dim=1, keepdim=True)
+    right_norms = right.square().sum(dim=1).unsqueeze(0)
+    return (left_norms + right_norms - 2.0 * (left @ right.T)).clamp_min(0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# weighted regularised triplet
+# --------------------------------------------------------------------------------------------
+
+
+def wrt_loss(features: Tensor, labels: Tensor) -> Tensor:
+    """Weighted regularised triplet loss of AGW over the whole mixed-modality batch.
+
+    Every sample is an anchor. Its positives are the samples of its identity, itself included,
+    its negatives all other samples. Positive distances are weighted by a softmax of the distance
+    (hard positives count most), negative distances by a softmax of minus the distance (hard
+    negatives count most); the weights are not detached. The per-anchor loss is
+    softplus(weighted positive distance - weighted negative distance), averaged over anchors.
+
+    An anchor without negatives (possible only when the batch holds a single identity) has no
+    triplet; such anchors are left out of the mean, and a batch without any valid anchor gives a
+    loss of exactly zero that is still attached to the graph.
+    """
+    _check_features("wrt_loss", features)
+    _check_labels("wrt_loss", labels, features)
+    dtype = _compute_dtype(features)
+    with _autocast_disabled(features.device):
+        feats = features.to(dtype)
+        # Distances do not change under translation; centring first keeps |a|^2 + |b|^2 - 2ab
+        # from cancelling catastrophically when all features share a large offset.
+        feats = feats - feats.mean(dim=0, keepdim=True)
+        squared = _squared_distances(feats, feats)
+        batch_size = feats.shape[0]
+        self_pairs = torch.eye(batch_size, dtype=torch.bool, device=feats.device)
+        # The diagonal is set to an exact zero; `where` also blocks the sqrt gradient there.
+        distances = torch.where(
+            self_pairs,
+            torch.zeros((), dtype=dtype, device=feats.device),
+            squared.clamp_min(_SQUARED_DISTANCE_FLOOR).sqrt(),
+        )
+
+        same_identity = labels.unsqueeze(0) == labels.unsqueeze(1)
+        other_identity = ~same_identity
+        has_negative = other_identity.any(dim=1)
+        minus_inf = torch.tensor(float("-inf"), dtype=dtype, device=feats.device)
+
+        positive_weights = torch.softmax(torch.where(same_identity, distances, minus_inf), dim=1)
+        negative_logits = torch.where(other_identity, -distances, minus_inf)
+        # Rows with no negative would be all -inf (NaN softmax); give them a finite dummy row
+        # whose weights are zeroed by the mask right after.
+        negative_logits = torch.where(has_negative.unsqueeze(1), negative_logits, 0.0)
+        negative_weights = torch.softmax(negative_logits, dim=1) * other_identity
+
+        weighted_positive = (positive_weights * distances).sum(dim=1)
+        weighted_negative = (negative_weights * distances).sum(dim=1)
+        per_anchor = F.softplus(weighted_positive - weighted_negative)
+
+        valid = has_negative.to(dtype)
+        return (per_anchor * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# center losses
+# --------------------------------------------------------------------------------------------
+
+
+def center_loss(features: Tensor, labels: Tensor, centers: Tensor) -> Tensor:
+    """Center loss of Wen et al. (ECCV 2016): mean squared distance of each feature to its center.
+
+    Centers of classes absent from the batch receive no gradient.
+    """
+    _check_features("center_loss", features)
+    _check_labels("center_loss", labels, features)
+    _check_centers("center_loss", features, labels, centers)
+    dtype = _compute_dtype(features, centers)
+    with _autocast_disabled(features.device):
+        feats, cents = features.to(dtype), centers.to(dtype)
+        return (feats - cents.index_select(0, labels)).square().sum(dim=1).mean()
+
+
+def _nearest_other_center_squared(centers: Tensor, labels: Tensor) -> Tensor:
+    """For each sample, min over k != y_i of ||c_{y_i} - c_k||^2, shape (N,).
+
+    Only the centers of classes in the batch are searched from: all K centers when K <= N
+    (cameras, no host sync), the distinct batch labels otherwise (identities: 8 rows instead of
+    395). Which other center is nearest is decided without gradient from the |a|^2 + |b|^2 - 2ab
+    expansion; the chosen pair's distance is then recomputed directly, so the value is exact and
+    the backward pass touches only the selected pairs instead of a whole rows x K x D product.
+    (With exact ties the gradient goes to one of the tied centers, a valid subgradient of the min.)
+    """
+    num_classes = centers.shape[0]
+    class_ids = torch.arange(num_classes, device=centers.device)
+    if num_classes <= labels.shape[0]:
+        anchor_ids, sample_to_anchor, anchors = class_ids, labels, centers
+    else:
+        anchor_ids, sample_to_anchor = torch.unique(labels, return_inverse=True)
+        anchors = centers.index_select(0, anchor_ids)
+    with torch.no_grad():
+        squared = _squared_distances(anchors, centers)
+        squared = squared.masked_fill(anchor_ids.unsqueeze(1) == class_ids.unsqueeze(0), float("inf"))
+        nearest_other = squared.argmin(dim=1)
+    gaps = (anchors - centers.index_select(0, nearest_other)).square().sum(dim=1)
+    return gaps.index_select(0, sample_to_anchor)
+
+
+def marginal_center_loss(
+    features: Tensor,
+    labels: Tensor,
+    centers: Tensor,
+    *,
+    sigma: float,
+    rho: float,
+    variant: str = "paper",
+    nearest_weighting: str = "per-sample",
+    detach_nearest: bool = False,
+) -> Tensor:
+    """Marginal center aggregation of MCLNet (ICA with identity labels, CCA with camera labels).
+
+    With d_i = ||f_i - c_{y_i}||^2 and m_k the smallest d_j among the batch samples of class k
+    (the class's sample f^o nearest its center):
+
+    variant "paper" (hinge per sample)
+        pull = mean_i [d_i - m_{y_i} - sigma]_+
+        push = mean_i [rho - min_{k != y_i} ||c_{y_i} - c_k||^2]_+
+    variant "authors-code" (hinge once, on batch means)
+        pull = [mean_i d_i - nearest - sigma]_+
+        push = [rho - mean_i min_{k != y_i} ||c_{y_i} - c_k||^2]_+
+      where `nearest_weighting` picks the authors' nearest term:
+        "per-sample"  nearest = (1/N) sum_k n_k m_k    (their camera term; n_k = batch count)
+        "per-class-8" nearest = (8/N) sum_{k in batch} m_k   (their identity term)
+      `nearest_weighting` is ignored by the "paper" variant.
+
+    Returns pull + push. The neighbours of a center are all other centers, including those of
+    classes absent from the batch; with a single center the push term is zero.
+
+    m_k is a batch sample's distance, so by default the gradient flows through it as through any
+    other d_j: each active pull hinge of class k then also pushes the class's nearest sample f^o
+    away from c_k. `detach_nearest=True` treats m_k as a constant instead, so only the other
+    samples move (toward their center).
+    """
+    name = "marginal_center_loss"
+    if variant not in MARGINAL_VARIANTS:
+        raise HarnessError(
+            f"{name}: variant must be one of {', '.join(map(repr, MARGINAL_VARIANTS))}; "
+            f"got {variant!r}"
+        )
+    if nearest_weighting not in NEAREST_WEIGHTINGS:
+        raise HarnessError(
+            f"{name}: nearest_weighting must be one of {', '.join(map(repr, NEAREST_WEIGHTINGS))}; "
+            f"got {nearest_weighting!r}"
+        )
+    sigma = _check_margin(name, "sigma", sigma)
+    rho = _check_margin(name, "rho", rho)
+    _check_features(name, features)
+    _check_labels(name, labels, features)
+    _check_centers(name, features, labels, centers)
+
+    dtype = _compute_dtype(features, centers)
+    with _autocast_disabled(features.device):
+        feats, cents = features.to(dtype), centers.to(dtype)
+        batch_size = feats.shape[0]
+        to_own_center = (feats - cents.index_select(0, labels)).square().sum(dim=1)
+
+        # m_{y_i} for every sample: a row-min over the (N x N) table of d_j, other classes masked.
+        other_class = labels.unsqueeze(0) != labels.unsqueeze(1)
+        nearest_in_class = (
+            to_own_center.expand(batch_size, -1).masked_fill(other_class, float("inf")).amin(dim=1)
+        )
+        if detach_nearest:
+            nearest_in_class = nearest_in_class.detach()
+
+        has_other_center = cents.shape[0] > 1
+        center_gap = _nearest_other_center_squared(cents, labels) if has_other_center else None
+
+        if variant == "paper":
+            per_sample = F.relu(to_own_center - nearest_in_class - sigma)
+            if center_gap is not None:
+                per_sample = per_sample + F.relu(rho - center_gap)
+            return per_sample.mean()
+
+        if nearest_weighting == "per-sample":
+            nearest_term = nearest_in_class.mean()
+        else:
+            # the sum over classes present of m_k, written per sample: each of the n_k samples of
+            # class k carries m_k / n_k.
+            class_sizes = batch_size - other_class.sum(dim=1).to(dtype)
+            per_class_share = (nearest_in_class / class_sizes).sum()
+            nearest_term = (_AUTHORS_IMAGES_PER_IDENTITY / batch_size) * per_class_share
+        pull = F.relu(to_own_center.mean() - nearest_term - sigma)
+        if center_gap is None:
+            return pull
+        return pull + F.relu(rho - center_gap.mean())
+
+
+# --------------------------------------------------------------------------------------------
+# modality confusion module
+# --------------------------------------------------------------------------------------------
+
+
+def _check_logits(loss_name: str, logits: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        raise HarnessError(
+            f"{loss_name}: logits must be a 2-D floating tensor (N, num_modalities); got "
+            f"{_describe(logits)}"
+        )
+    if logits.shape[0] == 0 or logits.shape[1] < 2:
+        raise HarnessError(
+            f"{loss_name}: logits need at least one sample and two modalities; got shape "
+            f"{tuple(logits.shape)}"
+        )
+
+
+def modality_classification_loss(logits: Tensor, modality: Tensor) -> Tensor:
+    """Cross-entropy of the modality classifier against the true modality (the M step)."""
+    name = "modality_classification_loss"
+    _check_logits(name, logits)
+    _check_labels(name, modality, logits, field="modality")
+    _check_label_range(name, modality, logits.shape[1], field="modality")
+    with _autocast_disabled(logits.device):
+        return F.cross_entropy(logits.to(_compute_dtype(logits)), modality)
+
+
+def modality_confusion_loss(logits: Tensor) -> Tensor:
+    """Cross-entropy against the uniform "confused" target (the extractor step).
+
+    For two modalities this is -(1/N) sum_i 0.5 (log p0_i + log p1_i); it is smallest when the
+    classifier cannot tell the modalities apart.
+    """
+    _check_logits("modality_confusion_loss", logits)
+    with _autocast_disabled(logits.device):
+        log_probs = F.log_softmax(logits.to(_compute_dtype(logits)), dim=1)
+        return -log_probs.mean(dim=1).mean()
