@@ -103,9 +103,9 @@ def rank_metrics(
     results = _QueryResults(num_queries, dist_t.device)
     for rows, view in _query_groups(labels, protocol):
         for block_rows in torch.split(rows, view.rows_per_block):
-            block = _take_block(dist_t, block_rows, view.columns)
-            order = torch.sort(block, dim=1, stable=True).indices
-            results.store(block_rows, _metrics_of_ranking(order, None, block_rows, labels, view, protocol, max_rank))
+            order = torch.sort(_take_block(dist_t, block_rows, view.columns), dim=1, stable=True).indices
+            ranking = _RankedBlock(order, block_rows, labels, view)
+            results.store(block_rows, ranking.metrics(None, protocol, max_rank))
     return results.summary(max_rank, where)
 
 
@@ -139,14 +139,13 @@ def evaluate_trials(
 
     trial_results = [_QueryResults(num_queries, device) for _ in range(masks.shape[0])]
     for rows, view in _query_groups(labels, protocol):
-        view_gallery = gallery if view.columns is None else gallery[view.columns]
-        view_masks = masks if view.columns is None else masks[:, view.columns]
+        view_gallery = gallery if view.columns is None else gallery.index_select(0, view.columns)
+        view_masks = masks if view.columns is None else masks.index_select(1, view.columns)
         for block_rows in torch.split(rows, view.rows_per_block):
-            block = -(query[block_rows] @ view_gallery.T)
-            order = torch.sort(block, dim=1, stable=True).indices
+            block = -(query.index_select(0, block_rows) @ view_gallery.T)
+            ranking = _RankedBlock(torch.sort(block, dim=1, stable=True).indices, block_rows, labels, view)
             for trial, results in enumerate(trial_results):
-                metrics = _metrics_of_ranking(order, view_masks[trial], block_rows, labels, view, protocol, max_rank)
-                results.store(block_rows, metrics)
+                results.store(block_rows, ranking.metrics(view_masks[trial], protocol, max_rank))
 
     trials = [
         results.summary(max_rank, f"{where}: trial {trial}") for trial, results in enumerate(trial_results)
@@ -179,7 +178,9 @@ def _as_tensor(value: ArrayLike, name: str, device: torch.device | None, where: 
     return tensor if device is None else tensor.to(device)
 
 
-def _integer_vector(value: ArrayLike, name: str, length: int, length_of: str, device: torch.device, where: str) -> torch.Tensor:
+def _integer_vector(
+    value: ArrayLike, name: str, length: int, length_of: str, device: torch.device, where: str
+) -> torch.Tensor:
     tensor = _as_tensor(value, name, device, where)
     if tensor.ndim != 1:
         raise HarnessError(f"{where}: {name} must be 1-D, got shape {tuple(tensor.shape)}")
@@ -190,7 +191,9 @@ def _integer_vector(value: ArrayLike, name: str, length: int, length_of: str, de
     return tensor.to(torch.int64)
 
 
-def _features_pair(query_features: ArrayLike, gallery_features: ArrayLike, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _features_pair(
+    query_features: ArrayLike, gallery_features: ArrayLike, where: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     query = _as_tensor(query_features, "query_features", None, where)
     gallery = _as_tensor(gallery_features, "gallery_features", query.device, where)
     for name, features in (("query_features", query), ("gallery_features", gallery)):
@@ -273,7 +276,7 @@ class _GalleryView:
 
     ``members[c]`` lists the view columns of identity code c, padded with ``size`` (a spare
     column), so a query's true matches are found without scanning its ranked list. Queries are
-    ranked ``rows_per_block`` at a time; ``ramp`` holds 0..size-1 on each row of a block.
+    ranked ``rows_per_block`` at a time.
     """
 
     columns: torch.Tensor | None  # indices into the full gallery; None = the whole gallery
@@ -282,7 +285,6 @@ class _GalleryView:
     members: torch.Tensor  # int64 (num_ids, max identity count)
     size: int
     rows_per_block: int
-    ramp: torch.Tensor  # int32 (rows_per_block, size)
 
     @staticmethod
     def build(labels: _Labels, columns: torch.Tensor | None, num_rows: int) -> "_GalleryView":
@@ -302,8 +304,7 @@ class _GalleryView:
         spare_cam = torch.full((1,), -1, dtype=cam.dtype, device=device)
         budget = _GPU_BLOCK_ELEMENTS if device.type == "cuda" else _CPU_BLOCK_ELEMENTS
         rows_per_block = max(1, min(num_rows, budget // max(1, size)))
-        ramp = torch.arange(size, dtype=torch.int32, device=device).expand(rows_per_block, size).contiguous()
-        return _GalleryView(columns, code, torch.cat([cam, spare_cam]), members, size, rows_per_block, ramp)
+        return _GalleryView(columns, code, torch.cat([cam, spare_cam]), members, size, rows_per_block)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,11 +334,11 @@ def _query_groups(labels: _Labels, protocol: str) -> list[tuple[torch.Tensor, _G
 
 def _take_block(dist: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
     if columns is not None:
-        return dist[rows[:, None], columns[None, :]]
+        return dist.index_select(0, rows).index_select(1, columns)
     first = int(rows[0])
     if int(rows[-1]) - first + 1 == rows.numel():
         return dist[first : first + rows.numel()]  # contiguous rows: a view, no copy
-    return dist[rows]
+    return dist.index_select(0, rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,74 +354,78 @@ class _RankedMetrics:
     valid: torch.Tensor  # bool (B,)
 
 
-def _metrics_of_ranking(
-    order: torch.Tensor,
-    keep: torch.Tensor | None,
-    rows: torch.Tensor,
-    labels: _Labels,
-    view: _GalleryView,
-    protocol: str,
-    max_rank: int,
-) -> _RankedMetrics:
-    """Per-query metrics from ``order`` (B, L): view columns sorted by ascending distance.
+class _RankedBlock:
+    """A block of queries ranked against a gallery view: ``order`` (B, L) holds view columns
+    sorted by ascending distance.
 
-    ``keep`` (L,) bool restricts the gallery to a subset (one trial): the subset's ranking is
-    ``order`` with the other columns skipped, so a kept entry's rank is the number of kept
-    entries up to its position. Only the true matches of each query are visited: their
-    positions come from the inverse permutation of ``order``.
+    Only the true matches of each query are visited: their positions in the ranking come from
+    the inverse permutation of ``order``. Everything here is shared by all the gallery subsets
+    (trials) evaluated on this ranking; ``metrics(keep)`` applies one subset.
     """
-    num_rows, length = order.shape
-    device = order.device
-    if length == 0 or (keep is not None and not bool(keep.any())):
-        none = torch.zeros(num_rows, dtype=torch.float64, device=device)
-        return _RankedMetrics(none, none, torch.ones(num_rows, dtype=torch.int64, device=device), none.bool())
-    # positions[b, g] = where view column g sits in row b's ranking; column `length` is the
-    # spare one that padded member slots point at, placed past every real position.
-    positions = torch.empty(num_rows, length + 1, dtype=torch.int32, device=device)
-    positions[:, :length].scatter_(1, order, view.ramp[:num_rows])
-    positions[:, length] = length
 
-    q_code = labels.q_code[rows]
-    candidates = view.members[q_code.to(torch.int64)]  # (B, M) view columns of the query's identity
-    candidate_pos, by_position = positions.gather(1, candidates).sort(dim=1)
-    candidates = candidates.gather(1, by_position)
-    is_hit = candidate_pos < length
-    candidate_pos = candidate_pos.to(torch.int64)
+    def __init__(self, order: torch.Tensor, rows: torch.Tensor, labels: _Labels, view: _GalleryView) -> None:
+        self.order, self.labels, self.view = order, labels, view
+        num_rows, length = order.shape
+        self.q_code = labels.q_code.index_select(0, rows)
+        self.q_cam = labels.q_cam.index_select(0, rows)
+        # positions[b, c] = where view column c sits in row b's ranking; the spare column
+        # `length` (padding of the member table) sits past every real position.
+        positions = torch.empty(num_rows, length + 1, dtype=torch.int32, device=order.device)
+        ramp = torch.arange(length, dtype=torch.int32, device=order.device).expand(num_rows, length)
+        positions[:, :length].scatter_(1, order, ramp)
+        positions[:, length] = length
+        candidates = view.members.index_select(0, self.q_code.to(torch.int64))  # (B, M)
+        candidate_pos, by_position = positions.gather(1, candidates).sort(dim=1)
+        self.candidates = candidates.gather(1, by_position)  # the query's identity, in rank order
+        self.candidate_pos = candidate_pos.to(torch.int64)  # 0-based positions; `length` = none
 
-    if keep is None:
-        hit_rank = candidate_pos + 1
-    else:
-        is_hit &= torch.cat([keep, keep.new_zeros(1)])[candidates]
-        kept_up_to = keep[order].cumsum(dim=1, dtype=torch.int32)
-        hit_rank = kept_up_to.gather(1, candidate_pos.clamp(max=length - 1)).to(torch.int64)
+    def metrics(self, keep: torch.Tensor | None, protocol: str, max_rank: int) -> _RankedMetrics:
+        """Per-query metrics of the ranking restricted to the view columns where ``keep`` is
+        True (None = all): the restricted ranking keeps the relative order, so a kept entry's
+        rank is the number of kept entries up to its position."""
+        order, view, candidates, candidate_pos = self.order, self.view, self.candidates, self.candidate_pos
+        num_rows, length = order.shape
+        device = order.device
+        if length == 0 or (keep is not None and not bool(keep.any())):
+            none = torch.zeros(num_rows, dtype=torch.float64, device=device)
+            return _RankedMetrics(none, none, torch.ones(num_rows, dtype=torch.int64, device=device), none.bool())
 
-    if protocol == "llcm":
-        # Excluded entries (same identity and camera) are all true matches: drop them and lower
-        # the rank of every later hit by the number dropped before it.
-        excluded = is_hit & (view.cam[candidates] == labels.q_cam[rows][:, None])
-        hit_rank = hit_rank - excluded.cumsum(dim=1)
-        is_hit &= ~excluded
+        is_hit = candidate_pos < length
+        if keep is None:
+            hit_rank = candidate_pos + 1
+        else:
+            is_hit &= torch.cat([keep, keep.new_zeros(1)])[candidates]
+            kept_flags = keep.to(torch.int32).expand(num_rows, length)
+            kept_up_to = torch.gather(kept_flags, 1, order).cumsum_(dim=1)
+            hit_rank = kept_up_to.gather(1, candidate_pos.clamp(max=length - 1)).to(torch.int64)
 
-    hit_number = is_hit.cumsum(dim=1)
-    num_hits = hit_number[:, -1]
-    valid = num_hits > 0
-    hits = num_hits.clamp(min=1).to(torch.float64)
-    precision = hit_number.to(torch.float64) / hit_rank.clamp(min=1).to(torch.float64)
-    ap = torch.where(is_hit, precision, torch.zeros_like(precision)).sum(dim=1) / hits
-    last_rank = torch.where(is_hit, hit_rank, torch.zeros_like(hit_rank)).amax(dim=1).clamp(min=1)
-    inp = torch.where(valid, hits / last_rank.to(torch.float64), torch.zeros_like(hits))
-    first_rank = torch.where(is_hit, hit_rank, torch.full_like(hit_rank, length + 1)).amin(dim=1)
+        if protocol == "llcm":
+            # Excluded entries (same identity and camera) are all true matches: drop them and
+            # lower the rank of every later hit by the number dropped before it.
+            excluded = is_hit & (view.cam[candidates] == self.q_cam[:, None])
+            hit_rank = hit_rank - excluded.cumsum(dim=1)
+            is_hit &= ~excluded
 
-    if protocol == "regdb":
-        return _RankedMetrics(ap, inp, first_rank, valid)
-    cmc_rank = torch.full((num_rows,), length + 1, dtype=torch.int64, device=device)
-    valid_rows = valid.nonzero().flatten()
-    if valid_rows.numel():
-        first_pos = torch.where(is_hit, candidate_pos, torch.full_like(candidate_pos, length)).amin(dim=1)
-        cmc_rank[valid_rows] = 1 + _other_identities_before(
-            order, valid_rows, first_pos[valid_rows], q_code[valid_rows], keep, view, labels.num_ids, max_rank
-        )
-    return _RankedMetrics(ap, inp, cmc_rank, valid)
+        hit_number = is_hit.cumsum(dim=1)
+        num_hits = hit_number[:, -1]
+        valid = num_hits > 0
+        hits = num_hits.clamp(min=1).to(torch.float64)
+        precision = hit_number.to(torch.float64) / hit_rank.clamp(min=1).to(torch.float64)
+        ap = torch.where(is_hit, precision, torch.zeros_like(precision)).sum(dim=1) / hits
+        last_rank = torch.where(is_hit, hit_rank, torch.zeros_like(hit_rank)).amax(dim=1).clamp(min=1)
+        inp = torch.where(valid, hits / last_rank.to(torch.float64), torch.zeros_like(hits))
+        first_rank = torch.where(is_hit, hit_rank, torch.full_like(hit_rank, length + 1)).amin(dim=1)
+        if protocol == "regdb":
+            return _RankedMetrics(ap, inp, first_rank, valid)
+
+        cmc_rank = torch.full((num_rows,), length + 1, dtype=torch.int64, device=device)
+        valid_rows = valid.nonzero().flatten()
+        if valid_rows.numel():
+            first_pos = torch.where(is_hit, candidate_pos, torch.full_like(candidate_pos, length)).amin(dim=1)
+            cmc_rank[valid_rows] = 1 + _other_identities_before(
+                order, valid_rows, first_pos[valid_rows], self.q_code[valid_rows], keep, view, max_rank
+            )
+        return _RankedMetrics(ap, inp, cmc_rank, valid)
 
 
 def _other_identities_before(
@@ -430,7 +435,6 @@ def _other_identities_before(
     q_code: torch.Tensor,
     keep: torch.Tensor | None,
     view: _GalleryView,
-    num_ids: int,
     max_rank: int,
 ) -> torch.Tensor:
     """Distinct identities other than the query's among the kept entries ranked before
@@ -446,12 +450,12 @@ def _other_identities_before(
     if keep is not None:  # the window is counted in ranks of the restricted gallery
         window = window * length // max(1, int(keep.sum()))
     window = min(length, window)
-    counts = _distinct_in_prefix(order[rows, :window], first_pos, q_code, keep, view, num_ids)
+    counts = _distinct_in_prefix(order[rows, :window], first_pos, q_code, keep, view)
     undecided = ((first_pos > window) & (counts < max_rank)).nonzero().flatten()
     if undecided.numel():
         width = int(first_pos[undecided].max())
         counts[undecided] = _distinct_in_prefix(
-            order[rows[undecided], :width], first_pos[undecided], q_code[undecided], keep, view, num_ids
+            order[rows[undecided], :width], first_pos[undecided], q_code[undecided], keep, view
         )
     return counts
 
@@ -462,7 +466,6 @@ def _distinct_in_prefix(
     q_code: torch.Tensor,
     keep: torch.Tensor | None,
     view: _GalleryView,
-    num_ids: int,
 ) -> torch.Tensor:
     """Per row, distinct identity codes other than q_code among kept columns < limit_pos."""
     codes = view.code[prefix]
@@ -470,8 +473,8 @@ def _distinct_in_prefix(
     ignored = (positions[None, :] >= limit_pos[:, None]) | (codes == q_code[:, None])
     if keep is not None:
         ignored |= ~keep[prefix]
-    spare_code = num_ids
-    codes = codes.to(torch.int64).masked_fill_(ignored, spare_code)
+    num_ids = view.members.shape[0]
+    codes = codes.to(torch.int64).masked_fill_(ignored, num_ids)  # num_ids: a spare slot
     seen = torch.zeros(prefix.shape[0], num_ids + 1, dtype=torch.bool, device=prefix.device)
     seen.scatter_(1, codes, True)
     return seen[:, :num_ids].sum(dim=1)

@@ -100,7 +100,9 @@ def test_regdb_hand_example():
 
 
 # gallery for the SYSU hand examples: (id, cam, distance)
-SYSU_GALLERY = [(2, 2, 0.05), (4, 1, 0.10), (4, 4, 0.15), (1, 2, 0.20), (5, 5, 0.25), (4, 5, 0.30), (1, 1, 0.35), (1, 4, 0.50)]
+SYSU_GALLERY = [
+    (2, 2, 0.05), (4, 1, 0.10), (4, 4, 0.15), (1, 2, 0.20), (5, 5, 0.25), (4, 5, 0.30), (1, 1, 0.35), (1, 4, 0.50)
+]
 
 
 def sysu_hand_inputs(queries):
@@ -204,7 +206,8 @@ def test_small_blocks_and_late_first_match(monkeypatch, protocol):
     dist = rng.random((40, num_gallery))
     for max_rank in (1, 2, 20):
         expected = reference_metrics(dist, q_ids, g_ids, q_cams, g_cams, protocol, max_rank)
-        assert_same_metrics(rank_metrics(dist, q_ids, g_ids, q_cams, g_cams, protocol=protocol, max_rank=max_rank), expected)
+        actual = rank_metrics(dist, q_ids, g_ids, q_cams, g_cams, protocol=protocol, max_rank=max_rank)
+        assert_same_metrics(actual, expected)
 
 
 def test_tiny_dedup_window_still_exact(monkeypatch):
@@ -231,7 +234,7 @@ def test_numpy_and_torch_inputs_agree():
     assert_same_metrics(from_torch, from_numpy)
     read_only = dist.copy()
     read_only.setflags(write=False)
-    assert_same_metrics(rank_metrics(read_only.T.T, q_ids, g_ids, q_cams, g_cams, protocol="sysu"), from_numpy)
+    assert_same_metrics(rank_metrics(read_only, q_ids, g_ids, q_cams, g_cams, protocol="sysu"), from_numpy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +289,9 @@ def test_pairwise_distance_is_negative_cosine():
     got = pairwise_distance(q, g)
     assert isinstance(got, torch.Tensor) and got.shape == (4, 5)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
-    euclidean = np.linalg.norm(q[:, None] / np.linalg.norm(q, axis=1)[:, None, None] - (g / np.linalg.norm(g, axis=1)[:, None])[None], axis=2)
+    unit_q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    unit_g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    euclidean = np.linalg.norm(unit_q[:, None] - unit_g[None], axis=2)
     np.testing.assert_array_equal(np.argsort(got.numpy(), axis=1), np.argsort(euclidean, axis=1))
 
 
@@ -294,7 +299,9 @@ def test_pairwise_distance_is_negative_cosine():
 # Bad inputs
 # --------------------------------------------------------------------------------------------
 
-GOOD = dict(dist=np.random.default_rng(0).random((2, 3)), q_ids=[1, 2], g_ids=[1, 2, 2], q_cams=[3, 6], g_cams=[1, 2, 4])
+GOOD = dict(
+    dist=np.random.default_rng(0).random((2, 3)), q_ids=[1, 2], g_ids=[1, 2, 2], q_cams=[3, 6], g_cams=[1, 2, 4]
+)
 
 
 @pytest.mark.parametrize(
@@ -318,7 +325,8 @@ GOOD = dict(dist=np.random.default_rng(0).random((2, 3)), q_ids=[1, 2], g_ids=[1
 def test_rank_metrics_rejects_bad_input(change, message):
     kwargs = {**GOOD, "protocol": "sysu", **change}
     with pytest.raises(HarnessError, match=message):
-        rank_metrics(kwargs.pop("dist"), kwargs.pop("q_ids"), kwargs.pop("g_ids"), kwargs.pop("q_cams"), kwargs.pop("g_cams"), **kwargs)
+        positional = [kwargs.pop(name) for name in ("dist", "q_ids", "g_ids", "q_cams", "g_cams")]
+        rank_metrics(*positional, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -362,3 +370,36 @@ def test_trials_with_duplicate_gallery_features_keep_index_order():
     for trial, mask in enumerate(masks):
         expected = reference_metrics(dist[:, mask], q_ids, g_ids[mask], q_cams, g_cams[mask], "regdb")
         assert_same_metrics(out["trials"][trial], expected)
+
+
+@pytest.mark.parametrize("protocol", ["sysu", "regdb", "llcm"])
+def test_trials_with_small_blocks_late_matches_and_a_cam2_only_trial(monkeypatch, protocol):
+    monkeypatch.setattr(evaluation, "_CPU_BLOCK_ELEMENTS", 700)
+    monkeypatch.setattr(evaluation, "_DEDUP_FIRST_WINDOW", 1)
+    rng = np.random.default_rng(29)
+    num_queries, num_gallery = 40, 300
+    g_ids = np.where(rng.random(num_gallery) < 0.05, 4, rng.integers(0, 4, num_gallery))
+    q_ids = rng.choice([0, 1, 4, 4, 4, 9], num_queries)
+    q_cams = rng.choice([3, 6], num_queries) if protocol == "sysu" else rng.integers(1, 3, num_queries)
+    g_cams = rng.choice([1, 2, 4, 5], num_gallery) if protocol == "sysu" else rng.integers(1, 3, num_gallery)
+    query_features = rng.normal(size=(num_queries, 8))
+    gallery_features = rng.normal(size=(num_gallery, 8))
+    masks = np.stack([rng.random(num_gallery) < 0.5, rng.random(num_gallery) < 0.2, g_cams == 2])
+    dist = -(query_features / np.linalg.norm(query_features, axis=1, keepdims=True)) @ (
+        gallery_features / np.linalg.norm(gallery_features, axis=1, keepdims=True)
+    ).T
+    for max_rank in (1, 3, 20):
+        out = evaluate_trials(
+            query_features, gallery_features, q_ids, g_ids, q_cams, g_cams, masks, protocol=protocol, max_rank=max_rank
+        )
+        for trial, mask in enumerate(masks):
+            expected = reference_metrics(dist[:, mask], q_ids, g_ids[mask], q_cams, g_cams[mask], protocol, max_rank)
+            assert_same_metrics(out["trials"][trial], expected)
+
+
+def test_sysu_cam3_queries_against_a_cam2_only_gallery_are_skipped():
+    dist = np.array([[0.3, 0.1], [0.3, 0.1], [0.4, 0.2]])
+    out = rank_metrics(dist, [1, 2, 1], [1, 2], [3, 3, 6], [2, 2], protocol="sysu", max_rank=2)
+    assert out["num_valid_queries"] == 1  # only the cam6 query: ranked 1, 2 -> first match at rank 2
+    np.testing.assert_array_equal(out["cmc"], [0, 1])
+    assert out["mAP"] == pytest.approx(1 / 2)
