@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
 
-from harness.errors import HarnessError
+optuna = pytest.importorskip("optuna")
+
+from harness.errors import HarnessError  # noqa: E402  (after the optuna check)
 from harness.results import ResultStore
 from harness.runner import common
 from harness.runner.optuna_backend import (PARETO_CSV, STUDY_FILE, TRIALS_CSV, OptunaJob, prepare_study, run_optuna,
@@ -59,6 +60,8 @@ def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None
                      lambda e=epoch: {"mAP": final * (e + 1) / epochs, "rank1": final})
     if cfg.train.gamma == 0.5:
         raise RuntimeError("fake crash")
+    if cfg.train.gamma == 0.25:
+        raise HarnessError("fake bad input: data.root does not exist")
     key = config_key(cfg)
     common_fields = {"trial_key": key, "method": cfg.method, "backbone": cfg.model.backbone, "dataset": "fake",
                      "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True), "status": "ok",
@@ -353,3 +356,198 @@ def test_optuna_two_worker_processes_share_one_budget(tmp_path):
     assert df["trial_key"].nunique() == 6 and len(df) == 12
     assert os.getpid() not in set(df["pid"])  # the trials ran in the worker processes
     assert sorted(df.drop_duplicates("trial_key")["optuna_trial"]) == list(range(6))
+
+
+# --------------------------------------------------------------------------- ray
+
+try:
+    import ray
+
+    HAVE_RAY = True
+except ImportError:
+    HAVE_RAY = False
+
+
+@pytest.mark.parametrize("cluster, nodes, expected", [
+    ({"CPU": 2.0}, [2.0], {"cpu": 2.0, "gpu": 0.0}),
+    ({"CPU": 16.0, "memory": 1e9}, [8.0, 8.0], {"cpu": 8.0, "gpu": 0.0}),
+    ({"CPU": 12.0}, [4.0, 8.0], {"cpu": 4.0, "gpu": 0.0}),  # fits the smallest node
+    ({"CPU": 16.0, "GPU": 4.0}, [16.0], {"cpu": 4.0, "gpu": 1.0}),
+    ({"CPU": 8.0, "GPU": 1.0}, [8.0], {"cpu": 8.0, "gpu": 1.0}),
+    ({"CPU": 8.0, "GPU": 0.5}, [8.0], {"cpu": 8.0, "gpu": 0.0}),  # no whole GPU to ask for
+    ({"CPU": 0.0}, [], {"cpu": 1.0, "gpu": 0.0}),
+])
+def test_ray_trial_resources_never_ask_for_a_missing_gpu(cluster, nodes, expected):
+    from harness.runner.ray_backend import trial_resources
+
+    got = trial_resources(cluster, nodes)
+    assert got == expected
+    if cluster.get("GPU", 0) < 1:
+        assert got["gpu"] == 0
+
+
+def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
+    from harness.runner.ray_backend import run_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(HarnessError, match=r"pip install 'vireid-harness\[ray\]'"):
+        run_ray(make_spec("noray"), tmp_path, quiet=True)
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
+def test_ray_grid_runs_every_point_and_resumes(tmp_path):
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV, run_ray
+
+    spec = make_spec("rgrid", grid={"train.lr": [0.01, 0.02, 0.03]})
+    run_ray(spec, tmp_path, quiet=True, trial_fn=FAKE, num_cpus=2)
+    assert not ray.is_initialized()
+    df = ResultStore(tmp_path).dataframe()
+    assert set(df["status"]) == {"ok"} and set(df["backend"]) == {"ray"} and len(df) == 6
+    lrs = sorted(json.loads(c)["train"]["lr"] for c in df.drop_duplicates("trial_key")["config"])
+    assert lrs == [0.01, 0.02, 0.03]
+    assert os.getpid() not in set(df["pid"])  # ran in Ray workers
+    assert (tmp_path / "ray" / "rgrid").is_dir() and (tmp_path / RAY_CSV).exists()
+    run_ray(spec, tmp_path, quiet=True, trial_fn=FAKE, num_cpus=2)  # restores the finished experiment
+    assert list(ResultStore(tmp_path).dataframe()["record_id"]) == list(df["record_id"])
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
+def test_ray_search_records_sampled_trials_and_asha_stops(tmp_path):
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV, run_ray
+
+    spec = make_spec("rsearch", search={"space": LR_SPACE, "n_trials": 3, "sampler": "tpe", "pruner": "median"})
+    run_ray(spec, tmp_path, quiet=True, trial_fn=FAKE, num_cpus=2)
+    assert not ray.is_initialized()
+    df = ResultStore(tmp_path).dataframe().drop_duplicates("trial_key")
+    assert len(df) == 3 and set(df["status"]) <= {"ok", "pruned"}
+    for row in df.to_dict("records"):
+        lr = json.loads(row["config"])["train"]["lr"]
+        assert 0.001 <= lr <= 0.079 and row["param_train.lr"] == pytest.approx(lr)
+        if row["status"] == "ok":
+            assert row["val_mAP"] == pytest.approx(100.0 * lr / 0.1 * 0.05) and row["epochs"] == 3
+        else:
+            assert row["epochs"] < 3
+    import pandas as pd
+
+    tune_rows = pd.read_csv(tmp_path / RAY_CSV)
+    assert len(tune_rows) == 3
+    for row in tune_rows.to_dict("records"):  # the tune metric is the validation objective, not a test metric
+        expected = 100.0 * row["config/train.lr"] / 0.1 * 0.05
+        if row["trial_status"] == "ok":
+            assert row["val_mAP"] == pytest.approx(expected)
+        else:  # stopped early: its last report is a per-epoch validation value
+            assert row["val_mAP"] == pytest.approx(expected * row["epoch"] / 3)
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
+def test_ray_shuts_down_when_a_trial_raises_an_input_error(tmp_path):
+    from harness.runner.ray_backend import run_ray
+
+    spec = make_spec("rerr", grid={"train.gamma": [0.1, 0.25]})  # gamma 0.25: the fake raises HarnessError
+    with pytest.raises(HarnessError, match="fake bad input"):
+        run_ray(spec, tmp_path, quiet=True, trial_fn=FAKE, num_cpus=2)
+    assert not ray.is_initialized()
+    df = ResultStore(tmp_path).dataframe()
+    assert set(df["status"]) == {"ok"} and df["trial_key"].nunique() == 1  # an input error is not a trial record
+
+
+def test_ray_outcomes_after_fit_pruned_records_and_interruptions(tmp_path):
+    """Classifies Tune results without Ray: finished, failed, stopped by the scheduler, interrupted."""
+    from types import SimpleNamespace
+
+    from harness.runner.ray_backend import _store_pruned_trials
+
+    spec = make_spec("outcomes", search={"space": LR_SPACE, "n_trials": 4})
+    payload = {"configs": [c.to_dict() for c in spec.trials()], "folder": str(tmp_path), "sweep": "outcomes",
+               "source": "outcomes.yaml", "objectives": ["val_mAP"]}
+    results = [
+        SimpleNamespace(config={"grid_index": 0, "train.lr": 0.01}, error=None,
+                        metrics={"trial_status": "ok", "val_mAP": 1.0, "done": True}),
+        SimpleNamespace(config={"grid_index": 0, "train.lr": 0.02}, error=RuntimeError("boom"), metrics={}),
+        SimpleNamespace(config={"grid_index": 0, "train.lr": 0.03}, error=None,
+                        metrics={"val_mAP": 0.5, "epoch": 1, "done": True, "trial_id": "t3", "time_total_s": 2.0}),
+        SimpleNamespace(config={"grid_index": 0, "train.lr": 0.04}, error=None,
+                        metrics={"val_mAP": 0.7, "epoch": 2, "done": False}),
+    ]
+    counts = _store_pruned_trials(results, payload)
+    assert counts == {"ok": 1, "failed": 1, "pruned": 1, "unfinished": 1}
+    df = ResultStore(tmp_path).dataframe()
+    [row] = df.to_dict("records")
+    assert row["status"] == "pruned" and json.loads(row["config"])["train"]["lr"] == 0.03
+    assert row["epochs"] == 1 and json.loads(row["val_history"]) == {"0": 0.5} and row["trial_id"] == "t3"
+    assert row["failure"] == "pruned after epoch 1 (validation 0.50)"
+    assert row["trial_key"] == config_key(spec.trials()[0].with_overrides({"train.lr": 0.03}))
+
+
+def test_ray_tables_mark_the_pareto_front(tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV, _write_tables
+
+    rng = np.random.default_rng(3)
+    accuracy = rng.uniform(0, 100, 30).round(0)  # more memory buys accuracy, with scatter: a staircase front
+    frame = pd.DataFrame({"val_mAP": accuracy, "peak_memory_mb": (accuracy / 10 + rng.uniform(0, 4, 30)).round(0),
+                          "trial_status": ["ok"] * 28 + [None, None]})
+    frame.loc[5, "val_mAP"] = math.nan  # a failed objective is never on the front
+    _write_tables(SimpleNamespace(get_dataframe=lambda: frame.copy()), tmp_path, ["val_mAP", "peak_memory_mb"],
+                  ["maximize", "minimize"])
+    rows = frame.to_dict("records")
+    usable = [i for i, r in enumerate(rows) if r["trial_status"] == "ok" and not math.isnan(r["val_mAP"])]
+    expected = []
+    for i in usable:  # brute force: on the front unless another is at least as good in both and better in one
+        a, m = rows[i]["val_mAP"], rows[i]["peak_memory_mb"]
+        if not any(rows[j]["val_mAP"] >= a and rows[j]["peak_memory_mb"] <= m
+                   and (rows[j]["val_mAP"] > a or rows[j]["peak_memory_mb"] < m) for j in usable):
+            expected.append(i)
+    written = pd.read_csv(tmp_path / RAY_CSV)
+    assert list(np.flatnonzero(written["is_pareto"])) == expected and 1 < len(expected) < 28
+    assert len(pd.read_csv(tmp_path / PARETO_CSV)) == len(expected)
+
+
+# --------------------------------------------------------------------------- the real trial, end to end
+
+
+def tiny_real_spec(name: str, cache: Path, **search):
+    base = {"method": "agw", "model": {"backbone": "test_resnet", "non_local": False},
+            "data": {"synthetic": {"num_identities": 16, "images_per_camera": 2, "height": 64, "width": 32},
+                     "height": 64, "width": 32, "val_identities": 4, "gallery_trials": 2, "modes": ["all"],
+                     "cache_dir": str(cache)},
+            "train": {"epochs": 2, "iters_per_epoch": 2, "num_identities": 4, "images_per_modality": 2,
+                      "threads": 1}}
+    space = {"train.lr": {"type": "loguniform", "low": 0.001, "high": 0.1}}
+    return parse_spec({"name": name, "base": base, "search": {"space": space, **search}}, source=f"{name}.yaml")
+
+
+@pytest.mark.slow
+def test_optuna_end_to_end_with_the_real_trial(tmp_path):
+    spec = tiny_real_spec("real", tmp_path / "cache", n_trials=2, pruner="median")
+    run_optuna(spec, tmp_path / "out", quiet=True)
+    df = ResultStore(tmp_path / "out").dataframe()
+    assert set(df["status"]) == {"ok"} and set(df["protocol"]) == {"all-single"} and len(df) == 2
+    study = load(tmp_path / "out", "real")
+    for t in study.trials:
+        [row] = df[df["optuna_trial"] == t.number].to_dict("records")
+        assert t.value == pytest.approx(row["val_mAP"])  # the objective is the validation metric
+        assert 0.0 <= row["val_mAP"] <= 100.0 and 0.0 <= row["rank1"] <= 100.0
+        assert sorted(t.intermediate_values) == [0, 1]  # validated after each epoch for the pruner
+        assert t.intermediate_values[1] == pytest.approx(row["val_mAP"])  # the final model, validated once more
+        assert json.loads(row["config"])["train"]["lr"] == pytest.approx(t.params["train.lr"])
+    assert not list((tmp_path / "out" / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
+def test_ray_end_to_end_with_the_real_trial(tmp_path):
+    from harness.runner.ray_backend import run_ray
+
+    spec = tiny_real_spec("realray", tmp_path / "cache", n_trials=1, pruner="none")
+    run_ray(spec, tmp_path / "out", quiet=True, num_cpus=2)
+    df = ResultStore(tmp_path / "out").dataframe()
+    assert set(df["status"]) == {"ok"} and set(df["backend"]) == {"ray"} and len(df) == 1
+    assert 0.0 <= df["val_mAP"].iloc[0] <= 100.0 and not ray.is_initialized()

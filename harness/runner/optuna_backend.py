@@ -244,20 +244,17 @@ def trial_function(path: str | None) -> Iterator[None]:
         common.run_trial = saved
 
 
-def base_record(cfg: TrialConfig, status: str, info: dict[str, Any]) -> dict[str, Any]:
-    from harness.trial import config_key
-
-    return {"trial_key": config_key(cfg), "method": cfg.method, "backbone": cfg.model.backbone,
-            "dataset": cfg.data.dataset, "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True),
-            "status": status, "failure": None, **info}
-
-
 def store_pruned(store: Any, cfg: TrialConfig, *, history: dict[int, float], info: dict[str, Any],
                  started: float) -> None:
-    """A stopped trial keeps one record (status "pruned") and loses its checkpoint: it is not resumed."""
-    record = base_record(cfg, "pruned", info)
-    record.update(epochs=max(history) + 1 if history else 0, wall_seconds=time.time() - started,
-                  val_history=json.dumps({str(k): v for k, v in sorted(history.items())}))
+    """A stopped trial keeps one record (status "pruned", why in "failure") and loses its checkpoint."""
+    from harness.trial import config_key
+
+    epochs = max(history) + 1 if history else 0
+    reason = f"pruned after epoch {epochs}" + (f" (validation {history[epochs - 1]:.2f})" if history else "")
+    record = {"trial_key": config_key(cfg), "method": cfg.method, "backbone": cfg.model.backbone,
+              "dataset": cfg.data.dataset, "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+              "status": "pruned", "failure": reason, "epochs": epochs, "wall_seconds": time.time() - started,
+              "val_history": json.dumps({str(k): v for k, v in sorted(history.items())}), **info}
     store.put_trial(record["trial_key"], [record])
     checkpoint = store.folder / "checkpoints" / f"{record['trial_key']}.ckpt"
     if checkpoint.exists():
@@ -697,7 +694,7 @@ def _run_worker_processes(job: OptunaJob, study: optuna.Study, workers: int, pro
             for t in _finished(study):
                 if t.number not in seen:
                     seen.add(t.number)
-                    progress.trial_finished(_progress_status(t))
+                    display(progress.trial_finished, _progress_status(t))
             if not running:
                 break
             time.sleep(1.0)
