@@ -121,6 +121,8 @@ class TrainConfig:
     pad: int = 10
     flip: bool = True
     erasing_p: float = 0.5
+    grayscale_p: float = 0.0
+    """Probability of showing a training image without colour (0 = off, as in AGW/MCLNet)."""
     erasing_area: list[float] = field(default_factory=lambda: [0.02, 0.4])
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False

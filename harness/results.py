@@ -111,10 +111,11 @@ def aggregate(df: pd.DataFrame, *, protocol: str | None = None, group_by: Sequen
     for group in order:
         sel = np.all(ok[group_by].astype(str).values == np.array(group), axis=1) if not ok.empty else []
         g = ok[sel] if len(ok) else ok
-        failed_mask = (df["status"] != "ok") & np.all(df[group_by].astype(str).values == np.array(group), axis=1)
+        in_group = np.all(df[group_by].astype(str).values == np.array(group), axis=1)
         row: dict[str, Any] = dict(zip(group_by, group))
         row["n"] = int(len(g))
-        row["failed"] = int(df[failed_mask]["trial_key"].nunique())
+        row["failed"] = int(df[in_group & (df["status"] == "failed")]["trial_key"].nunique())
+        row["pruned"] = int(df[in_group & (df["status"] == "pruned")]["trial_key"].nunique())
         for m in metrics:
             vals = g[m].astype(float).to_numpy() if m in g else np.array([])
             row[m] = float(vals.mean()) if len(vals) else math.nan
@@ -167,7 +168,8 @@ def table_frame(agg: pd.DataFrame, *, key_columns: Sequence[str] = ("method",),
     """
     best = {m: agg[m].max() for m in metrics if m in agg and agg[m].notna().any()}
     cols: dict[str, list[str]] = {c: agg[c].astype(str).tolist() for c in key_columns if c in agg}
-    cols["runs"] = [str(n) + (f" ({f} failed)" if f else "") for n, f in zip(agg["n"], agg["failed"])]
+    cols["runs"] = [str(n) + "".join(f" ({k} {what})" for k, what in ((f, "failed"), (p, "pruned")) if k)
+                    for n, f, p in zip(agg["n"], agg["failed"], agg.get("pruned", [0] * len(agg)))]
     for m in metrics:
         cells = []
         for mean, std, n in zip(agg[m], agg[f"{m}_std"], agg["n"]):
@@ -319,7 +321,7 @@ def write_report(folder: str | Path, *, protocol: str | None = None, baseline: s
     tex = table_frame(agg, key_columns=group_by, mark_best="\\textbf{{{}}}", published=published)
     title = f"{folder.name}: protocol {proto}" + (f", deltas to {baseline}" if baseline else "")
     markdown = f"### {title}\n\n" + to_markdown(md_frame)
-    failures = df[df["status"] != "ok"]
+    failures = df[df["status"] == "failed"]
     if len(failures):
         markdown += "\nFailed trials:\n" + "".join(
             f"- {r.method} seed {r.seed}: {r.failure}\n" for r in failures.drop_duplicates("trial_key").itertuples())

@@ -192,10 +192,9 @@ class Trainer:
         self.timer = timer or PhaseTimer(device)
         if hasattr(method, "phase_timer"):
             method.phase_timer = self.timer
-        if fits_on_device(images.numel() * images.element_size(), device):
-            self.images = images.to(device, non_blocking=True)
-        else:
-            self.images = images.pin_memory()
+        self.images_on_device = images.device.type == device.type or fits_on_device(
+            images.numel() * images.element_size(), device)
+        self.images = images.to(device, non_blocking=True) if self.images_on_device else images.pin_memory()
         self._staging: torch.Tensor | None = None
         self._staging_free: Any = None  # CUDA event: the last copy out of the staging buffer finished
         self.pids = torch.as_tensor(train.pids, dtype=torch.long, device=device)
@@ -278,12 +277,12 @@ class Trainer:
 
     def _gather(self, indices: torch.Tensor, on_device: torch.Tensor) -> torch.Tensor:
         """uint8 images of a batch on the device (`on_device`: the same indices on the device)."""
-        if self.images.device == self.device:
+        if self.images_on_device:
             return self.images[on_device]
         indices = indices.cpu()
         shape = (len(indices), *self.images.shape[1:])
         if self._staging is None or self._staging.shape != shape:
-            self._staging = torch.empty(shape, dtype=self.images.dtype).pin_memory()
+            self._staging = torch.empty(shape, dtype=self.images.dtype, pin_memory=self.device.type == "cuda")
             self._staging_free = None
         if self._staging_free is not None:
             self._staging_free.synchronize()  # the previous batch's copy still reads the buffer
@@ -299,7 +298,8 @@ class Trainer:
         with timer("data"):
             on_device = indices.to(self.device, non_blocking=True)
             x = train_augment(self._gather(indices, on_device), self.generator, pad=cfg.pad, flip=cfg.flip,
-                              erasing_p=cfg.erasing_p, erasing_area=tuple(cfg.erasing_area))
+                              erasing_p=cfg.erasing_p, erasing_area=tuple(cfg.erasing_area),
+                              grayscale_p=cfg.grayscale_p)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             modality, pids, cams = self.modalities[on_device], self.pids[on_device], self.cams[on_device]

@@ -58,12 +58,18 @@ def plain_two_steps():
     return setup, record
 
 
-def test_identical_setups_give_identical_steps(plain_two_steps):
+def test_host_staged_batches_equal_device_resident_ones(plain_two_steps):
+    """The path for train sets too large for the device: gather on the host into a staging buffer.
+
+    Exact equality also shows that two setups of one seed run identical steps (the premise here).
+    """
     _, record = plain_two_steps
-    again = make_setup()
-    values = again.trainer.train_step(again.trainer.next_indices())
-    assert values == record[0][0]
-    assert torch.equal(flat_grad(again), record[0][1])
+    staged = make_setup()
+    staged.trainer.images_on_device = False
+    for values, grad, _ in record:
+        assert staged.trainer.train_step(staged.trainer.next_indices()) == values
+        assert torch.equal(flat_grad(staged), grad)
+    assert staged.trainer._staging is not None
 
 
 def test_bf16_autocast_step_is_close_to_fp32(plain_two_steps):
@@ -158,13 +164,15 @@ def test_optimizer_update_matches_hand_formula(fused):
     assert checked == {"backbone", "head", "centers"}
 
 
-def test_fused_and_plain_updates_agree_over_steps():
-    plain, fused = make_setup(), make_setup(fused_optimizer=True)
-    for _ in range(2):
-        plain.trainer.train_step(plain.trainer.next_indices())
-        fused.trainer.train_step(fused.trainer.next_indices())
-    for a, b in zip(trained_parameters(plain), trained_parameters(fused)):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+def test_fused_and_plain_updates_agree_over_steps(plain_two_steps):
+    plain, record = plain_two_steps
+    fused = make_setup(fused_optimizer=True)
+    for values, _, _ in record:
+        assert_losses_close(fused.trainer.train_step(fused.trainer.next_indices()), values, rel=1e-5)
+    weights = record[-1][2]
+    for name, value in fused.method.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert torch.allclose(value, weights[name], rtol=1e-5, atol=1e-7), name
 
 
 def test_fused_request_falls_back_to_foreach_where_unsupported(monkeypatch):

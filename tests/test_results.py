@@ -103,3 +103,12 @@ def test_write_report_files(tmp_path):
     assert csv["rank1"].tolist() == [42.0, 50.0]
     with pytest.raises(HarnessError, match="no records.sqlite"):
         write_report(tmp_path / "missing")
+
+
+def test_pruned_trials_are_counted_apart_from_failures(tmp_path):
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0),
+                              _record("agw", 1, float("nan"), float("nan"), status="pruned", failure="pruned at 1"),
+                              _record("agw", 2, float("nan"), float("nan"), status="failed", failure="boom")])
+    agg = aggregate(store.dataframe())
+    assert (agg.iloc[0]["n"], agg.iloc[0]["failed"], agg.iloc[0]["pruned"]) == (1, 1, 1)
+    assert table_frame(agg)["runs"].iloc[0] == "1 (1 failed) (1 pruned)"

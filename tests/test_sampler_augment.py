@@ -96,3 +96,16 @@ def test_train_augment_is_deterministic_per_seed():
     b = augment.train_augment(x, _gen(7), **kw)
     c = augment.train_augment(x, _gen(8), **kw)
     assert a.dtype == torch.float32 and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_random_grayscale_uses_luma_and_probability():
+    x = torch.randint(0, 256, (200, 3, 4, 4), dtype=torch.uint8)
+    out = augment.random_grayscale(x, _gen(5), p=0.5)
+    gray = (out[:, 0] == out[:, 1]).all(-1).all(-1) & (out[:, 1] == out[:, 2]).all(-1).all(-1)
+    assert 70 < int(gray.sum()) < 130
+    i = int(gray.nonzero()[0])
+    r, g, b = x[i].double()
+    assert torch.equal(out[i, 0], (0.299 * r + 0.587 * g + 0.114 * b).round().to(torch.uint8))
+    unchanged = ~gray
+    assert torch.equal(out[unchanged], x[unchanged])
+    assert torch.equal(augment.random_grayscale(x, _gen(5), p=0.0), x)

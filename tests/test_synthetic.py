@@ -338,6 +338,15 @@ def test_bad_spec_values_name_the_field(field: str, value: object) -> None:
         SynthSpec(**{field: value})
 
 
+def test_equal_specs_share_a_cache_key() -> None:
+    assert synthetic.cache_key("sysu", SynthSpec(seed=np.int64(2), missing_camera_rate=0)) == synthetic.cache_key(
+        "sysu", SynthSpec(seed=2, missing_camera_rate=0.0)
+    )
+    keys = {synthetic.cache_key(layout, SynthSpec()) for layout in ("sysu", "regdb", "llcm")}
+    keys.add(synthetic.cache_key("sysu", SynthSpec(images_per_camera=5)))
+    assert len(keys) == 4
+
+
 def test_too_few_identities_for_a_split(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="test"):
         write_sysu(tmp_path / "a", SynthSpec(num_identities=5, test_fraction=0.2))

@@ -74,11 +74,27 @@ def random_erasing(images: torch.Tensor, generator: torch.Generator, *, p: float
     return torch.where(mask, noise, images)
 
 
+def random_grayscale(images: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
+    """Replace an image by its luma (ITU-R 601) in all three channels with probability p.
+
+    A colour-dropping augmentation (the channel augmentation idea of VI-ReID work such as CAJ):
+    infrared images carry no colour, so visible images seen without it push the network
+    towards cues that survive the modality change. Grey images are unchanged by it.
+    """
+    if p <= 0:
+        return images
+    apply = _uniform(images.shape[0], generator, images.device) < p
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+    luma = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(images.dtype)
+    return torch.where(apply[:, None, None, None], luma.expand_as(images), images)
+
+
 def train_augment(images: torch.Tensor, generator: torch.Generator, *, pad: int, flip: bool,
-                  erasing_p: float, erasing_area: tuple[float, float]) -> torch.Tensor:
+                  erasing_p: float, erasing_area: tuple[float, float], grayscale_p: float = 0.0) -> torch.Tensor:
     """uint8 (B,3,H,W) -> augmented, normalised float32 batch."""
     x = random_pad_crop(images, pad, generator)
     if flip:
         x = random_flip(x, generator)
+    x = random_grayscale(x, generator, grayscale_p)
     x = normalize(x)
     return random_erasing(x, generator, p=erasing_p, area=erasing_area)

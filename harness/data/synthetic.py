@@ -52,27 +52,27 @@ class SynthSpec:
     missing_camera_rate: float = 0.1
 
     def __post_init__(self) -> None:
+        # Values are normalised to int / float so that equal specs give equal cache keys.
         def integer(name: str, minimum: int) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise HarnessError(f"SynthSpec.{name}={value!r}: expected an integer >= {minimum}")
+            object.__setattr__(self, name, int(value))
 
-        def fraction(name: str, low: float, high: float, high_inclusive: bool) -> None:
+        def fraction(name: str, zero_allowed: bool) -> None:
             value = getattr(self, name)
-            ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-            ok = ok and low <= float(value) and (float(value) <= high if high_inclusive else float(value) < high)
-            if not ok or (name == "test_fraction" and float(value) <= 0.0):
-                bracket = "]" if high_inclusive else ")"
-                opening = "(" if name == "test_fraction" else "["
-                raise HarnessError(f"SynthSpec.{name}={value!r}: expected a number in {opening}{low}, {high}{bracket}")
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not number or not (0.0 <= float(value) < 1.0) or (float(value) == 0.0 and not zero_allowed):
+                raise HarnessError(f"SynthSpec.{name}={value!r}: expected a number in {'[0' if zero_allowed else '(0'}, 1)")
+            object.__setattr__(self, name, float(value))
 
         integer("num_identities", 4)
         integer("images_per_camera", 1)
         integer("height", 32)
         integer("width", 16)
         integer("seed", 0)
-        fraction("test_fraction", 0.0, 1.0, high_inclusive=False)
-        fraction("missing_camera_rate", 0.0, 1.0, high_inclusive=False)
+        fraction("test_fraction", zero_allowed=False)
+        fraction("missing_camera_rate", zero_allowed=True)
 
 
 @dataclass(frozen=True)
@@ -676,7 +676,7 @@ def _expose(image: np.ndarray, sensor: _Sensor, rng: np.random.Generator, infrar
     H, W = image.shape[:2]
     if infrared:
         out = sensor.offset + sensor.gain * rng.uniform(0.93, 1.07) * image
-        out = _gaussian_blur(out, sensor.blur_sigma)
+        out = _gaussian_blur(out, max(sensor.blur_sigma * H / 128.0, 0.4))  # optics scale with the image
         out = out + sensor.noise_sigma * rng.standard_normal(size=(H, W), dtype=np.float32) + sensor.columns[None, :]
     else:
         light = sensor.gain * rng.uniform(0.88, 1.12) * (1 + sensor.light_gradient * (np.arange(H) / H - 0.5))
