@@ -7,7 +7,8 @@ this space; any combination can also be written as `agw+mcm+ica+cca` etc.
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,12 @@ from methods.mcm import ModalityConfusion
 from methods.registry import register_composer, register_method
 
 CENTER_TERMS = ("none", "center", "ica")
+_UNTIMED = nullcontext()
+
+
+def untimed(phase: str) -> AbstractContextManager[Any]:
+    """The default phase timer: every section is a no-op."""
+    return _UNTIMED
 
 
 class MCLNet(nn.Module):
@@ -46,6 +53,19 @@ class MCLNet(nn.Module):
             self.id_centers = nn.Parameter(torch.randn(num_classes, dim), requires_grad=learn)
         if cca:
             self.cam_centers = nn.Parameter(torch.randn(num_cameras, dim), requires_grad=not authors)
+        self.phase_timer: Callable[[str], AbstractContextManager[Any]] = untimed
+        """`phase_timer("forward")` wraps each part of training_losses (profiling; see harness.training.PhaseTimer)."""
+        self._compiled_forward: Callable[..., dict[str, torch.Tensor]] | None = None
+
+    def compile_network(self, **options: Any) -> None:
+        """torch.compile the network's training forward; evaluation and state_dict keys stay those of `net`.
+
+        The compiled function takes the network as an argument (it is not a compiled module
+        and holds no reference to this instance), so checkpoints keep the plain parameter names
+        and a deep copy of the method trains its own network. The MCM update and the losses
+        stay eager.
+        """
+        self._compiled_forward = torch.compile(type(self.net).forward, **options)
 
     def forward(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net(images, modality)
@@ -56,26 +76,36 @@ class MCLNet(nn.Module):
     def training_losses(self, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor,
                         cams: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted loss terms of one batch; the MCM discriminator is updated here, before L_e."""
-        L = self.cfg.loss
-        out = self.net(images, modality)
-        pool, bn = out["pool"].float(), out["bn"].float()
-        losses = {
-            "ce": L.ce_weight * F.cross_entropy(out["logits"].float(), pids, label_smoothing=L.label_smoothing),
-            "wrt": L.wrt_weight * wrt_loss(pool, pids),
-        }
+        L, phase = self.cfg.loss, self.phase_timer
+        with phase("forward"):
+            if self._compiled_forward is None:
+                out = self.net(images, modality)
+            else:
+                out = self._compiled_forward(self.net, images, modality)
+            pool, bn = out["pool"].float(), out["bn"].float()
+        losses = {}
+        with phase("ce"):
+            losses["ce"] = L.ce_weight * F.cross_entropy(out["logits"].float(), pids, label_smoothing=L.label_smoothing)
+        with phase("wrt"):
+            losses["wrt"] = L.wrt_weight * wrt_loss(pool, pids)
         if self.use_mcm:
-            self.mcm.discriminator_step(pool, modality)
-            losses["mcm"] = L.mcm_weight * self.mcm.confusion_loss(pool)
+            with phase("mcm_update"):
+                self.mcm.discriminator_step(pool, modality)
+            with phase("mcm"):
+                losses["mcm"] = L.mcm_weight * self.mcm.confusion_loss(pool)
         if self.center_term == "center":
-            losses["center"] = L.center_weight * center_loss(bn, pids, self.id_centers)
+            with phase("center"):
+                losses["center"] = L.center_weight * center_loss(bn, pids, self.id_centers)
         elif self.center_term == "ica":
-            losses["ica"] = L.ica.weight * marginal_center_loss(
-                bn, pids, self.id_centers, sigma=L.ica.sigma, rho=L.ica.rho, variant=L.variant,
-                **({"nearest_weighting": "per-class-8"} if L.variant == "authors-code" else {}))
+            with phase("ica"):
+                losses["ica"] = L.ica.weight * marginal_center_loss(
+                    bn, pids, self.id_centers, sigma=L.ica.sigma, rho=L.ica.rho, variant=L.variant,
+                    **({"nearest_weighting": "per-class-8"} if L.variant == "authors-code" else {}))
         if self.use_cca:
-            losses["cca"] = L.cca.weight * marginal_center_loss(
-                bn, cams, self.cam_centers, sigma=L.cca.sigma, rho=L.cca.rho, variant=L.variant,
-                **({"nearest_weighting": "per-sample"} if L.variant == "authors-code" else {}))
+            with phase("cca"):
+                losses["cca"] = L.cca.weight * marginal_center_loss(
+                    bn, cams, self.cam_centers, sigma=L.cca.sigma, rho=L.cca.rho, variant=L.variant,
+                    **({"nearest_weighting": "per-sample"} if L.variant == "authors-code" else {}))
         return losses
 
     def param_groups(self) -> list[dict[str, Any]]:
