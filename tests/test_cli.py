@@ -95,3 +95,39 @@ def test_paper_spec_dry_run_on_synthetic_regdb_layout(tmp_path, capsys):
     df = ResultStore(tmp_path / "paper-main-regdb-dry-run").dataframe()
     assert sorted(set(df["protocol"])) == ["t2v", "v2t"] and len(df) == 4  # 2 methods x 2 directions
     assert set(df["dataset"]) == {"synthetic-regdb"}
+
+
+def test_local_sweep_killed_with_sigkill_resumes_without_losing_records(tmp_path):
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from harness.results import ResultStore
+
+    base = {**TINY, "train": {**TINY["train"], "epochs": 3}}
+    spec = tmp_path / "kill.yaml"
+    spec.write_text(yaml.safe_dump({"name": "kill", "base": base,
+                                    "grid": {"method": ["agw", "agw+mcm", "mclnet"], "seed": [0]}}))
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(spec), "--results-dir", str(tmp_path), "--quiet"]
+    env = {**os.environ, "VIREID_CACHE": os.environ["VIREID_CACHE"]}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = ResultStore(tmp_path / "kill")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if store.path.exists() and len(store.statuses()) >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = store.dataframe()
+    assert 1 <= len(before) < 3 and set(before["status"]) == {"ok"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    after = store.dataframe()
+    assert sorted(after["method"]) == ["agw", "agw+mcm", "mclnet"]
+    # records finished before the kill are the same rows, untouched
+    kept = after.set_index("record_id").loc[before["record_id"]]
+    assert kept["rank1"].tolist() == before["rank1"].tolist()
+    assert not list((tmp_path / "kill" / "checkpoints").glob("*.ckpt"))
