@@ -74,8 +74,12 @@ class ModalityConfusion(nn.Module):
         if features.dim() != 2 or features.shape[1] != self.in_dim:
             raise HarnessError(f"MCM expects features of shape (N, {self.in_dim}); got {tuple(features.shape)}")
 
-    def discriminator_step(self, features: torch.Tensor, modality: torch.Tensor) -> float:
-        """One update of M towards the true modality (0 visible, 1 infrared); returns the loss L_m."""
+    def discriminator_step(self, features: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """One update of M towards the true modality (0 visible, 1 infrared); returns the loss L_m.
+
+        The loss comes back as a detached 0-dim tensor, not a Python float, so the step does not
+        wait for the device.
+        """
         self._check(features)
         if modality.shape != features.shape[:1]:
             raise HarnessError(f"modality must have shape ({features.shape[0]},); got {tuple(modality.shape)}")
@@ -87,7 +91,7 @@ class ModalityConfusion(nn.Module):
         self.optimizer.step()
         # no stale gradient may reach another optimiser that sees these parameters
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
     def confusion_loss(self, features: torch.Tensor) -> torch.Tensor:
         """L_e on the live features with M frozen: gradient flows to the extractor, never into M."""
