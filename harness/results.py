@@ -7,6 +7,7 @@ worker processes can write at once. Tables are rebuilt from the store at any tim
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -333,6 +334,9 @@ def write_report(folder: str | Path, *, protocol: str | None = None, baseline: s
     atomic_write_text(csv_path, agg.to_csv(index=False))
     atomic_write_text(folder / f"readable{suffix}.csv", plain.to_csv(index=False))
     written += [csv_path, folder / f"readable{suffix}.csv"]
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        plots = False
+        markdown += "\n(plots skipped: matplotlib is not installed)\n"
     if plots and proto is not None and (df["status"] == "ok").any():
         plot_cmc(df, proto, folder / f"cmc{suffix}.png", key=group_by[0])
         plot_ablation_bars(agg, folder / f"ablation{suffix}.png", key=group_by[0])

@@ -112,3 +112,20 @@ def test_pruned_trials_are_counted_apart_from_failures(tmp_path):
     agg = aggregate(store.dataframe())
     assert (agg.iloc[0]["n"], agg.iloc[0]["failed"], agg.iloc[0]["pruned"]) == (1, 1, 1)
     assert table_frame(agg)["runs"].iloc[0] == "1 (1 failed) (1 pruned)"
+
+
+def test_progress_without_rich_prints_plain_lines(monkeypatch, capsys):
+    import harness.progress as progress
+
+    monkeypatch.setattr(progress, "Progress", None)
+    with progress.SweepProgress(total=3, title="s") as p:
+        p.trial_skipped("ok")
+        p.trial_started("agw seed=0", epochs=2)
+        p.epoch(0, {"total": 1.0})
+        p.trial_finished("ok", score=12.5)
+        p.trial_finished("failed", failure="boom")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("[1/3") and "1 resumed" in err[0]
+    assert "started agw seed=0" in err[1]
+    assert "1 ok" in err[2] and "best Rank-1 12.5" in err[2]
+    assert "trial failed: boom" in err[3] and "1 failed" in err[4]
