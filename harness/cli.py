@@ -46,7 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from harness.results import load_published, write_report
+    from harness.published import published_rows
+    from harness.results import write_report
     from harness.runner import run_sweep
     from harness.sweep import load_spec
 
@@ -60,21 +61,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     table = spec.table
     protocols = table.get("protocols") or [table.get("protocol")]
     for protocol in protocols:
-        published = _published_for(table.get("published"), protocol, load_published)
+        published = published_rows(table["published"], protocol) if table.get("published") else None
         markdown, files = write_report(folder, protocol=protocol, baseline=table.get("baseline"),
                                        group_by=table.get("group_by", ["method"]), published=published)
         print(markdown)
         print("written: " + ", ".join(str(f) for f in files), file=sys.stderr)
     return 0
 
-
-def _published_for(spec: dict[str, Any] | None, protocol: str | None, load) -> dict[str, dict[str, float]] | None:
-    """`published: {file: PATH, rows: {row: "paper.entry"}}` -> numbers per table row."""
-    if not spec:
-        return None
-    from harness.published import published_rows
-
-    return published_rows(spec, protocol)
 
 
 def cmd_table(args: argparse.Namespace) -> int:

@@ -139,15 +139,6 @@ def add_deltas(agg: pd.DataFrame, baseline: str, *, key: str = "method",
     return out
 
 
-def load_published(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise HarnessError(f"{path}: cannot read published results ({exc})") from None
-
-
 # --------------------------------------------------------------------------- rendering
 
 

@@ -220,7 +220,6 @@ class Trainer:
         self.warmup_iters = warmup_iters
         self.start_epoch = 0
         self.stats = TrainStats()
-        self.step_model = method
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
         if cfg.compile:
@@ -304,7 +303,7 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             modality, pids, cams = self.modalities[on_device], self.pids[on_device], self.cams[on_device]
         with autocast_context(self.device, cfg.amp):
-            losses = self.step_model.training_losses(x, modality, pids, cams)
+            losses = self.method.training_losses(x, modality, pids, cams)
         with timer("backward"):
             total = sum(losses.values())
             self.optimizer.zero_grad(set_to_none=True)

@@ -23,23 +23,23 @@ def sweep_folder(spec: SweepSpec, results_dir: str | Path = "results") -> Path:
 
 def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: str, trial_id: str,
                   on_epoch: Callable | None = None, on_iter: Callable[[int, int], None] | None = None,
-                  extra: dict[str, Any] | None = None) -> TrialResult:
+                  extra: dict[str, Any] | None = None,
+                  passthrough: tuple[type[BaseException], ...] = ()) -> TrialResult:
     """Run one trial and store its records atomically; any exception becomes a failed record.
 
     A HarnessError (bad input: missing dataset, unknown backbone) is not a trial failure: it
     propagates so the user sees it. KeyboardInterrupt propagates too, leaving the checkpoint
-    for the resumed run.
+    for the resumed run, and so do the backend's own control-flow exceptions in `passthrough`
+    (e.g. Optuna's TrialPruned).
     """
     info = {"sweep": sweep, "backend": backend, "trial_id": trial_id, **(extra or {})}
     started = time.time()
     try:
         result = run_trial(cfg, workdir=store.folder / "checkpoints", on_epoch=on_epoch, on_iter=on_iter,
                            extra=info)
-    except (HarnessError, KeyboardInterrupt):
+    except (HarnessError, KeyboardInterrupt, *passthrough):
         raise
     except Exception as exc:  # a crashing trial must not end the sweep
-        if type(exc).__name__ in ("TrialPruned", "Stop"):
-            raise
         reason = f"{type(exc).__name__}: {exc}"
         record = {"trial_key": config_key(cfg), "method": cfg.method, "backbone": cfg.model.backbone,
                   "dataset": cfg.data.dataset, "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True),

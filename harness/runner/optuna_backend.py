@@ -565,7 +565,8 @@ class Objective:
         try:
             result = execute_trial(cfg, self.store, sweep=job.spec.name, backend="optuna", trial_id=str(trial.number),
                                    on_epoch=self._epoch_callback(trial, history),
-                                   on_iter=self.progress.iteration if self.progress else None, extra=info)
+                                   on_iter=self.progress.iteration if self.progress else None, extra=info,
+                                   passthrough=(optuna.TrialPruned,))
         except optuna.TrialPruned:
             sweep_info = {"sweep": job.spec.name, "backend": "optuna", "trial_id": str(trial.number), **info}
             store_pruned(self.store, cfg, history=history, info=sweep_info, started=started)
