@@ -90,7 +90,11 @@ def test_channels_last_step_matches_fp32(plain_two_steps):
     for values, grad, _ in record:
         got = fast.trainer.train_step(fast.trainer.next_indices())
         assert_losses_close(got, values, rel=1e-4)
-        assert torch.allclose(flat_grad(fast), grad, rtol=1e-3, atol=1e-6)
+        # same maths, other conv kernels: float32 summation order differs (and with it tiny
+        # gradients, relatively), so bound the error by the gradient's scale
+        got_grad = flat_grad(fast)
+        assert (got_grad - grad).abs().max() <= 1e-4 * grad.abs().max()
+        assert cosine(got_grad, grad) > 0.99999
 
 
 def check_compiled_steps(backend: str, plain, record) -> None:
