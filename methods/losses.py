@@ -105,6 +105,14 @@ def _check_centers(loss_name: str, features: Tensor, labels: Tensor, centers: Te
 
 
 def _check_label_range(loss_name: str, labels: Tensor, num_classes: int, field: str = "labels") -> None:
+    """Range check of CPU labels only.
+
+    Reading the range of accelerator labels back would cost a host sync in every call of every
+    loss; there the labels come from the trainer's tables, whose class counts are derived from the
+    same labels, and an out-of-range index still fails in the indexing kernel.
+    """
+    if labels.device.type != "cpu":
+        return
     low, high = torch.aminmax(labels)
     low, high = int(low), int(high)
     if low < 0 or high >= num_classes:
@@ -208,29 +216,36 @@ def center_loss(features: Tensor, labels: Tensor, centers: Tensor) -> Tensor:
         return (feats - cents.index_select(0, labels)).square().sum(dim=1).mean()
 
 
-def _nearest_other_center_squared(centers: Tensor, labels: Tensor) -> Tensor:
+def _nearest_other_center_squared(centers: Tensor, labels: Tensor, *, distinct_rows: bool | None = None) -> Tensor:
     """For each sample, min over k != y_i of ||c_{y_i} - c_k||^2, shape (N,).
 
-    Only the centers of classes in the batch are searched from: all K centers when K <= N
-    (cameras, no host sync), the distinct batch labels otherwise (identities: 8 rows instead of
-    395). Which other center is nearest is decided without gradient from the |a|^2 + |b|^2 - 2ab
+    Which other center is nearest is decided without gradient from the |a|^2 + |b|^2 - 2ab
     expansion; the chosen pair's distance is then recomputed directly, so the value is exact and
     the backward pass touches only the selected pairs instead of a whole rows x K x D product.
     (With exact ties the gradient goes to one of the tied centers, a valid subgradient of the min.)
+
+    The rows searched from: all K centers when K <= N (cameras). Otherwise (identities) either
+    the distinct batch labels (`distinct_rows`, 8 rows instead of 64 for a P=8 batch; the default
+    on CPU) or one row per sample (the default elsewhere: `torch.unique` has a data-dependent
+    size and would cost a host sync on an accelerator, where 64 rows cost nothing more).
     """
     num_classes = centers.shape[0]
     class_ids = torch.arange(num_classes, device=centers.device)
+    if distinct_rows is None:
+        distinct_rows = centers.device.type == "cpu"
     if num_classes <= labels.shape[0]:
-        anchor_ids, sample_to_anchor, anchors = class_ids, labels, centers
-    else:
+        anchor_ids, sample_to_anchor = class_ids, labels
+    elif distinct_rows:
         anchor_ids, sample_to_anchor = torch.unique(labels, return_inverse=True)
-        anchors = centers.index_select(0, anchor_ids)
+    else:
+        anchor_ids, sample_to_anchor = labels, None
+    anchors = centers if anchor_ids is class_ids else centers.index_select(0, anchor_ids)
     with torch.no_grad():
         squared = _squared_distances(anchors, centers)
         squared = squared.masked_fill(anchor_ids.unsqueeze(1) == class_ids.unsqueeze(0), float("inf"))
         nearest_other = squared.argmin(dim=1)
     gaps = (anchors - centers.index_select(0, nearest_other)).square().sum(dim=1)
-    return gaps.index_select(0, sample_to_anchor)
+    return gaps if sample_to_anchor is None else gaps.index_select(0, sample_to_anchor)
 
 
 def marginal_center_loss(

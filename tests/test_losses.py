@@ -9,6 +9,7 @@ import torch
 
 from harness.errors import HarnessError
 from methods.losses import (
+    _nearest_other_center_squared,
     center_loss,
     marginal_center_loss,
     modality_classification_loss,
@@ -253,6 +254,50 @@ def test_marginal_value_and_gradient_match_loop_reference(
     expected_grads = torch.autograd.grad(expected, (features, centers))
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("distinct_rows", [True, False])
+@pytest.mark.parametrize("num_classes", [6, 20])
+def test_nearest_other_center_both_search_layouts_match_brute_force(distinct_rows, num_classes):
+    # distinct_rows=True is the CPU default (torch.unique), False the accelerator default (one
+    # row per sample, no host sync); both must give the brute-force value and gradient
+    _, labels, centers = random_batch(4, num_classes=num_classes)
+    centers.requires_grad_(True)
+    gaps = _nearest_other_center_squared(centers, labels, distinct_rows=distinct_rows)
+    expected = torch.stack([
+        torch.stack([((centers[y] - centers[k]) ** 2).sum() for k in range(num_classes) if k != y]).min()
+        for y in labels.tolist()
+    ])
+    torch.testing.assert_close(gaps, expected, rtol=1e-12, atol=0)
+    weights = torch.linspace(0.5, 2.0, len(labels), dtype=centers.dtype)
+    (grad,) = torch.autograd.grad((gaps * weights).sum(), centers)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), centers)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_losses_read_nothing_back_from_the_device():
+    # On the meta device tensors have no values: any host read (.item(), .tolist(), int(),
+    # torch.unique) raises. The losses' forward and backward must get through, so on an
+    # accelerator they queue work without a host sync.
+    n, dim, ids, cams = 16, 32, 395, 6
+    meta = torch.device("meta")
+    features = torch.empty(n, dim, device=meta, requires_grad=True)
+    id_centers = torch.empty(ids, dim, device=meta, requires_grad=True)
+    cam_centers = torch.empty(cams, dim, device=meta, requires_grad=True)
+    pids = torch.empty(n, dtype=torch.long, device=meta)
+    camids = torch.empty(n, dtype=torch.long, device=meta)
+    logits = torch.empty(n, 2, device=meta, requires_grad=True)
+    total = (
+        wrt_loss(features, pids)
+        + center_loss(features, pids, id_centers)
+        + marginal_center_loss(features, pids, id_centers, sigma=8.0, rho=4500.0)
+        + marginal_center_loss(features, camids, cam_centers, sigma=8.0, rho=4500.0, variant="authors-code")
+        + modality_classification_loss(logits, pids.remainder(2))
+        + modality_confusion_loss(logits)
+    )
+    grads = torch.autograd.grad(total, (features, id_centers, cam_centers, logits))
+    assert total.shape == () and total.device == meta
+    assert [g.shape for g in grads] == [features.shape, id_centers.shape, cam_centers.shape, logits.shape]
 
 
 def test_marginal_detach_changes_the_gradient_of_the_nearest_sample_only():
