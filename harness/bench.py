@@ -32,6 +32,10 @@ from harness.training import PhaseTimer, Trainer, autocast_context, resolve_devi
 
 BENCH_NUM_CLASSES = 395  # SYSU-MM01 training identities
 BENCH_NUM_CAMERAS = 6
+SYSU_TRAIN_VISIBLE, SYSU_TRAIN_INFRARED = 22_258, 11_909  # SYSU-MM01 training images
+# One SYSU-MM01 all-search evaluation pass: 3,803 infrared queries + a multi-shot gallery trial
+# (96 test identities x 4 visible cameras x 10 images).
+SYSU_EVAL_IMAGES = 3_803 + 96 * 4 * 10
 _VISIBLE_CAMERAS = np.array([0, 1, 3, 4])  # SYSU-MM01 (0-based): cam3 and cam6 are infrared
 _INFRARED_CAMERAS = np.array([2, 5])
 
@@ -96,16 +100,32 @@ def batch_layout(batch: int, images_per_modality: int) -> tuple[int, int]:
 def synthetic_train_set(num_identities: int, images_per_modality: int, height: int, width: int, *,
                         seed: int = 0) -> tuple[ImageSplit, torch.Tensor]:
     """Random uint8 images with a valid two-modality label layout (timing and tests, not learning)."""
+    count = num_identities * images_per_modality
+    return sized_train_set(num_identities, count, count, height, width, seed=seed)
+
+
+def sized_train_set(num_identities: int, num_visible: int, num_infrared: int, height: int, width: int, *,
+                    seed: int = 0, device: torch.device | str = "cpu") -> tuple[ImageSplit, torch.Tensor]:
+    """Random uint8 images of a dataset's size: identities spread evenly over each modality's images.
+
+    The images are drawn on `device` (a SYSU-MM01-sized set at 288x144 is 4.3 GB: drawing it on
+    the GPU where it will live avoids a host copy).
+    """
+    if num_identities < 2 or num_visible < num_identities or num_infrared < num_identities:
+        raise HarnessError(
+            f"bench: a train set needs at least 2 identities and one visible and one infrared image per identity; "
+            f"got {num_identities} identities, {num_visible} visible and {num_infrared} infrared images")
     generator = np.random.default_rng(seed)
-    per_identity = 2 * images_per_modality
-    pids = np.repeat(np.arange(num_identities), per_identity)
-    modalities = np.tile(np.repeat([MODALITY_VISIBLE, MODALITY_INFRARED], images_per_modality), num_identities)
-    cams = np.where(modalities == MODALITY_VISIBLE, generator.choice(_VISIBLE_CAMERAS, len(pids)),
-                    generator.choice(_INFRARED_CAMERAS, len(pids)))
+    pids = np.concatenate([np.arange(num_visible) % num_identities, np.arange(num_infrared) % num_identities])
+    modalities = np.repeat([MODALITY_VISIBLE, MODALITY_INFRARED], [num_visible, num_infrared])
+    cams = np.concatenate([generator.choice(_VISIBLE_CAMERAS, num_visible),
+                           generator.choice(_INFRARED_CAMERAS, num_infrared)])
     split = ImageSplit(paths=tuple(f"random/{i}.png" for i in range(len(pids))), pids=pids, cams=cams,
                        modalities=modalities)
-    torch_generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (len(pids), 3, height, width), dtype=torch.uint8, generator=torch_generator)
+    device = torch.device(device)
+    torch_generator = torch.Generator(device=device).manual_seed(seed)
+    images = torch.randint(0, 256, (len(pids), 3, height, width), dtype=torch.uint8, generator=torch_generator,
+                           device=device)
     return split, images
 
 
@@ -311,6 +331,154 @@ def format_report(result: StepBenchmark) -> str:
         lines.append(f"peak fraction    n/a (no peak known for {r.device_name})")
     lines.append(f"peak memory      {r.peak_memory_mb:.1f} MiB ({r.memory_kind})")
     return "\n".join(lines)
+
+
+@dataclass
+class EpochBenchmark:
+    """One timed training epoch over a dataset-sized random train set, and what it implies."""
+
+    method: str
+    backbone: str
+    height: int
+    width: int
+    batch: int
+    device: str
+    device_name: str
+    torch_version: str
+    timm_version: str
+    amp: str
+    channels_last: bool
+    compile: bool
+    fused_optimizer: bool
+    num_identities: int
+    num_visible: int
+    num_infrared: int
+    images_on_device: bool
+    iterations: int
+    warmup_steps: int
+    warmup_s: float
+    """Untimed warm-up steps (torch.compile and cuDNN autotuning happen here, once per run)."""
+    epoch_s: float
+    """Wall time of `Trainer.fit` for one epoch: every step, its synchronisation and the bookkeeping."""
+    train_images_per_s: float
+    eval_images: int
+    eval_s: float
+    """Test-feature extraction of `eval_images` images (inference mode, the trial's autocast)."""
+    estimate_epochs: int
+    estimate_train_h: float
+    estimate_total_h: float
+    """warm-up + estimate_epochs x epoch + one final evaluation, in hours."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: int = BENCH_NUM_CLASSES,
+                  num_visible: int = SYSU_TRAIN_VISIBLE, num_infrared: int = SYSU_TRAIN_INFRARED,
+                  warmup: int = 3, estimate_epochs: int = 200, eval_images: int = SYSU_EVAL_IMAGES,
+                  compile_backend: str = "inductor") -> EpochBenchmark:
+    """Time one full epoch as a trial trains it (`Trainer.fit`), plus one evaluation's feature extraction.
+
+    An epoch is max(visible, infrared) // batch iterations, as in every trial. The images are
+    random: speed does not depend on their content.
+    """
+    import timm
+
+    from harness.trial import device_name, extract_features
+    from methods import create_method
+
+    if warmup < 0 or estimate_epochs < 1 or eval_images < 0:
+        raise HarnessError(f"bench --epoch: expected --warmup >= 0, --estimate-epochs >= 1 and --eval-images >= 0; "
+                           f"got {warmup}, {estimate_epochs}, {eval_images}")
+    cfg = cfg.with_overrides({"train.epochs": 1}, where="bench --epoch")
+    t = cfg.train
+    device = resolve_device(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    seed_everything(cfg.seed)
+    train, images = sized_train_set(num_identities, num_visible, num_infrared, height, width, seed=cfg.seed,
+                                    device=device)
+    method = create_method(cfg, num_identities, BENCH_NUM_CAMERAS).to(device)
+    trainer = Trainer(method, t, train, images, device=device, seed=cfg.seed, compile_backend=compile_backend)
+    method.train()
+
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        trainer.train_step(trainer.next_indices())
+    synchronize(device)
+    warmup_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    trainer.fit()
+    synchronize(device)
+    epoch_s = time.perf_counter() - start
+
+    # the evaluation pass is extrapolated from the extraction throughput over (at most) the train images
+    eval_count = min(eval_images, len(images))
+    eval_s = 0.0
+    if eval_count:
+        _, per_s = extract_features(method, images[:eval_count], train.modalities[:eval_count], device=device,
+                                    batch_size=t.eval_batch_size, amp=t.amp, channels_last=t.channels_last)
+        eval_s = eval_images / per_s
+
+    train_h = estimate_epochs * epoch_s / 3600
+    return EpochBenchmark(
+        method=cfg.method, backbone=cfg.model.backbone, height=height, width=width, batch=trainer.sampler.batch_size,
+        device=str(device), device_name=device_name(device), torch_version=torch.__version__,
+        timm_version=timm.__version__, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
+        fused_optimizer=t.fused_optimizer, num_identities=num_identities, num_visible=num_visible,
+        num_infrared=num_infrared, images_on_device=trainer.images_on_device, iterations=trainer.iters_per_epoch,
+        warmup_steps=warmup, warmup_s=warmup_s, epoch_s=epoch_s,
+        train_images_per_s=trainer.iters_per_epoch * trainer.sampler.batch_size / epoch_s,
+        eval_images=eval_images, eval_s=eval_s, estimate_epochs=estimate_epochs, estimate_train_h=train_h,
+        estimate_total_h=train_h + (warmup_s + eval_s) / 3600)
+
+
+def format_epoch_report(result: EpochBenchmark) -> str:
+    """Plain-text summary of an EpochBenchmark."""
+    r = result
+    return "\n".join([
+        f"vireid bench --epoch: {r.method} on {r.backbone}, {r.height}x{r.width}, batch {r.batch}",
+        f"device: {r.device_name} [{r.device}]   torch {r.torch_version}   timm {r.timm_version}",
+        f"settings: amp={r.amp} channels_last={r.channels_last} compile={r.compile} fused_optimizer={r.fused_optimizer}",
+        f"train set: {r.num_identities} identities, {r.num_visible:,} visible + {r.num_infrared:,} infrared images "
+        f"(random uint8, {'in ' + r.device + ' memory' if r.images_on_device else 'in pinned host memory'})",
+        "",
+        f"warm-up          {r.warmup_steps} steps in {r.warmup_s:.2f} s (compilation and autotuning, once per run)",
+        f"epoch            {r.iterations} iterations in {r.epoch_s:.2f} s   {r.train_images_per_s:.1f} images/s",
+        f"evaluation       {r.eval_images:,} images extracted in {r.eval_s:.2f} s",
+        f"{r.estimate_epochs} epochs       {r.estimate_train_h:.3f} h of training, {r.estimate_total_h:.3f} h with "
+        "warm-up and one final evaluation",
+    ])
+
+
+def run_epoch_benchmark(*, method: str, backbone: str, size: str, batch: int, device: str = "auto",
+                        warmup: int = 3, amp: str = "none", channels_last: bool = False, compile: bool = False,
+                        overrides: dict[str, Any] | None = None, train_images: str | None = None,
+                        train_identities: int = BENCH_NUM_CLASSES, estimate_epochs: int = 200,
+                        eval_images: int = SYSU_EVAL_IMAGES, as_json: bool = False) -> str:
+    """The `vireid bench --epoch` report (JSON with `as_json`)."""
+    height, width = parse_size(size)
+    num_visible, num_infrared = parse_image_counts(train_images)
+    cfg = bench_config(method, backbone, batch, device=device, amp=amp, channels_last=channels_last,
+                       compile=compile, overrides=overrides)
+    result = measure_epoch(cfg, height, width, num_identities=train_identities, num_visible=num_visible,
+                           num_infrared=num_infrared, warmup=warmup, estimate_epochs=estimate_epochs,
+                           eval_images=eval_images)
+    return json.dumps(result.to_dict(), indent=2) if as_json else format_epoch_report(result)
+
+
+def parse_image_counts(counts: str | None) -> tuple[int, int]:
+    """"22258,11909" -> (22258, 11909); None -> SYSU-MM01's training set."""
+    if counts is None:
+        return SYSU_TRAIN_VISIBLE, SYSU_TRAIN_INFRARED
+    try:
+        visible, infrared = (int(c) for c in str(counts).split(","))
+    except ValueError:
+        raise HarnessError(f"bench --train-images {counts!r}: expected VISIBLE,INFRARED image counts, "
+                           "e.g. 22258,11909") from None
+    return visible, infrared
 
 
 def run_step_benchmark(*, method: str, backbone: str, size: str, batch: int, device: str = "auto", steps: int = 10,

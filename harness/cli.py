@@ -143,13 +143,29 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import run_step_benchmark
+    from harness.bench import run_epoch_benchmark, run_step_benchmark
 
+    if args.epoch:
+        print(run_epoch_benchmark(method=args.method, backbone=args.backbone, size=args.size, batch=args.batch,
+                                  device=args.device, warmup=args.warmup, amp=args.amp,
+                                  channels_last=args.channels_last, compile=args.compile,
+                                  overrides=_overrides(args.overrides), train_images=args.train_images,
+                                  train_identities=args.train_identities, estimate_epochs=args.estimate_epochs,
+                                  eval_images=args.eval_images, as_json=args.json))
+        return 0
     print(run_step_benchmark(method=args.method, backbone=args.backbone, size=args.size, batch=args.batch,
                              device=args.device, steps=args.steps, warmup=args.warmup, amp=args.amp,
                              channels_last=args.channels_last, compile=args.compile, overrides=_overrides(args.overrides),
                              as_json=args.json))
     return 0
+
+
+def cmd_bench_report(args: argparse.Namespace) -> int:
+    from harness.benchreport import run_bench_report
+
+    report, code = run_bench_report(args.json_file, out=args.out, check=args.check)
+    print(report, end="")
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,8 +260,30 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     be.add_argument("--compile", action="store_true", help="torch.compile the network")
     be.add_argument("--json", action="store_true", help="machine-readable output")
+    ep = be.add_argument_group("epoch timing", "--epoch times one whole training epoch (as a trial runs it) "
+                               "over a random train set of a dataset's size, plus one evaluation's feature "
+                               "extraction, and extrapolates a full training")
+    ep.add_argument("--epoch", action="store_true",
+                    help="time one epoch (after --warmup steps) instead of --steps single steps")
+    ep.add_argument("--train-images", metavar="VIS,IR", default=None,
+                    help="visible,infrared training images (default SYSU-MM01: 22258,11909)")
+    ep.add_argument("--train-identities", type=int, default=395, help="training identities (default 395)")
+    ep.add_argument("--estimate-epochs", type=int, default=200,
+                    help="epochs of the extrapolated training (default 200, MCLNet's schedule)")
+    ep.add_argument("--eval-images", type=int, default=7643,
+                    help="images of one evaluation pass (default 7643: SYSU-MM01's 3803 queries + a 3840-image "
+                         "multi-shot gallery)")
     _add_set(be)
     be.set_defaults(func=cmd_bench)
+
+    br = sub.add_parser("bench-report", help="speed-up tables and target checks from a pytest-benchmark JSON file",
+                        description="Summarise `pytest benchmarks --benchmark-only --benchmark-json=FILE`: each "
+                                    "group with speed-ups over its slowest benchmark, and the harness's speed "
+                                    "targets (met / MISSED / not measured) on median times.")
+    br.add_argument("json_file", help="pytest-benchmark JSON file")
+    br.add_argument("--out", help="also write the Markdown report to this file (atomically)")
+    br.add_argument("--check", action="store_true", help="exit 1 when a measured target is missed")
+    br.set_defaults(func=cmd_bench_report)
     return p
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -215,3 +216,69 @@ def test_bench_config_overrides_win():
 ])
 def test_device_peak_lookup(name, precision, want):
     assert device_peak_tflops(name, precision) == want
+
+
+# --------------------------------------------------------------------------------------------
+# epoch timing
+# --------------------------------------------------------------------------------------------
+
+
+def test_sized_train_set_spreads_identities_over_both_modalities():
+    from harness.bench import sized_train_set
+
+    split, images = sized_train_set(5, 23, 11, 8, 4, seed=3)
+    assert images.shape == (34, 3, 8, 4) and images.dtype == torch.uint8
+    visible = split.modalities == 0
+    assert visible.sum() == 23 and (~visible).sum() == 11
+    for modality_rows in (visible, ~visible):
+        counts = np.bincount(split.pids[modality_rows], minlength=5)
+        assert counts.max() - counts.min() <= 1 and counts.min() >= 2  # even spread, nobody missing
+    assert set(split.cams[visible]) <= {0, 1, 3, 4} and set(split.cams[~visible]) <= {2, 5}
+
+
+@pytest.mark.parametrize("counts", [(1, 10, 10), (4, 3, 10), (4, 10, 2)])
+def test_sized_train_set_rejects_unusable_sizes(counts):
+    from harness.bench import sized_train_set
+
+    with pytest.raises(HarnessError, match="at least 2 identities"):
+        sized_train_set(*counts, 8, 4)
+
+
+def test_epoch_benchmark_runs_one_epoch_and_extrapolates(monkeypatch):
+    import harness.bench as bench
+    from harness.training import Trainer
+
+    calls = []
+    real_step = Trainer.train_step
+
+    def counting_step(self, indices):
+        calls.append(len(indices))
+        return real_step(self, indices)
+
+    monkeypatch.setattr(Trainer, "train_step", counting_step)
+    cfg = bench.bench_config("mclnet", "test_resnet", 8, device="cpu")
+    r = bench.measure_epoch(cfg, 32, 16, num_identities=4, num_visible=43, num_infrared=21, warmup=2,
+                            estimate_epochs=7, eval_images=30)
+    assert r.iterations == 43 // 8
+    assert calls == [8] * (2 + r.iterations)  # the warm-up steps, then exactly one epoch
+    assert r.train_images_per_s == pytest.approx(r.iterations * 8 / r.epoch_s)
+    assert r.estimate_train_h == pytest.approx(7 * r.epoch_s / 3600)
+    assert r.estimate_total_h == pytest.approx(r.estimate_train_h + (r.warmup_s + r.eval_s) / 3600)
+    assert r.eval_s > 0 and r.eval_images == 30
+    assert (r.num_identities, r.num_visible, r.num_infrared) == (4, 43, 21)
+
+
+def test_cli_epoch_json(capsys):
+    code = main(["bench", "--epoch", "--backbone", "test_resnet", "--size", "32x16", "--batch", "8", "--device",
+                 "cpu", "--warmup", "0", "--train-images", "24,17", "--train-identities", "3",
+                 "--estimate-epochs", "10", "--eval-images", "0", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["iterations"] == 24 // 8 and data["batch"] == 8 and data["eval_s"] == 0.0
+    assert data["estimate_train_h"] == pytest.approx(10 * data["epoch_s"] / 3600)
+
+
+def test_cli_epoch_rejects_bad_image_counts(capsys):
+    code = main(["bench", "--epoch", "--train-images", "22258", "--device", "cpu"])
+    assert code == 2
+    assert "--train-images '22258'" in capsys.readouterr().err
