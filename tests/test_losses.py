@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from harness.errors import HarnessError
 from methods.losses import (
-    _nearest_other_center_squared,
+    _center_partners,
     center_loss,
     marginal_center_loss,
     modality_classification_loss,
@@ -258,21 +259,39 @@ def test_marginal_value_and_gradient_match_loop_reference(
 
 @pytest.mark.parametrize("distinct_rows", [True, False])
 @pytest.mark.parametrize("num_classes", [6, 20])
-def test_nearest_other_center_both_search_layouts_match_brute_force(distinct_rows, num_classes):
+def test_center_partners_both_search_layouts_find_the_nearest_other_center(distinct_rows, num_classes):
     # distinct_rows=True is the CPU default (torch.unique), False the accelerator default (one
-    # row per sample, no host sync); both must give the brute-force value and gradient
+    # row per sample, no host sync)
     _, labels, centers = random_batch(4, num_classes=num_classes)
-    centers.requires_grad_(True)
-    gaps = _nearest_other_center_squared(centers, labels, distinct_rows=distinct_rows)
+    anchor_ids, partner, sample_to_anchor = _center_partners(centers, labels, distinct_rows=distinct_rows)
+    rows = torch.arange(len(labels)) if sample_to_anchor is None else sample_to_anchor
+    assert torch.equal(anchor_ids[rows], labels)
+    gaps = ((centers[anchor_ids[rows]] - centers[partner[rows]]) ** 2).sum(dim=1)
     expected = torch.stack([
         torch.stack([((centers[y] - centers[k]) ** 2).sum() for k in range(num_classes) if k != y]).min()
         for y in labels.tolist()
     ])
     torch.testing.assert_close(gaps, expected, rtol=1e-12, atol=0)
-    weights = torch.linspace(0.5, 2.0, len(labels), dtype=centers.dtype)
-    (grad,) = torch.autograd.grad((gaps * weights).sum(), centers)
-    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), centers)
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    assert not (partner == anchor_ids).any()
+
+
+@pytest.mark.parametrize("variant,weighting", VARIANTS)
+def test_marginal_one_row_per_sample_layout_matches_reference(monkeypatch, variant, weighting):
+    # the layout accelerators use for the push term, forced on CPU: value and gradient unchanged
+    import methods.losses as losses
+
+    monkeypatch.setattr(losses, "_center_partners", functools.partial(_center_partners, distinct_rows=False))
+    features, labels, centers = random_batch(5, num_classes=20)
+    features.requires_grad_(True)
+    centers.requires_grad_(True)
+    sigma = -60.0 if weighting == "per-class-8" else 1.0
+    loss = marginal_center_loss(features, labels, centers, sigma=sigma, rho=60.0, variant=variant,
+                                nearest_weighting=weighting)
+    expected = reference_marginal(features, labels, centers, sigma, 60.0, variant, weighting)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
+    for got, want in zip(torch.autograd.grad(loss, (features, centers)),
+                         torch.autograd.grad(expected, (features, centers))):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_losses_read_nothing_back_from_the_device():
