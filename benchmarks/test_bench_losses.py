@@ -109,6 +109,11 @@ def timed(device: str, loss_fn, inputs):
     return step
 
 
+def describe(benchmark, num_classes: int) -> None:
+    benchmark.extra_info.update(features=f"{BATCH_IDS * IMAGES_PER_ID} x {FEATURE_DIM}", classes=num_classes,
+                                work="forward + backward")
+
+
 def assert_same_value(batched: torch.Tensor, loop: torch.Tensor) -> None:
     assert batched.item() == pytest.approx(loop.item(), rel=1e-4)
 
@@ -126,6 +131,7 @@ def test_bench_wrt_loss(benchmark, device, implementation):
     assert_same_value(wrt_loss(features, labels), wrt_loss_loop(features, labels))
     fn = wrt_loss if implementation == "batched" else wrt_loss_loop
     benchmark(timed(device, lambda: fn(features, labels), [features]))
+    describe(benchmark, NUM_IDENTITIES)
 
 
 @pytest.mark.benchmark(group="center_loss")
@@ -138,6 +144,7 @@ def test_bench_center_loss(benchmark, device, implementation):
     )
     fn = center_loss if implementation == "batched" else center_loss_loop
     benchmark(timed(device, lambda: fn(features, labels, centers), [features, centers]))
+    describe(benchmark, NUM_IDENTITIES)
 
 
 @pytest.mark.parametrize(
@@ -169,6 +176,7 @@ def test_bench_marginal_center_loss(benchmark, device, implementation, num_cente
     else:
         fn = lambda: marginal_center_loss_loop(features, labels, centers, SIGMA, RHO)  # noqa: E731
     benchmark(timed(device, fn, [features, centers]))
+    describe(benchmark, num_centers)
 
 
 @pytest.mark.benchmark(group="mcm step")

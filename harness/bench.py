@@ -28,7 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from harness.config import TrialConfig
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, ImageSplit
 from harness.errors import HarnessError
-from harness.training import PhaseTimer, Trainer, autocast_context, resolve_device, seed_everything, synchronize
+from harness.training import (PhaseTimer, Trainer, TrialFailure, autocast_context, resolve_device, seed_everything,
+                              synchronize)
 
 BENCH_NUM_CLASSES = 395  # SYSU-MM01 training identities
 BENCH_NUM_CAMERAS = 6
@@ -410,7 +411,14 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
     warmup_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrialFailure as failure:
+        raise HarnessError(
+            f"bench --epoch: training diverged after {trainer.stats.images_seen // trainer.sampler.batch_size} "
+            f"steps, so the epoch cannot be timed ({failure}). Random images from a random init can make the MCM "
+            f"adversary blow up at mcm.lr={cfg.mcm.lr:g}; time it with --set mcm.lr=0.01 (the from-scratch "
+            "setting of benchmarks/ablation_synthetic.yaml; speed does not depend on it)") from None
     synchronize(device)
     epoch_s = time.perf_counter() - start
 

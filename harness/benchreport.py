@@ -103,6 +103,19 @@ def benchmark_frame(data: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def group_settings(data: dict[str, Any], group: str, device: str) -> dict[str, Any]:
+    """extra_info entries shared by every benchmark of a group (backbone, size, batch, ...)."""
+    infos = [bench.get("extra_info") or {} for bench in data["benchmarks"]
+             if (bench.get("group") or "(no group)") == group and _device(bench) == device]
+    if not infos:
+        return {}
+    shared = {k: v for k, v in infos[0].items() if k not in _PER_BENCHMARK_INFO and not isinstance(v, (dict, list))}
+    return {k: v for k, v in shared.items() if all(info.get(k) == v for info in infos[1:])}
+
+
+_PER_BENCHMARK_INFO = {"images_per_s", "device"}
+
+
 def _select(data: dict[str, Any], group: str, selector: dict[str, str], device: str) -> dict[str, Any] | None:
     for bench in data["benchmarks"]:
         if bench.get("group") != group or _device(bench) != device:
@@ -165,6 +178,9 @@ def format_report(data: dict[str, Any], *, source: str = "") -> str:
     frame = benchmark_frame(data)
     for (group, device), rows in frame.groupby(["group", "device"], sort=False):
         lines += [f"## {group} ({device})", ""]
+        settings = group_settings(data, group, device)
+        if settings:
+            lines += [", ".join(f"{k}: {v}" for k, v in settings.items()), ""]
         shown = pd.DataFrame({
             "benchmark": rows["benchmark"],
             "min ms": rows["min_ms"].map(lambda v: f"{v:.3f}"),

@@ -282,3 +282,22 @@ def test_cli_epoch_rejects_bad_image_counts(capsys):
     code = main(["bench", "--epoch", "--train-images", "22258", "--device", "cpu"])
     assert code == 2
     assert "--train-images '22258'" in capsys.readouterr().err
+
+
+def test_epoch_benchmark_names_the_fix_when_training_diverges(monkeypatch):
+    import harness.bench as bench
+    from harness.training import Trainer, TrialFailure
+
+    real_step = Trainer.train_step
+    calls = []
+
+    def diverging_step(self, indices):
+        calls.append(1)
+        if len(calls) == 3:  # the second step of the timed epoch (one warm-up step first)
+            raise TrialFailure("non-finite loss term(s) mcm")
+        return real_step(self, indices)
+
+    monkeypatch.setattr(Trainer, "train_step", diverging_step)
+    cfg = bench.bench_config("mclnet", "test_resnet", 8, device="cpu")
+    with pytest.raises(HarnessError, match=r"diverged after 1 steps.*mcm\.lr=0\.1.*--set mcm\.lr=0\.01"):
+        bench.measure_epoch(cfg, 32, 16, num_identities=4, num_visible=40, num_infrared=24, warmup=1, eval_images=0)

@@ -33,10 +33,11 @@ def data() -> dict:
             loss("marginal_center_loss ICA", "loop", "cpu", 0.010, low=0.009),  # 5x: met
             loss("marginal_center_loss CCA", "batched", "cpu", 0.001),
             loss("marginal_center_loss CCA", "loop", "cpu", 0.003),  # 3x: missed
-            bench("train step: acceleration (mclnet)", "fp32-eager", {"train": {}}, 0.5, extra={"device": "cpu",
-                                                                                            "images_per_s": 64.0}),
+            bench("train step: acceleration (mclnet)", "fp32-eager", {"train": {}}, 0.5,
+                  extra={"device": "cpu", "images_per_s": 64.0, "backbone": "resnet18", "size": "128x64"}),
             bench("train step: acceleration (mclnet)", "all", {"train": {"amp": "bf16"}}, 0.25,
-                  extra={"device": "cpu", "images_per_s": 128.0}),
+                  extra={"device": "cpu", "images_per_s": 128.0, "backbone": "resnet18", "size": "128x64",
+                         "amp": "bf16"}),
         ],
     }
 
@@ -77,7 +78,8 @@ def test_report_and_check_exit_code(data, tmp_path):
     assert out.read_text() == report
     assert "Test CPU, 2 logical CPUs" in report and "abc123 (uncommitted changes)" in report
     assert "| marginal center loss, CCA over 6 cameras vs a per-class Python loop | cpu | 4.00x | 3.00x | 3.00x | MISSED |" in report
-    assert "## train step: acceleration (mclnet) (cpu)" in report and "128.0" in report
+    assert "## train step: acceleration (mclnet) (cpu)\n\nbackbone: resnet18, size: 128x64\n" in report  # shared only
+    assert "128.0" in report
     _, code = run_bench_report(path, check=False)
     assert code == 0
 
