@@ -5,8 +5,9 @@
 #   benchmarks/record.sh results/reference/benchmarks-cpu          # CPU: resnet18, 128x64, batch 32
 #   benchmarks/record.sh results/reference/benchmarks-h100         # CUDA: resnet50, 288x144, batch 64
 #
-# The epoch runs with mcm.lr=0.01: from a random init on random images the MCM adversary can blow up
-# at the paper's 0.1 (speed does not depend on it). Run it on a quiet machine: other jobs on the same cores or GPU distort every figure.
+# The epoch runs with mcm.lr=0.01: from a random init on random images the MCM adversary can blow
+# up at the paper's 0.1 (speed does not depend on it). Run it on a quiet machine: other jobs on the
+# same cores or GPU distort every figure.
 # PYTHON (default .venv/bin/python, else python3) runs the suites and `python -m harness.cli`.
 set -euo pipefail
 
@@ -21,7 +22,7 @@ else
     device=cpu backbone=resnet18 size=128x64 batch=32
 fi
 step=(--method mclnet --backbone "$backbone" --size "$size" --batch "$batch" --device "$device")
-accelerated=(--amp bf16 --channels-last --compile)
+accelerated=(--amp bf16 --channels-last --compile --set train.fused_optimizer=true)
 tag="$backbone-$size"
 
 "$python" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \

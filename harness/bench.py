@@ -200,14 +200,14 @@ def training_step_flops(method: nn.Module, images: torch.Tensor, modality: torch
 
 
 @dataclass
-class StepBenchmark:
+class BenchSettings:
+    """What a timing was taken of and on: method, input, device, library versions, accelerations."""
+
     method: str
     backbone: str
     height: int
     width: int
     batch: int
-    identities_per_batch: int
-    images_per_modality: int
     device: str
     device_name: str
     torch_version: str
@@ -216,6 +216,25 @@ class StepBenchmark:
     channels_last: bool
     compile: bool
     fused_optimizer: bool
+
+
+def bench_settings(cfg: TrialConfig, height: int, width: int, batch: int, device: torch.device) -> dict[str, Any]:
+    """The BenchSettings fields of a run, as keyword arguments."""
+    import timm
+
+    from harness.trial import device_name
+
+    t = cfg.train
+    return dict(method=cfg.method, backbone=cfg.model.backbone, height=height, width=width, batch=batch,
+                device=str(device), device_name=device_name(device), torch_version=torch.__version__,
+                timm_version=timm.__version__, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
+                fused_optimizer=t.fused_optimizer)
+
+
+@dataclass
+class StepBenchmark(BenchSettings):
+    identities_per_batch: int
+    images_per_modality: int
     steps: int
     warmup: int
     phase_ms: dict[str, float] = field(default_factory=dict)
@@ -242,8 +261,6 @@ class StepBenchmark:
 def measure_step(cfg: TrialConfig, height: int, width: int, *, steps: int, warmup: int,
                  compile_backend: str = "inductor") -> StepBenchmark:
     """Count FLOPs once, warm up, then time a phased pass and a plain pass of `steps` steps each."""
-    import timm
-
     from harness.trial import device_name, peak_memory_mb
 
     if steps < 1 or warmup < 0:
@@ -293,11 +310,8 @@ def measure_step(cfg: TrialConfig, height: int, width: int, *, steps: int, warmu
     precision = compute_precision(t.amp)
     peak = device_peak_tflops(name, precision) if device.type == "cuda" else None
     return StepBenchmark(
-        method=cfg.method, backbone=cfg.model.backbone, height=height, width=width, batch=setup.batch,
-        identities_per_batch=t.num_identities, images_per_modality=t.images_per_modality, device=str(device),
-        device_name=name, torch_version=torch.__version__, timm_version=timm.__version__, amp=t.amp,
-        channels_last=t.channels_last, compile=t.compile, fused_optimizer=t.fused_optimizer, steps=steps,
-        warmup=warmup, phase_ms=phase_ms, phased_step_ms=phased_ms, step_ms=step_ms, images_per_s=images_per_s,
+        **bench_settings(cfg, height, width, setup.batch, device), identities_per_batch=t.num_identities,
+        images_per_modality=t.images_per_modality, steps=steps, warmup=warmup, phase_ms=phase_ms, phased_step_ms=phased_ms, step_ms=step_ms, images_per_s=images_per_s,
         flops_per_image=flops_per_image, achieved_tflops=achieved, precision=precision, peak_tflops=peak,
         peak_fraction=achieved / peak if peak else None, peak_memory_mb=peak_memory_mb(device),
         memory_kind="allocated by torch" if device.type == "cuda" else "process peak RSS")
@@ -335,22 +349,9 @@ def format_report(result: StepBenchmark) -> str:
 
 
 @dataclass
-class EpochBenchmark:
+class EpochBenchmark(BenchSettings):
     """One timed training epoch over a dataset-sized random train set, and what it implies."""
 
-    method: str
-    backbone: str
-    height: int
-    width: int
-    batch: int
-    device: str
-    device_name: str
-    torch_version: str
-    timm_version: str
-    amp: str
-    channels_last: bool
-    compile: bool
-    fused_optimizer: bool
     num_identities: int
     num_visible: int
     num_infrared: int
@@ -383,9 +384,7 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
     An epoch is max(visible, infrared) // batch iterations, as in every trial. The images are
     random: speed does not depend on their content.
     """
-    import timm
-
-    from harness.trial import device_name, extract_features
+    from harness.trial import extract_features
     from methods import create_method
 
     if warmup < 0 or estimate_epochs < 1 or eval_images < 0:
@@ -432,10 +431,7 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
 
     train_h = estimate_epochs * epoch_s / 3600
     return EpochBenchmark(
-        method=cfg.method, backbone=cfg.model.backbone, height=height, width=width, batch=trainer.sampler.batch_size,
-        device=str(device), device_name=device_name(device), torch_version=torch.__version__,
-        timm_version=timm.__version__, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
-        fused_optimizer=t.fused_optimizer, num_identities=num_identities, num_visible=num_visible,
+        **bench_settings(cfg, height, width, trainer.sampler.batch_size, device), num_identities=num_identities, num_visible=num_visible,
         num_infrared=num_infrared, images_on_device=trainer.images_on_device, iterations=trainer.iters_per_epoch,
         warmup_steps=warmup, warmup_s=warmup_s, epoch_s=epoch_s,
         train_images_per_s=trainer.iters_per_epoch * trainer.sampler.batch_size / epoch_s,
