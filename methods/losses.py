@@ -29,6 +29,8 @@ _SQUARED_DISTANCE_FLOOR = 1e-12
 # The authors' code multiplies the sum of per-identity nearest distances by this batch constant
 # (their identity sampler draws 8 images per identity).
 _AUTHORS_IMAGES_PER_IDENTITY = 8.0
+# Above this many K x K x D elements the push-term search uses the |a|^2 + |b|^2 - 2ab matmul.
+_DIRECT_PAIRS_MAX_ELEMENTS = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +244,8 @@ def _center_partners(centers: Tensor, labels: Tensor, *,
     else:
         anchor_ids, sample_to_anchor = labels, None
     with torch.no_grad():
-        if anchor_ids is class_ids:  # all K x K pairs; K is small here (K <= N), so no matmul expansion
+        if anchor_ids is class_ids and num_classes**2 * centers.shape[1] <= _DIRECT_PAIRS_MAX_ELEMENTS:
+            # a few centers (cameras): the K x K x D differences cost less than the matmul expansion's ops
             squared = (centers.unsqueeze(1) - centers.unsqueeze(0)).square().sum(dim=2).fill_diagonal_(float("inf"))
         else:
             squared = _squared_distances(centers.index_select(0, anchor_ids), centers)

@@ -275,6 +275,20 @@ def test_center_partners_both_search_layouts_find_the_nearest_other_center(disti
     assert not (partner == anchor_ids).any()
 
 
+@pytest.mark.parametrize("num_classes,dim", [(6, 2048), (40, 1024)])  # direct K x K x D, and the matmul search
+def test_center_partners_with_all_centers_as_rows(num_classes, dim):
+    generator = torch.Generator().manual_seed(7)
+    centers = torch.randn(num_classes, dim, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, num_classes, (64,), generator=generator)
+    anchor_ids, partner, sample_to_anchor = _center_partners(centers, labels)
+    assert torch.equal(anchor_ids, torch.arange(num_classes)) and torch.equal(sample_to_anchor, labels)
+    brute = torch.tensor([
+        min((k for k in range(num_classes) if k != a), key=lambda k: float(((centers[a] - centers[k]) ** 2).sum()))
+        for a in range(num_classes)
+    ])
+    assert torch.equal(partner, brute)
+
+
 @pytest.mark.parametrize("variant,weighting", VARIANTS)
 def test_marginal_one_row_per_sample_layout_matches_reference(monkeypatch, variant, weighting):
     # the layout accelerators use for the push term, forced on CPU: value and gradient unchanged
