@@ -160,11 +160,14 @@ def bench_config(method: str, backbone: str, batch: int, *, device: str = "auto"
 
 
 def build_step_setup(cfg: TrialConfig, height: int, width: int, *, timer: PhaseTimer | None = None,
-                     compile_backend: str = "inductor", before_trainer: Any = None) -> StepSetup:
-    """Method + trainer on a random train set sized for the sampler, everything on the config's device.
+                     compile_backend: str = "inductor", before_trainer: Any = None,
+                     train_size: tuple[int, int, int] | None = None) -> StepSetup:
+    """Method + trainer on a random train set, everything on the config's device.
 
-    `before_trainer(method, device)` runs on the eager method before the trainer converts it
-    (channels_last) and compiles it: the place to count FLOPs.
+    The train set is just large enough for the sampler, or `train_size` = (identities, visible
+    images, infrared images), drawn on the device. `before_trainer(method, device)` runs on the
+    eager method before the trainer converts it (channels_last) and compiles it: the place to
+    count FLOPs.
     """
     from methods import create_method
 
@@ -173,9 +176,14 @@ def build_step_setup(cfg: TrialConfig, height: int, width: int, *, timer: PhaseT
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
     t = cfg.train
-    num_identities = min(BENCH_NUM_CLASSES, max(2 * t.num_identities, 8))
-    train, images = synthetic_train_set(num_identities, t.images_per_modality, height, width, seed=cfg.seed)
-    method = create_method(cfg, BENCH_NUM_CLASSES, BENCH_NUM_CAMERAS).to(device)
+    if train_size is None:
+        num_classes = BENCH_NUM_CLASSES
+        num_identities = min(BENCH_NUM_CLASSES, max(2 * t.num_identities, 8))
+        train, images = synthetic_train_set(num_identities, t.images_per_modality, height, width, seed=cfg.seed)
+    else:
+        num_classes = train_size[0]
+        train, images = sized_train_set(*train_size, height, width, seed=cfg.seed, device=device)
+    method = create_method(cfg, num_classes, BENCH_NUM_CAMERAS).to(device)
     method.train()
     if before_trainer is not None:
         before_trainer(method, device)
@@ -261,7 +269,7 @@ class StepBenchmark(BenchSettings):
 def measure_step(cfg: TrialConfig, height: int, width: int, *, steps: int, warmup: int,
                  compile_backend: str = "inductor") -> StepBenchmark:
     """Count FLOPs once, warm up, then time a phased pass and a plain pass of `steps` steps each."""
-    from harness.trial import device_name, peak_memory_mb
+    from harness.trial import peak_memory_mb
 
     if steps < 1 or warmup < 0:
         raise HarnessError(f"bench: expected --steps >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
@@ -306,12 +314,13 @@ def measure_step(cfg: TrialConfig, height: int, width: int, *, steps: int, warmu
     images_per_s = setup.batch / (step_ms / 1000.0)
     flops_per_image = flops["step"] // setup.batch
     achieved = flops["step"] / (step_ms / 1000.0) / 1e12
-    name = device_name(device)
+    settings = bench_settings(cfg, height, width, setup.batch, device)
+    name = settings["device_name"]
     precision = compute_precision(t.amp)
     peak = device_peak_tflops(name, precision) if device.type == "cuda" else None
     return StepBenchmark(
-        **bench_settings(cfg, height, width, setup.batch, device), identities_per_batch=t.num_identities,
-        images_per_modality=t.images_per_modality, steps=steps, warmup=warmup, phase_ms=phase_ms, phased_step_ms=phased_ms, step_ms=step_ms, images_per_s=images_per_s,
+        **settings, identities_per_batch=t.num_identities, images_per_modality=t.images_per_modality, steps=steps,
+        warmup=warmup, phase_ms=phase_ms, phased_step_ms=phased_ms, step_ms=step_ms, images_per_s=images_per_s,
         flops_per_image=flops_per_image, achieved_tflops=achieved, precision=precision, peak_tflops=peak,
         peak_fraction=achieved / peak if peak else None, peak_memory_mb=peak_memory_mb(device),
         memory_kind="allocated by torch" if device.type == "cuda" else "process peak RSS")
@@ -385,22 +394,15 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
     random: speed does not depend on their content.
     """
     from harness.trial import extract_features
-    from methods import create_method
 
     if warmup < 0 or estimate_epochs < 1 or eval_images < 0:
         raise HarnessError(f"bench --epoch: expected --warmup >= 0, --estimate-epochs >= 1 and --eval-images >= 0; "
                            f"got {warmup}, {estimate_epochs}, {eval_images}")
     cfg = cfg.with_overrides({"train.epochs": 1}, where="bench --epoch")
     t = cfg.train
-    device = resolve_device(t.device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    seed_everything(cfg.seed)
-    train, images = sized_train_set(num_identities, num_visible, num_infrared, height, width, seed=cfg.seed,
-                                    device=device)
-    method = create_method(cfg, num_identities, BENCH_NUM_CAMERAS).to(device)
-    trainer = Trainer(method, t, train, images, device=device, seed=cfg.seed, compile_backend=compile_backend)
-    method.train()
+    setup = build_step_setup(cfg, height, width, compile_backend=compile_backend,
+                             train_size=(num_identities, num_visible, num_infrared))
+    method, trainer, device = setup.method, setup.trainer, setup.device
 
     synchronize(device)
     start = time.perf_counter()
@@ -414,7 +416,7 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
         trainer.fit()
     except TrialFailure as failure:
         raise HarnessError(
-            f"bench --epoch: training diverged after {trainer.stats.images_seen // trainer.sampler.batch_size} "
+            f"bench --epoch: training diverged after {trainer.stats.images_seen // setup.batch} "
             f"steps, so the epoch cannot be timed ({failure}). Random images from a random init can make the MCM "
             f"adversary blow up at mcm.lr={cfg.mcm.lr:g}; time it with --set mcm.lr=0.01 (the from-scratch "
             "setting of benchmarks/ablation_synthetic.yaml; speed does not depend on it)") from None
@@ -422,19 +424,20 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
     epoch_s = time.perf_counter() - start
 
     # the evaluation pass is extrapolated from the extraction throughput over (at most) the train images
-    eval_count = min(eval_images, len(images))
+    eval_count = min(eval_images, len(trainer.images))
     eval_s = 0.0
     if eval_count:
-        _, per_s = extract_features(method, images[:eval_count], train.modalities[:eval_count], device=device,
-                                    batch_size=t.eval_batch_size, amp=t.amp, channels_last=t.channels_last)
+        _, per_s = extract_features(method, trainer.images[:eval_count], trainer.modalities[:eval_count].cpu().numpy(),
+                                    device=device, batch_size=t.eval_batch_size, amp=t.amp,
+                                    channels_last=t.channels_last)
         eval_s = eval_images / per_s
 
     train_h = estimate_epochs * epoch_s / 3600
     return EpochBenchmark(
-        **bench_settings(cfg, height, width, trainer.sampler.batch_size, device), num_identities=num_identities, num_visible=num_visible,
-        num_infrared=num_infrared, images_on_device=trainer.images_on_device, iterations=trainer.iters_per_epoch,
-        warmup_steps=warmup, warmup_s=warmup_s, epoch_s=epoch_s,
-        train_images_per_s=trainer.iters_per_epoch * trainer.sampler.batch_size / epoch_s,
+        **bench_settings(cfg, height, width, setup.batch, device), num_identities=num_identities,
+        num_visible=num_visible, num_infrared=num_infrared, images_on_device=trainer.images_on_device,
+        iterations=trainer.iters_per_epoch, warmup_steps=warmup, warmup_s=warmup_s, epoch_s=epoch_s,
+        train_images_per_s=trainer.iters_per_epoch * setup.batch / epoch_s,
         eval_images=eval_images, eval_s=eval_s, estimate_epochs=estimate_epochs, estimate_train_h=train_h,
         estimate_total_h=train_h + (warmup_s + eval_s) / 3600)
 
@@ -445,7 +448,8 @@ def format_epoch_report(result: EpochBenchmark) -> str:
     return "\n".join([
         f"vireid bench --epoch: {r.method} on {r.backbone}, {r.height}x{r.width}, batch {r.batch}",
         f"device: {r.device_name} [{r.device}]   torch {r.torch_version}   timm {r.timm_version}",
-        f"settings: amp={r.amp} channels_last={r.channels_last} compile={r.compile} fused_optimizer={r.fused_optimizer}",
+        f"settings: amp={r.amp} channels_last={r.channels_last} compile={r.compile} "
+        f"fused_optimizer={r.fused_optimizer}",
         f"train set: {r.num_identities} identities, {r.num_visible:,} visible + {r.num_infrared:,} infrared images "
         f"(random uint8, {'in ' + r.device + ' memory' if r.images_on_device else 'in pinned host memory'})",
         "",

@@ -65,6 +65,9 @@ def load_benchmarks(path: str | Path) -> dict[str, Any]:
     benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
     if not isinstance(benchmarks, list):
         raise HarnessError(f"{path}: expected pytest-benchmark JSON with a 'benchmarks' list")
+    if not benchmarks:
+        raise HarnessError(f"{path}: holds no benchmarks (were they all skipped or deselected? run pytest with "
+                           "--benchmark-only and without -k filters that match nothing)")
     for i, bench in enumerate(benchmarks):
         stats = bench.get("stats") if isinstance(bench, dict) else None
         if not isinstance(stats, dict) or not all(k in stats for k in ("min", "median", "mean", "rounds")):

@@ -308,7 +308,8 @@ class _MarginalCenterAggregation(torch.autograd.Function):
             pull_term = to_own_center.mean() - nearest_term - sigma
             value = F.relu(pull_term)
             dl_dd = ((pull_term > 0).to(dtype) / batch_size).expand(batch_size)
-            take_back = dl_dd if nearest_weighting == "per-sample" else dl_dd * _AUTHORS_IMAGES_PER_IDENTITY / class_sizes
+            take_back = (dl_dd if nearest_weighting == "per-sample"
+                         else dl_dd * _AUTHORS_IMAGES_PER_IDENTITY / class_sizes)
             if num_classes > 1:
                 push_term = rho - center_gap.mean()
                 value = value + F.relu(push_term)
