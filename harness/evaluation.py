@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
+from harness.reranking import RerankParams, original_distance, rerank_distance
 
 PROTOCOLS = ("sysu", "regdb", "llcm")
 
@@ -120,6 +121,7 @@ def evaluate_trials(
     *,
     protocol: str,
     max_rank: int = 20,
+    rerank: RerankParams | None = None,
 ) -> dict[str, Any]:
     """Metrics of every gallery trial of a protocol from ONE ranking of the union gallery.
 
@@ -128,6 +130,8 @@ def evaluate_trials(
     computed and sorted once; each trial's ranking is that order restricted to its gallery
     (a subset keeps its relative order), so every trial equals ``rank_metrics`` on its own
     gallery. ``*_std`` are sample standard deviations (ddof=1) over trials, 0.0 when T == 1.
+    ``rerank`` applies k-reciprocal re-ranking (``harness.reranking``) to each trial's
+    query x trial-gallery distances before ranking them.
     """
     where = "evaluate_trials"
     _check_protocol(protocol, max_rank, where)
@@ -138,19 +142,40 @@ def evaluate_trials(
     masks = _trial_masks(trial_masks, num_gallery, device, where)
 
     trial_results = [_QueryResults(num_queries, device) for _ in range(masks.shape[0])]
-    for rows, view in _query_groups(labels, protocol):
-        view_gallery = gallery if view.columns is None else gallery.index_select(0, view.columns)
-        view_masks = masks if view.columns is None else masks.index_select(1, view.columns)
-        for block_rows in torch.split(rows, view.rows_per_block):
-            block = -(query.index_select(0, block_rows) @ view_gallery.T)
-            ranking = _RankedBlock(torch.sort(block, dim=1, stable=True).indices, block_rows, labels, view)
-            for trial, results in enumerate(trial_results):
-                results.store(block_rows, ranking.metrics(view_masks[trial], protocol, max_rank))
+    if rerank is None:
+        for rows, view in _query_groups(labels, protocol):
+            view_gallery = gallery if view.columns is None else gallery.index_select(0, view.columns)
+            view_masks = masks if view.columns is None else masks.index_select(1, view.columns)
+            for block_rows in torch.split(rows, view.rows_per_block):
+                block = -(query.index_select(0, block_rows) @ view_gallery.T)
+                ranking = _RankedBlock(torch.sort(block, dim=1, stable=True).indices, block_rows, labels, view)
+                for trial, results in enumerate(trial_results):
+                    results.store(block_rows, ranking.metrics(view_masks[trial], protocol, max_rank))
+    else:  # re-ranking depends on the whole gallery: one re-ranked distance per trial
+        for trial, results in enumerate(trial_results):
+            dist = _reranked_trial_distance(query, gallery, masks[trial], rerank)
+            for rows, view in _query_groups(labels, protocol):
+                view_mask = masks[trial] if view.columns is None else masks[trial].index_select(0, view.columns)
+                for block_rows in torch.split(rows, view.rows_per_block):
+                    order = torch.sort(_take_block(dist, block_rows, view.columns), dim=1, stable=True).indices
+                    ranking = _RankedBlock(order, block_rows, labels, view)
+                    results.store(block_rows, ranking.metrics(view_mask, protocol, max_rank))
 
     trials = [
         results.summary(max_rank, f"{where}: trial {trial}") for trial, results in enumerate(trial_results)
     ]
     return _aggregate_trials(trials)
+
+
+def _reranked_trial_distance(
+    query: torch.Tensor, gallery: torch.Tensor, trial_mask: torch.Tensor, params: RerankParams
+) -> torch.Tensor:
+    """(Q, G) re-ranked distances to trial t's gallery; +inf in the columns outside it."""
+    columns = trial_mask.nonzero().flatten()
+    reranked = rerank_distance(original_distance(query, gallery.index_select(0, columns)), query.shape[0], params)
+    dist = torch.full((query.shape[0], gallery.shape[0]), float("inf"), dtype=reranked.dtype, device=query.device)
+    dist[:, columns] = reranked
+    return dist
 
 
 # --------------------------------------------------------------------------------------------
