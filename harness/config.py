@@ -3,6 +3,13 @@
 A trial is fully described by one `TrialConfig`; sweeps vary it by dotted paths
 (`loss.ica.sigma`, `train.lr`). There is no global mutable config: every function receives
 the config it needs.
+
+Valid ranges live here and only here. A numeric key declares its range in its field:
+`epochs: int = ranged(80, minimum=1)`, `erasing_p: float = ranged(0.5, minimum=0, maximum=1)`,
+`lr: float = ranged(0.01, above=0)` (strict bound), list keys with `factory=` and optionally
+`length=` / `min_length=` / `ascending=True` (each element is range-checked). The range is checked
+whenever a config is built (from a dict, by overrides or directly), with a ConfigError naming the
+dotted key, the value and the accepted range. A key without `ranged` accepts any value of its type.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,38 +26,122 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, check_int
+
+
+# --------------------------------------------------------------------------- ranges
+
+SEED_MAX = 2**32 - 1
+"""numpy's and torch's seeding accept [0, 2**32 - 1]."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of one numeric key (of each element, for list keys)."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    """Strict lower bound (value > above)."""
+    below: float | None = None
+    """Strict upper bound (value < below)."""
+    length: int | None = None
+    min_length: int | None = None
+    ascending: bool = False
+    """List keys: elements in non-decreasing order."""
+
+    def describe(self) -> str:
+        parts = []
+        if self.minimum is not None:
+            parts.append(f">= {self.minimum}")
+        if self.above is not None:
+            parts.append(f"> {self.above}")
+        if self.maximum is not None:
+            parts.append(f"<= {self.maximum}")
+        if self.below is not None:
+            parts.append(f"< {self.below}")
+        return " and ".join(parts)
+
+    def check_number(self, value: Any, where: str) -> None:
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        inside = ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+                  and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+        if not inside:
+            raise ConfigError(f"{where}: expected a value {self.describe()}, got {value!r}")
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, (list, tuple)):
+            self.check_number(value, where)
+            return
+        if self.length is not None and len(value) != self.length:
+            raise ConfigError(f"{where}: expected a list of {self.length} values, got {value!r}")
+        if self.min_length is not None and len(value) < self.min_length:
+            raise ConfigError(f"{where}: expected a list of at least {self.min_length} value(s), got {value!r}")
+        for i, item in enumerate(value):
+            self.check_number(item, f"{where}[{i}]")
+        if self.ascending and any(a > b for a, b in zip(value, value[1:])):
+            raise ConfigError(f"{where}: expected values in ascending order, got {value!r}")
+
+
+def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
+    """A dataclass field whose valid range is declared next to its default (see the module docstring)."""
+    return field(default=default, default_factory=factory, metadata={"range": Range(**bounds)})
+
+
+def check_fields(cls: type, values: dict[str, Any], where: str) -> None:
+    """Range-check the values of `cls`'s fields (those declared with `ranged`; every float must be finite)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        path = f"{where}.{f.name}" if where else f.name
+        rule = f.metadata.get("range")
+        if rule is not None:
+            rule.check(value, path)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+
+
+class RangeChecked:
+    """Checks the ranges of a config dataclass built directly in Python (from_dict checks with full paths)."""
+
+    def __post_init__(self) -> None:
+        check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                     type(self).__name__)
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(RangeChecked):
     """Size and layout of the built-in procedural dataset (written once into a cache folder)."""
 
     layout: Literal["sysu", "regdb", "llcm"] = "sysu"
     """Which real dataset's layout (and so protocols) the synthetic tree is written in."""
-    num_identities: int = 60
-    images_per_camera: int = 4
-    height: int = 128
-    width: int = 64
-    seed: int = 0
+    num_identities: int = ranged(60, minimum=2)
+    images_per_camera: int = ranged(4, minimum=1)
+    height: int = ranged(128, minimum=8)
+    width: int = ranged(64, minimum=8)
+    seed: int = ranged(0, minimum=0, maximum=SEED_MAX)
 
 
 @dataclass
-class DataConfig:
+class DataConfig(RangeChecked):
     dataset: str = "synthetic"
     """synthetic (generated, in the layout data.synthetic.layout) | sysu | regdb | llcm."""
     root: str | None = None
     """Dataset root folder; ignored for synthetic (its cache folder is used)."""
-    height: int = 288
-    width: int = 144
-    trial: int = 1
+    height: int = ranged(288, minimum=1)
+    width: int = ranged(144, minimum=1)
+    trial: int = ranged(1, minimum=1, maximum=10)
     """RegDB split 1..10 (each split trains its own model)."""
-    modes: list[str] = field(default_factory=lambda: ["all", "indoor"])
+    modes: list[str] = ranged(factory=lambda: ["all", "indoor"], min_length=1)
     """SYSU-style search modes to evaluate."""
-    shots: list[int] = field(default_factory=lambda: [1])
+    shots: list[int] = ranged(factory=lambda: [1], min_length=1, minimum=1)
     """Gallery shots per (identity, camera): 1 = single-shot, 10 = multi-shot."""
-    gallery_trials: int = 10
-    val_identities: int = 0
+    gallery_trials: int = ranged(10, minimum=1)
+    val_identities: int = ranged(0, minimum=0)
     """Training identities held out as a validation protocol (0 = none)."""
     cache_dir: str | None = None
     """Where decoded images and synthetic trees are cached (default ~/.cache/vireid)."""
@@ -57,33 +149,33 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(RangeChecked):
     backbone: str = "resnet50"
     pretrained_file: str | None = None
     """Local weights file (.pth / .safetensors); the harness never downloads."""
     non_local: bool = True
-    non_local_ratio: float = 0.5
+    non_local_ratio: float = ranged(0.5, above=0, maximum=1)
     """Inner channels of a non-local block as a fraction of its input channels."""
     last_stride_one: bool = True
-    gem_p: float = 3.0
+    gem_p: float = ranged(3.0, above=0)
     test_feature: Literal["bn", "pool"] = "bn"
     """Which feature is used at test time: BNNeck output or L2-normalised pooled feature."""
 
 
 @dataclass
-class MarginalCenterConfig:
-    weight: float = 0.0005
-    sigma: float = 8.0
-    rho: float = 4500.0
+class MarginalCenterConfig(RangeChecked):
+    weight: float = ranged(0.0005, minimum=0)
+    sigma: float = ranged(8.0, minimum=0)
+    rho: float = ranged(4500.0, minimum=0)
 
 
 @dataclass
-class LossConfig:
-    ce_weight: float = 1.0
-    label_smoothing: float = 0.0
-    wrt_weight: float = 1.0
-    mcm_weight: float = 1.0
-    center_weight: float = 0.0005
+class LossConfig(RangeChecked):
+    ce_weight: float = ranged(1.0, minimum=0)
+    label_smoothing: float = ranged(0.0, minimum=0, below=1)
+    wrt_weight: float = ranged(1.0, minimum=0)
+    mcm_weight: float = ranged(1.0, minimum=0)
+    center_weight: float = ranged(0.0005, minimum=0)
     ica: MarginalCenterConfig = field(default_factory=MarginalCenterConfig)
     cca: MarginalCenterConfig = field(default_factory=MarginalCenterConfig)
     variant: Literal["paper", "authors-code"] = "paper"
@@ -91,54 +183,55 @@ class LossConfig:
 
 
 @dataclass
-class MCMConfig:
-    hidden: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
+class MCMConfig(RangeChecked):
+    hidden: int = ranged(128, minimum=1)
+    lr: float = ranged(0.1, above=0)
+    momentum: float = ranged(0.9, minimum=0, maximum=1)
+    weight_decay: float = ranged(0.0005, minimum=0)
     batchnorm_out: bool = False
     """BatchNorm1d(2) after the classifier, as in the public code."""
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 80
-    iters_per_epoch: int | None = None
+class TrainConfig(RangeChecked):
+    epochs: int = ranged(80, minimum=1)
+    iters_per_epoch: int | None = ranged(None, minimum=1)
     """None: one pass over the visible training images per epoch."""
-    num_identities: int = 8
+    num_identities: int = ranged(8, minimum=1)
     """P: identities per batch."""
-    images_per_modality: int = 4
+    images_per_modality: int = ranged(4, minimum=1)
     """K: visible and K infrared images per identity per batch."""
-    lr: float = 0.01
-    head_lr: float = 0.1
-    center_lr: float = 0.1
-    momentum: float = 0.9
+    lr: float = ranged(0.01, above=0)
+    head_lr: float = ranged(0.1, above=0)
+    center_lr: float = ranged(0.1, minimum=0)
+    momentum: float = ranged(0.9, minimum=0, maximum=1)
     nesterov: bool = True
-    weight_decay: float = 0.0005
-    warmup_epochs: int = 10
-    milestones: list[int] = field(default_factory=lambda: [20, 50])
-    gamma: float = 0.1
-    pad: int = 10
+    weight_decay: float = ranged(0.0005, minimum=0)
+    warmup_epochs: int = ranged(10, minimum=0)
+    milestones: list[int] = ranged(factory=lambda: [20, 50], minimum=1, ascending=True)
+    gamma: float = ranged(0.1, above=0, maximum=1)
+    pad: int = ranged(10, minimum=0)
     flip: bool = True
-    erasing_p: float = 0.5
-    grayscale_p: float = 0.0
+    erasing_p: float = ranged(0.5, minimum=0, maximum=1)
+    grayscale_p: float = ranged(0.0, minimum=0, maximum=1)
     """Probability of showing a training image without colour (0 = off, as in AGW/MCLNet)."""
-    erasing_area: list[float] = field(default_factory=lambda: [0.02, 0.4])
+    erasing_area: list[float] = ranged(factory=lambda: [0.02, 0.4], length=2, above=0, maximum=1, ascending=True)
+    """(lo, hi): fraction of the image a random erasing covers, 0 < lo <= hi <= 1."""
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
     fused_optimizer: bool = False
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
-    threads: int | None = None
+    threads: int | None = ranged(None, minimum=1)
     """torch intra-op threads on CPU (None: torch's default)."""
-    eval_batch_size: int = 128
+    eval_batch_size: int = ranged(128, minimum=1)
 
 
 @dataclass
-class TrialConfig:
+class TrialConfig(RangeChecked):
     method: str = "mclnet"
-    seed: int = 0
+    seed: int = ranged(0, minimum=0, maximum=SEED_MAX)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -181,38 +274,35 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise HarnessError(f"{where}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
         return build_dataclass(tp, value, where)
     if origin in (Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _coerce(option, value, where)
-            except HarnessError as exc:
-                errors.append(exc)
-        raise HarnessError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise HarnessError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise HarnessError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
         return [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is type(None):
         if value is not None:
-            raise HarnessError(f"{where}: expected null, got {value!r}")
+            raise ConfigError(f"{where}: expected null, got {value!r}")
         return None
     if tp is bool:
         if not isinstance(value, bool):
-            raise HarnessError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise HarnessError(f"{where}: expected an integer, got {value!r}")
-        return value
+        return check_int(value, where)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
@@ -220,11 +310,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise HarnessError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise HarnessError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported annotation {tp!r} at {where}")
 
@@ -235,11 +325,12 @@ def build_dataclass(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
-        if key not in hints:
+        if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise HarnessError(f"{path}: unknown key{hint}; accepted keys: {', '.join(names)}")
+            raise ConfigError(f"{path}: unknown key{hint}; accepted keys: {', '.join(names)}")
         kwargs[key] = _coerce(hints[key], value, path)
+    check_fields(cls, kwargs, where)
     return cls(**kwargs)
 
 
@@ -263,7 +354,7 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any, *, where: str = "o
         if not isinstance(node, dict) or part not in node:
             close = difflib.get_close_matches(dotted, field_paths(), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise HarnessError(f"{where}: unknown config key {dotted!r}{hint}")
+            raise ConfigError(f"{where}: unknown config key {dotted!r}{hint}")
         if i == len(parts) - 1:
             node[part] = copy.deepcopy(value)
         else:
@@ -280,12 +371,12 @@ def get_dotted(tree: dict[str, Any], dotted: str) -> Any:
 def parse_override(text: str) -> tuple[str, Any]:
     """`key.path=value` from the command line; the value is parsed as YAML (numbers, lists, null)."""
     if "=" not in text:
-        raise HarnessError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=2")
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=2")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise HarnessError(f"override {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
     if isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" as a string
             value = float(value)
@@ -297,11 +388,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise HarnessError(f"{path}: file not found")
+        raise ConfigError(f"{path}: file not found")
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise HarnessError(f"{path}: malformed YAML{at}: {problem}") from None
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None

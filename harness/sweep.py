@@ -11,6 +11,7 @@ from typing import Any
 
 from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
 from harness.errors import HarnessError
+from harness.preflight import check_buildable
 
 SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "dry_run")
 BACKENDS = ("local", "optuna", "ray")
@@ -64,7 +65,9 @@ class SweepSpec:
                 set_dotted(tree, k, v, where=f"{self.source}: grid")
             for k, v in (overrides or {}).items():
                 set_dotted(tree, k, v, where="--set")
-            configs.append(TrialConfig.from_dict(tree, where=f"{self.source}: grid point {dict(zip(keys, values))}"))
+            where = f"{self.source}: grid point {dict(zip(keys, values))}"
+            configs.append(TrialConfig.from_dict(tree, where=where))
+            check_buildable(configs[-1], where)
         return configs
 
 

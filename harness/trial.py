@@ -108,7 +108,8 @@ def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtoco
         gi = torch.as_tensor([paths[x] for x in p.gallery.paths])
         # rank_metrics' sysu rule uses SYSU camera numbers (1-based); splits store 0-based cameras.
         res = evaluate_trials(feats[qi], feats[gi], p.query.pids, p.gallery.pids, p.query.cams + 1,
-                              p.gallery.cams + 1, p.trial_masks, protocol=p.metric_protocol)
+                              p.gallery.cams + 1, p.trial_masks, protocol=p.metric_protocol,
+                              query_masks=p.query_masks)
         results[name] = res
     return results, speed
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
-from methods.backbones import TwoStreamBackbone
+from harness.errors import ConfigError, HarnessError
+from methods.backbones import ModalityRouting, TwoStreamBackbone
 
 
 class NonLocalBlock(nn.Module):
@@ -155,3 +155,29 @@ class ReIDNet(nn.Module):
         backbone = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         head = [p for p in self.neck.parameters() if p.requires_grad]
         return {"backbone": backbone, "head": head}
+
+
+def check_network_input(backbone_name: str, height: int, width: int, *, non_local: bool = True,
+                        non_local_ratio: float = 0.5, last_stride_one: bool = True) -> None:
+    """Raise ConfigError when the network cannot be built or cannot take (height, width) images.
+
+    The network is built on the meta device and one batch's shapes are propagated through it: no
+    weights are allocated and nothing is computed, so the check costs milliseconds even for
+    ResNet-50 and runs for every grid point before anything trains.
+    """
+    try:
+        with torch.device("meta"):
+            net = ReIDNet(backbone_name, 2, non_local=non_local, non_local_ratio=non_local_ratio,
+                          last_stride_one=last_stride_one)
+            images = torch.empty(2, 3, height, width)
+            net.backbone._set_routing(ModalityRouting(2, None, None, (2, 0)))
+            features = net.backbone._to_map(net.backbone.model.forward_features(images), (height, width))
+    except HarnessError as exc:
+        raise ConfigError(f"model.backbone={backbone_name!r}: {exc}") from None
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise ConfigError(
+            f"data.height x data.width = {height}x{width}: backbone {backbone_name!r} cannot take this input size "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if features.dim() != 4 or 0 in features.shape:
+        raise ConfigError(f"data.height x data.width = {height}x{width}: backbone {backbone_name!r} leaves an empty "
+                          f"feature map {tuple(features.shape)}; use a larger input size")

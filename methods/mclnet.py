@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import TrialConfig
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 from methods.agw import ReIDNet
 from methods.losses import center_loss, marginal_center_loss, wrt_loss
 from methods.mcm import ModalityConfusion
@@ -35,7 +35,7 @@ class MCLNet(nn.Module):
                  center: str = "ica", cca: bool = True) -> None:
         super().__init__()
         if center not in CENTER_TERMS:
-            raise HarnessError(f"method switch center={center!r}: expected one of {', '.join(CENTER_TERMS)}")
+            raise ConfigError(f"method switch center={center!r}: expected one of {', '.join(CENTER_TERMS)}")
         self.cfg = cfg
         self.use_mcm, self.center_term, self.use_cca = mcm, center, cca
         m = cfg.model
@@ -133,10 +133,10 @@ def parse_agw_tokens(tokens: list[str]) -> dict[str, Any]:
             switches["cca"] = True
         elif tok in ("center", "ica"):
             if switches["center"] != "none":
-                raise HarnessError(f"method: 'center' and 'ica' are alternatives; got both in agw+{'+'.join(tokens)}")
+                raise ConfigError(f"method: 'center' and 'ica' are alternatives; got both in agw+{'+'.join(tokens)}")
             switches["center"] = tok
         else:
-            raise HarnessError(f"method: unknown switch {tok!r} in agw+{'+'.join(tokens)}; "
+            raise ConfigError(f"method: unknown switch {tok!r} in agw+{'+'.join(tokens)}; "
                                "accepted switches: mcm, center, ica, cca")
     return switches
 

@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -79,12 +79,12 @@ def resolve_method(name: str) -> MethodInfo:
     base, *tokens = name.split("+")
     if base in _COMPOSERS:
         composer = _COMPOSERS[base]
-        switches = composer.parse(tokens)  # raises HarnessError on an unknown token
+        switches = composer.parse(tokens)  # raises ConfigError on an unknown token
         return MethodInfo(name=name, builder=composer.builder, description="custom combination", switches=switches)
     close = difflib.get_close_matches(name, list(_METHODS), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in _COMPOSERS.values())
-    raise HarnessError(
+    raise ConfigError(
         f"method: unknown method {name!r}.{hint} Registered methods: {', '.join(_METHODS)}"
         + (f"; combinations: {combos}" if combos else "")
     )

@@ -1,7 +1,11 @@
+import dataclasses
+import typing
+
 import pytest
 
-from harness.config import TrialConfig, field_paths, parse_override
-from harness.errors import HarnessError
+from harness.config import TrainConfig, TrialConfig, field_paths, get_dotted, parse_override
+from harness.errors import ConfigError, HarnessError
+from harness.preflight import check_buildable
 
 
 def test_defaults_follow_the_spec():
@@ -69,3 +73,106 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     path.write_text("train:\n  lr: [1,\n")
     with pytest.raises(HarnessError, match=r"bad.yaml: malformed YAML \(line \d+"):
         load_yaml(path)
+
+
+# ------------------------------------------------------------------ ranges: every numeric key, one place
+
+@pytest.mark.parametrize("override, key", [
+    ({"train.num_identities": 0}, "train.num_identities"),
+    ({"train.epochs": -1}, "train.epochs"),
+    ({"train.epochs": 0}, "train.epochs"),
+    ({"train.lr": -1}, "train.lr"),
+    ({"train.lr": 0}, "train.lr"),
+    ({"train.pad": -1}, "train.pad"),
+    ({"train.erasing_p": 2}, "train.erasing_p"),
+    ({"train.warmup_epochs": -3}, "train.warmup_epochs"),
+    ({"data.val_identities": -1}, "data.val_identities"),
+    ({"train.iters_per_epoch": -5}, "train.iters_per_epoch"),
+    ({"train.images_per_modality": -2}, "train.images_per_modality"),
+    ({"train.eval_batch_size": 0}, "train.eval_batch_size"),
+    ({"train.threads": -3}, "train.threads"),
+    ({"loss.label_smoothing": 2}, "loss.label_smoothing"),
+    ({"loss.label_smoothing": 1}, "loss.label_smoothing"),
+    ({"train.erasing_area": [0.5]}, "train.erasing_area"),
+    ({"train.erasing_area": [0.5, 0.2]}, "train.erasing_area"),
+    ({"train.erasing_area": [0.0, 0.2]}, "train.erasing_area[0]"),
+    ({"train.erasing_area": [0.1, 1.5]}, "train.erasing_area[1]"),
+    ({"train.milestones": [50, 20]}, "train.milestones"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**66}, "seed"),
+    ({"seed": 2**32}, "seed"),
+    ({"data.modes": []}, "data.modes"),
+    ({"data.shots": []}, "data.shots"),
+    ({"data.trial": 11}, "data.trial"),
+    ({"loss.ica.sigma": -1}, "loss.ica.sigma"),
+    ({"mcm.momentum": 1.5}, "mcm.momentum"),
+    ({"train.gamma": float("nan")}, "train.gamma"),
+    ({"loss.cca.rho": float("inf")}, "loss.cca.rho"),
+])
+def test_out_of_range_value_names_key_value_and_range(override, key):
+    with pytest.raises(ConfigError) as err:
+        TrialConfig().with_overrides(override, where="spec.yaml")
+    message = str(err.value)
+    assert message.startswith(f"spec.yaml.{key}: expected"), message
+    value = next(iter(override.values()))
+    if key.endswith("]"):
+        value = value[int(key[-2])]
+    assert message.endswith(f"got {value!r}") or message.endswith(f"got {float(value)!r}"), message
+
+
+@pytest.mark.parametrize("override", [
+    {"seed": 0}, {"seed": 2**32 - 1}, {"train.erasing_area": [0.3, 0.3]}, {"train.erasing_area": [0.02, 1.0]},
+    {"loss.label_smoothing": 0.1}, {"train.iters_per_epoch": None}, {"train.threads": 1}, {"train.warmup_epochs": 0},
+    {"train.erasing_p": 1}, {"data.val_identities": 0},
+])
+def test_boundary_values_are_accepted(override):
+    cfg = TrialConfig().with_overrides(override)
+    key, value = next(iter(override.items()))
+    assert get_dotted(cfg.to_dict(), key) == value
+
+
+def test_direct_construction_checks_ranges():
+    with pytest.raises(ConfigError, match=r"TrainConfig.epochs: expected a value >= 1, got 0"):
+        TrainConfig(epochs=0)
+
+
+def test_every_numeric_key_declares_a_range():
+    """A new numeric key must say which values it accepts (see the top of harness/config.py)."""
+    def walk(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from walk(hints[f.name], f"{prefix}{f.name}.")
+            elif any(t in (int, float) for t in _leaf_types(hints[f.name])):
+                yield f"{prefix}{f.name}", f.metadata.get("range")
+
+    missing = [path for path, rule in walk(TrialConfig) if rule is None]
+    assert missing == []
+
+
+def _leaf_types(tp):
+    args = typing.get_args(tp)
+    return [t for a in args for t in _leaf_types(a)] if args else [tp]
+
+
+# ------------------------------------------------------------------ buildability, before anything trains
+
+@pytest.mark.parametrize("override, fragment", [
+    ({"model.backbone": "test_vit", "model.non_local": False, "data.height": 33, "data.width": 17}, "33x17"),
+    ({"model.backbone": "test_convnext", "model.non_local": False, "data.height": 8, "data.width": 4}, "8x4"),
+    ({"model.backbone": "test_convnext"}, "model.non_local"),
+    ({"model.backbone": "resnet5O"}, "unknown timm backbone 'resnet5O'"),
+    ({"method": "mclnett"}, "did you mean mclnet"),
+    ({"model.pretrained_file": "/nonexistent/w.pth"}, "model.pretrained_file"),
+])
+def test_unbuildable_config_is_refused_cheaply(override, fragment):
+    cfg = TrialConfig().with_overrides({"model.backbone": "test_resnet", **override})
+    with pytest.raises(ConfigError) as err:
+        check_buildable(cfg, "spec.yaml")
+    assert str(err.value).startswith("spec.yaml: ") and fragment.lower() in str(err.value).lower()
+
+
+def test_buildable_configs_pass():
+    for override in ({"model.backbone": "test_resnet", "data.height": 96, "data.width": 48},
+                     {"model.backbone": "test_vit", "model.non_local": False, "data.height": 160, "data.width": 160}):
+        check_buildable(TrialConfig().with_overrides(override))

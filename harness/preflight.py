@@ -1,0 +1,47 @@
+"""Checks of a trial config that need the method and backbone registries, run before anything trains.
+
+`harness.config` checks each key's type and range; what it cannot know without building things
+(is the method registered, does the backbone exist, can it take this input size, is the weights
+file there) is checked here for every grid point, once per distinct combination.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Iterable
+
+from harness.config import TrialConfig
+from harness.errors import ConfigError
+
+
+@functools.lru_cache(maxsize=256)
+def _check_network(backbone: str, height: int, width: int, non_local: bool, ratio: float, last_stride_one: bool) -> None:
+    from methods.agw import check_network_input
+
+    check_network_input(backbone, height, width, non_local=non_local, non_local_ratio=ratio,
+                        last_stride_one=last_stride_one)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_method(name: str) -> None:
+    from methods.registry import resolve_method
+
+    resolve_method(name)
+
+
+def check_buildable(cfg: TrialConfig, where: str = "config") -> None:
+    """Raise ConfigError (naming `where` and the key) when `cfg`'s method or network cannot be built."""
+    try:
+        _check_method(cfg.method)
+        m = cfg.model
+        if m.pretrained_file is not None and not os.path.isfile(m.pretrained_file):
+            raise ConfigError(f"model.pretrained_file: {m.pretrained_file} is not a file")
+        _check_network(m.backbone, cfg.data.height, cfg.data.width, m.non_local, m.non_local_ratio, m.last_stride_one)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_all_buildable(configs: Iterable[TrialConfig], where: str = "config") -> None:
+    for cfg in configs:
+        check_buildable(cfg, where)
