@@ -121,6 +121,7 @@ def evaluate_trials(
     *,
     protocol: str,
     max_rank: int = 20,
+    query_masks: ArrayLike | None = None,
     rerank: RerankParams | None = None,
 ) -> dict[str, Any]:
     """Metrics of every gallery trial of a protocol from ONE ranking of the union gallery.
@@ -129,7 +130,9 @@ def evaluate_trials(
     selects trial t's gallery. The query x union-gallery distance (``pairwise_distance``) is
     computed and sorted once; each trial's ranking is that order restricted to its gallery
     (a subset keeps its relative order), so every trial equals ``rank_metrics`` on its own
-    gallery. ``*_std`` are sample standard deviations (ddof=1) over trials, 0.0 when T == 1.
+    gallery. ``query_masks`` (T, Q) bool, when given, restricts trial t's averages to its
+    queries (protocols that sample the query side); every query is still ranked once.
+    ``*_std`` are sample standard deviations (ddof=1) over trials, 0.0 when T == 1.
     ``rerank`` applies k-reciprocal re-ranking (``harness.reranking``) to each trial's
     query x trial-gallery distances before ranking them.
     """
@@ -161,6 +164,15 @@ def evaluate_trials(
                     ranking = _RankedBlock(order, block_rows, labels, view)
                     results.store(block_rows, ranking.metrics(view_mask, protocol, max_rank))
 
+    if query_masks is not None:
+        selected = _as_tensor(query_masks, "query_masks", device, where)
+        if selected.dtype != torch.bool or tuple(selected.shape) != (masks.shape[0], num_queries):
+            raise HarnessError(
+                f"{where}: query_masks must be a bool array of shape ({masks.shape[0]}, {num_queries}),"
+                f" got {selected.dtype} {tuple(selected.shape)}"
+            )
+        for results, chosen in zip(trial_results, selected):
+            results.valid &= chosen
     trials = [
         results.summary(max_rank, f"{where}: trial {trial}") for trial, results in enumerate(trial_results)
     ]

@@ -206,8 +206,12 @@ def test_describe_split_agrees_with_loaders(tmp_path):
     llcm = make_llcm_tree(tmp_path / "LLCM")
     protocol = load_llcm(llcm.root, trials=10).protocols["vis2ir"]
     described = describe_split("llcm", llcm.root, direction="vis2ir", trial=4)
-    assert _described(described["query"]) == _as_entries(protocol.query)
-    assert _described(described["gallery"]) == _as_entries(protocol.trial_gallery(4))
+    # the lists actually evaluated: trial 4's sampled NIR images as queries, every VIS image as gallery
+    assert _described(described["query"]) == _as_entries(protocol.trial_query(4))
+    assert len(described["query"]) < len(protocol.query)
+    assert {e["modality"] for e in described["query"]} == {"infrared"}
+    assert _described(described["gallery"]) == _as_entries(protocol.gallery)
+    assert {e["modality"] for e in described["gallery"]} == {"visible"}
     assert described["trial"] == 4
 
     with pytest.raises(HarnessError, match="no direction"):

@@ -319,24 +319,85 @@ def test_llcm_train_split(llcm):
     assert bundle.num_classes == 3 and bundle.num_cameras == 9
 
 
-@pytest.mark.parametrize("direction,query_mod,gallery_mod", [("ir2vis", "nir", "vis"), ("vis2ir", "vis", "nir")])
-def test_llcm_directions(llcm, direction, query_mod, gallery_mod):
-    protocol = load_llcm(llcm.root, trials=10).protocols[direction]
-    assert protocol.metric_protocol == "llcm"
-    expected_query = sorted(
-        (str(llcm.root / f"test_{query_mod}" / f"cam{cam}" / f"{pid:04d}" / name), pid, cam - 1)
+def _llcm_test_images(llcm, modality):
+    return sorted(
+        (str(llcm.root / f"test_{modality}" / f"cam{cam}" / f"{pid:04d}" / name), pid, cam - 1)
         for (mod, cam, pid), names in llcm.test_folders.items()
-        if mod == query_mod
+        if mod == modality
         for name in names
     )
-    q = protocol.query
-    assert sorted(zip(q.paths, q.pids.tolist(), q.cams.tolist())) == expected_query
-    assert set(q.modalities.tolist()) == {int(query_mod == "nir")}
+
+
+def test_llcm_ir2vis_queries_every_nir_image_against_sampled_vis(llcm):
+    protocol = load_llcm(llcm.root, trials=10).protocols["ir2vis"]
+    assert protocol.metric_protocol == "llcm" and protocol.query_masks is None
     for trial in range(10):
+        q = protocol.trial_query(trial)
+        assert sorted(zip(q.paths, q.pids.tolist(), q.cams.tolist())) == _llcm_test_images(llcm, "nir")
+        assert set(q.modalities.tolist()) == {1}
         gallery = protocol.trial_gallery(trial)
-        assert list(gallery.paths) == spec_llcm_gallery(llcm.root, gallery_mod, trial)
+        assert list(gallery.paths) == spec_llcm_gallery(llcm.root, "vis", trial)
         folders = {(c + 1, p) for p, c in zip(gallery.pids.tolist(), gallery.cams.tolist())}
-        assert folders == {(cam, pid) for (mod, cam, pid) in LLCM_TEST_FOLDERS if mod == gallery_mod}
+        assert folders == {(cam, pid) for (mod, cam, pid) in LLCM_TEST_FOLDERS if mod == "vis"}
+
+
+def test_llcm_vis2ir_ranks_sampled_nir_against_every_vis_image(llcm):
+    """The official LLCM test code swaps the roles for VIS->IR: the sampled NIR set is ranked."""
+    protocol = load_llcm(llcm.root, trials=10).protocols["vis2ir"]
+    assert protocol.metric_protocol == "llcm" and protocol.query_masks is not None
+    for trial in range(10):
+        query = protocol.trial_query(trial)
+        assert list(query.paths) == spec_llcm_gallery(llcm.root, "nir", trial)
+        assert set(query.modalities.tolist()) == {1}
+        g = protocol.trial_gallery(trial)
+        assert sorted(zip(g.paths, g.pids.tolist(), g.cams.tolist())) == _llcm_test_images(llcm, "vis")
+
+
+def test_llcm_vis2ir_metrics_equal_the_official_role_swap(llcm):
+    """Per trial: distmat = sampled NIR x all VIS, scored with the NIR labels and cameras as the
+    query side, one query at a time (tests.test_evaluation.reference_metrics), then averaged."""
+    from harness.evaluation import evaluate_trials
+    from tests.test_evaluation import reference_metrics
+
+    trials = 4
+    protocol = load_llcm(llcm.root, trials=trials).protocols["vis2ir"]
+    rng = np.random.default_rng(7)
+    every_path = sorted(set(protocol.query.paths) | set(protocol.gallery.paths))
+    vectors = rng.normal(size=(len(every_path), 3))  # few dimensions: real rank errors happen
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    feature = dict(zip(every_path, vectors))
+
+    def label(path):  # .../test_<modality>/cam<K>/<id>/<file>
+        parts = Path(path).parts
+        return int(parts[-2]), int(parts[-3][3:])
+
+    vis_all = [
+        os.path.join(root, name)
+        for pid in sorted(LLCM_TEST_IDS)
+        for cam in range(1, 10)
+        if os.path.isdir(root := os.path.join(str(llcm.root), "test_vis", f"cam{cam}", f"{pid:04d}"))
+        for name in sorted(os.listdir(root))
+    ]
+    expected = []
+    for trial in range(trials):
+        nir_drawn = spec_llcm_gallery(llcm.root, "nir", trial)
+        similarity = np.array([[feature[n] @ feature[v] for v in vis_all] for n in nir_drawn])
+        q_ids, q_cams = zip(*(label(n) for n in nir_drawn))
+        g_ids, g_cams = zip(*(label(v) for v in vis_all))
+        expected.append(reference_metrics(-similarity, q_ids, g_ids, q_cams, g_cams, "llcm"))
+
+    q_feats = np.stack([feature[p] for p in protocol.query.paths]).astype(np.float32)
+    g_feats = np.stack([feature[p] for p in protocol.gallery.paths]).astype(np.float32)
+    result = evaluate_trials(
+        q_feats, g_feats, protocol.query.pids, protocol.gallery.pids, protocol.query.cams + 1,
+        protocol.gallery.cams + 1, protocol.trial_masks, protocol="llcm", query_masks=protocol.query_masks,
+    )
+    for got, want in zip(result["trials"], expected):
+        np.testing.assert_allclose(got["cmc"], want["cmc"], atol=1e-6)
+        assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-6)
+        assert got["mINP"] == pytest.approx(want["mINP"], abs=1e-6)
+        assert got["num_valid_queries"] == want["num_valid_queries"]
+    assert result["mAP_mean"] == pytest.approx(np.mean([w["mAP"] for w in expected]), abs=1e-6)
 
 
 def test_llcm_training_camera_parsing(tmp_path):

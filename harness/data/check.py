@@ -253,7 +253,8 @@ def describe_split(
     SYSU-MM01: mode "all"/"indoor" (default "all"), shots 1/10 (default 1), trial = gallery draw
     t >= 0 (default 0). RegDB: trial = split 1..10 (default 1), direction "v2t"/"t2v" (default
     "v2t"). LLCM: direction "ir2vis"/"vis2ir" (default "ir2vis"), trial = draw t >= 0 (default 0).
-    An option that does not apply to the dataset is an error. Entries carry the image path, the
+    The lists are those evaluated: for LLCM vis2ir the trial's sampled NIR images are the queries
+    and every VIS image the gallery. An option that does not apply to the dataset is an error. Entries carry the image path, the
     original identity id and the on-disk camera number (SYSU camN / LLCM camK; RegDB 1 = Visible,
     2 = Thermal).
     """
@@ -297,7 +298,7 @@ def describe_split(
         "protocol": protocol.name,
         "metric_protocol": protocol.metric_protocol,
         "trial": draw if name != "regdb" else trial,
-        "query": _entries(protocol.query),
+        "query": _entries(protocol.trial_query(draw)),
         "gallery": _entries(gallery),
     }
 

@@ -27,6 +27,7 @@ from harness.data.splits import (
     ImageSplit,
     report_problem,
     sampled_gallery_protocol,
+    sampled_query_protocol,
 )
 from harness.data.sysu import (
     CameraTree,
@@ -40,6 +41,7 @@ from harness.errors import HarnessError
 
 LLCM_CAMERAS = tuple(range(1, 10))
 LLCM_FOLDERS = {"vis": ("test_vis", MODALITY_VISIBLE), "nir": ("test_nir", MODALITY_INFRARED)}
+# direction -> (modality whose test images are all used, modality sampled once per (id, camera))
 LLCM_DIRECTIONS = {"ir2vis": ("nir", "vis"), "vis2ir": ("vis", "nir")}
 
 _FILE_NAME_CAMERA = re.compile(r"_c(\d+)_")
@@ -123,29 +125,37 @@ def llcm_train_split(layout: LlcmLayout) -> tuple[ImageSplit, int]:
 
 
 def llcm_protocol(layout: LlcmLayout, direction: str, trials: int) -> EvalProtocol:
-    """Query: every test image of the query modality. Gallery of trial t: with `random.Random(t)`,
-    walk test ids ascending and cameras cam1..cam9 of the gallery modality, taking
+    """One LLCM test direction as the official LLCM test code computes it.
+
+    Both directions draw, per trial t with `random.Random(t)`, one image per (test id, camera)
+    of the SAMPLED modality: walk test ids ascending and cameras cam1..cam9, taking
     `rng.choice(sorted(files))` per existing folder (a missing folder consumes no draw, so
-    walking cam1..cam9 equals walking only the cameras that modality has)."""
+    walking cam1..cam9 equals walking only the cameras that modality has). The other modality
+    contributes ALL its test images.
+
+    ir2vis: the sampled set is the visible gallery; queries are every near-infrared image.
+    vis2ir: the sampled set is near-infrared and, as in the official code (which ranks the
+    sampled set against all visible images), it is the QUERY side of trial t (``query_masks``),
+    ranked against every visible test image as gallery.
+    """
     if direction not in LLCM_DIRECTIONS:
         raise HarnessError(f"LLCM direction {direction!r}: expected one of {', '.join(LLCM_DIRECTIONS)}")
-    query_modality, gallery_modality = LLCM_DIRECTIONS[direction]
-    query, _ = camera_pool(
-        layout.trees[query_modality],
+    full_modality, sampled_modality = LLCM_DIRECTIONS[direction]
+    full, _ = camera_pool(
+        layout.trees[full_modality],
         layout.test_ids,
         LLCM_CAMERAS,
-        dict.fromkeys(LLCM_CAMERAS, LLCM_FOLDERS[query_modality][1]),
+        dict.fromkeys(LLCM_CAMERAS, LLCM_FOLDERS[full_modality][1]),
     )
     pool, candidates = camera_pool(
-        layout.trees[gallery_modality],
+        layout.trees[sampled_modality],
         layout.test_ids,
         LLCM_CAMERAS,
-        dict.fromkeys(LLCM_CAMERAS, LLCM_FOLDERS[gallery_modality][1]),
+        dict.fromkeys(LLCM_CAMERAS, LLCM_FOLDERS[sampled_modality][1]),
     )
-    return sampled_gallery_protocol(
+    draw = dict(
         name=direction,
         metric_protocol="llcm",
-        query=query,
         pool=pool,
         candidates=candidates,
         ids=layout.test_ids,
@@ -154,6 +164,9 @@ def llcm_protocol(layout: LlcmLayout, direction: str, trials: int) -> EvalProtoc
         shots=1,
         rng_for_trial=random.Random,
     )
+    if direction == "vis2ir":
+        return sampled_query_protocol(gallery=full, **draw)
+    return sampled_gallery_protocol(query=full, **draw)
 
 
 def load_llcm(root: str | os.PathLike[str], *, trials: int = 10) -> DatasetBundle:

@@ -94,13 +94,20 @@ class ImageSplit:
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    """One test setting: a query set and T gallery draws stored as masks over their union."""
+    """One test setting: T trials, each a query subset and a gallery subset of two unions.
+
+    ``trial_masks[t]`` selects trial t's gallery from ``gallery``. ``query_masks[t]`` selects its
+    queries from ``query``; None means every query in every trial (the usual case: a fixed query
+    set against sampled galleries). Protocols whose sampled side is the query side (LLCM
+    VIS->IR as the official code computes it) set ``query_masks``.
+    """
 
     name: str
     metric_protocol: str
     query: ImageSplit
     gallery: ImageSplit
     trial_masks: np.ndarray
+    query_masks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.metric_protocol not in METRIC_PROTOCOLS:
@@ -115,18 +122,37 @@ class EvalProtocol:
                 f" got {masks.shape}"
             )
         object.__setattr__(self, "trial_masks", masks)
+        if self.query_masks is not None:
+            queries = np.asarray(self.query_masks, dtype=bool)
+            if queries.shape != (masks.shape[0], len(self.query)):
+                raise HarnessError(
+                    f"EvalProtocol {self.name!r}: query_masks must have shape "
+                    f"({masks.shape[0]}, {len(self.query)}), got {queries.shape}"
+                )
+            empty = np.flatnonzero(~queries.any(axis=1)).tolist()
+            if empty:
+                raise HarnessError(f"EvalProtocol {self.name!r}: query_masks selects no query in trial(s) {empty}")
+            object.__setattr__(self, "query_masks", queries)
 
     @property
     def num_trials(self) -> int:
         return int(self.trial_masks.shape[0])
 
-    def trial_gallery(self, trial: int) -> ImageSplit:
-        """The gallery of one trial, in the order it was drawn (union order)."""
+    def _check_trial(self, trial: int) -> None:
         if not 0 <= trial < self.num_trials:
             raise HarnessError(
                 f"protocol {self.name!r}: trial {trial} is out of range 0..{self.num_trials - 1}"
             )
+
+    def trial_gallery(self, trial: int) -> ImageSplit:
+        """The gallery of one trial, in the order it was drawn (union order)."""
+        self._check_trial(trial)
         return self.gallery.subset(self.trial_masks[trial])
+
+    def trial_query(self, trial: int) -> ImageSplit:
+        """The queries of one trial (union order): all of ``query`` unless ``query_masks`` is set."""
+        self._check_trial(trial)
+        return self.query if self.query_masks is None else self.query.subset(self.query_masks[trial])
 
 
 @dataclass(frozen=True)
@@ -202,15 +228,10 @@ def sampled_gallery_protocol(
     The union keeps the order of `pool`; pools are built in walk order (identity, camera, file
     name), so a single-shot trial's masked gallery lists its images in the order they were drawn.
     """
-    if trials < 1:
-        raise HarnessError(f"protocol {name!r}: trials must be >= 1, got {trials}")
     for role, split in (("query", query), ("gallery", pool)):
         if not len(split):
             raise HarnessError(f"protocol {name!r}: the test identities have no {role} images")
-    drawn = np.zeros((trials, len(pool)), dtype=bool)
-    for trial in range(trials):
-        picks = draw_per_identity_camera(candidates, ids, cams, rng_for_trial(trial), shots)
-        drawn[trial, picks] = True
+    drawn = _draw_masks(name, len(pool), candidates, ids, cams, trials, shots, rng_for_trial)
     used = drawn.any(axis=0)
     return EvalProtocol(
         name=name,
@@ -219,6 +240,57 @@ def sampled_gallery_protocol(
         gallery=pool.subset(used),
         trial_masks=drawn[:, used],
     )
+
+
+def sampled_query_protocol(
+    *,
+    name: str,
+    metric_protocol: str,
+    gallery: ImageSplit,
+    pool: ImageSplit,
+    candidates: Mapping[tuple[int, int], Sequence[int]],
+    ids: Sequence[int],
+    cams: Sequence[int],
+    trials: int,
+    shots: int,
+    rng_for_trial: Callable[[int], random.Random],
+) -> EvalProtocol:
+    """The roles swapped: trial t ranks a seeded draw from `pool` (its queries) against all of
+    `gallery`. The draw is the one sampled_gallery_protocol makes; the query union keeps the
+    order of `pool` and ``query_masks[t]`` selects trial t's draw."""
+    for role, split in (("query", pool), ("gallery", gallery)):
+        if not len(split):
+            raise HarnessError(f"protocol {name!r}: the test identities have no {role} images")
+    drawn = _draw_masks(name, len(pool), candidates, ids, cams, trials, shots, rng_for_trial)
+    used = drawn.any(axis=0)
+    return EvalProtocol(
+        name=name,
+        metric_protocol=metric_protocol,
+        query=pool.subset(used),
+        gallery=gallery,
+        trial_masks=np.ones((trials, len(gallery)), dtype=bool),
+        query_masks=drawn[:, used],
+    )
+
+
+def _draw_masks(
+    name: str,
+    size: int,
+    candidates: Mapping[tuple[int, int], Sequence[int]],
+    ids: Sequence[int],
+    cams: Sequence[int],
+    trials: int,
+    shots: int,
+    rng_for_trial: Callable[[int], random.Random],
+) -> np.ndarray:
+    """(trials, size) bool: the images of a pool that each seeded draw picks."""
+    if trials < 1:
+        raise HarnessError(f"protocol {name!r}: trials must be >= 1, got {trials}")
+    drawn = np.zeros((trials, size), dtype=bool)
+    for trial in range(trials):
+        picks = draw_per_identity_camera(candidates, ids, cams, rng_for_trial(trial), shots)
+        drawn[trial, picks] = True
+    return drawn
 
 
 def _candidates_by_identity_camera(split: ImageSplit, pids: Sequence[int]) -> tuple[ImageSplit, dict]:
