@@ -20,7 +20,8 @@ from harness.data.images import load_images
 from harness.data.registry import cache_root, load_dataset
 from harness.data.splits import DatasetBundle, EvalProtocol
 from harness.evaluation import evaluate_trials
-from harness.training import Trainer, TrialFailure, autocast_context, resolve_device, seed_everything
+from harness.errors import TrialFailure
+from harness.training import TrainData, autocast_context, build_components, prepare_run
 
 RANKS = (1, 5, 10, 20)
 
@@ -133,21 +134,25 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
     held-out training identities only) and may raise to stop the trial. A checkpoint in
     `workdir` is resumed from.
     """
-    from methods import create_method
-
     key = config_key(cfg)
     started = time.time()
-    seed_everything(cfg.seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    device = prepare_run(cfg)
     bundle: DatasetBundle = load_dataset(cfg.data, seed=cfg.seed)
     image_cache = cache_root(cfg.data) / "images"
     train_images = load_images(list(bundle.train.paths), cfg.data.height, cfg.data.width, cache_dir=image_cache)
-    method = create_method(cfg, bundle.num_classes, bundle.num_cameras).to(device)
+
+    def reset_peak_memory(method: torch.nn.Module, device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    ckpt = workdir / f"{key}.ckpt" if workdir else None
+    if ckpt:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+    parts = build_components(cfg, TrainData(bundle.train, train_images, bundle.num_classes, bundle.num_cameras),
+                             device, checkpoint_path=ckpt, before_trainer=reset_peak_memory,
+                             iteration_callbacks=[on_iter] if on_iter else None)
+    method, trainer = parts.method, parts.trainer
     n_params = sum(p.numel() for p in method.parameters())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     def validate() -> dict[str, float]:
         if bundle.validation is None:
@@ -156,12 +161,8 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         method.train()
         return summarise(res["val"])
 
-    ckpt = workdir / f"{key}.ckpt" if workdir else None
-    if ckpt:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(method, cfg.train, bundle.train, train_images, device=device, seed=cfg.seed,
-                      checkpoint_path=ckpt, on_iter=on_iter,
-                      on_epoch=(lambda e, losses: on_epoch(e, losses, validate)) if on_epoch else None)
+    if on_epoch:
+        trainer.epoch_callbacks.append(lambda epoch, stats: on_epoch(epoch, stats.last_losses, validate))
     base = {
         "trial_key": key, "method": cfg.method, "backbone": cfg.model.backbone, "dataset": bundle.name,
         "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True),

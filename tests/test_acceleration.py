@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from harness import training
+from harness.training import optim as training_optim
 from harness.bench import bench_config, build_step_setup
 from harness.training import lr_factor, sgd_implementation
 
@@ -65,11 +65,11 @@ def test_host_staged_batches_equal_device_resident_ones(plain_two_steps):
     """
     _, record = plain_two_steps
     staged = make_setup()
-    staged.trainer.images_on_device = False
+    staged.trainer.batches.images_on_device = False
     for values, grad, _ in record:
         assert staged.trainer.train_step(staged.trainer.next_indices()) == values
         assert torch.equal(flat_grad(staged), grad)
-    assert staged.trainer._staging is not None
+    assert staged.trainer.batches._staging is not None
 
 
 def test_bf16_autocast_step_is_close_to_fp32(plain_two_steps):
@@ -180,7 +180,7 @@ def test_fused_and_plain_updates_agree_over_steps(plain_two_steps):
 
 
 def test_fused_request_falls_back_to_foreach_where_unsupported(monkeypatch):
-    monkeypatch.setattr(training, "fused_sgd_supported", lambda device: False)
+    monkeypatch.setattr(training_optim, "fused_sgd_supported", lambda device: False)
     assert sgd_implementation(torch.device("cpu"), True) == {"foreach": True}
     assert sgd_implementation(torch.device("cpu"), False) == {}
     setup = make_setup(fused_optimizer=True)

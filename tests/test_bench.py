@@ -152,6 +152,7 @@ def test_cli_prints_the_table(capsys):
 
 def test_cli_json_output(capsys, monkeypatch):
     import harness.bench as bench
+    import harness.bench.step as bench_step
 
     seen = {}
 
@@ -164,7 +165,7 @@ def test_cli_json_output(capsys, monkeypatch):
             fused_optimizer=False, steps=steps, warmup=warmup, phase_ms={"forward": 3.0, "backward": 1.0},
             phased_step_ms=4.0, step_ms=4.0, images_per_s=2000.0, flops_per_image=10)
 
-    monkeypatch.setattr(bench, "measure_step", fake_measure)
+    monkeypatch.setattr(bench_step, "measure_step", fake_measure)
     code = main(["bench", "--method", "agw", "--backbone", "test_resnet", "--size", "32x16", "--batch", "8",
                  "--steps", "3", "--warmup", "2", "--device", "cpu", "--json", "--channels-last",
                  "--set", "train.amp=bf16"])

@@ -1,0 +1,95 @@
+"""The batch source of a trial: the resident uint8 train images, the identity sampler and the augmentation.
+
+The uint8 train images stay on the device when they take at most a quarter of its free memory;
+otherwise they stay in pinned host memory and each batch is gathered on the host and copied
+asynchronously. Augmentation runs batched on the device with its own seeded generator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.config import TrainConfig
+from harness.data.augment import train_augment
+from harness.data.sampler import IdentitySampler
+from harness.data.splits import ImageSplit
+from harness.training.device import fits_on_device
+from harness.training.profiling import PhaseTimer
+
+
+def steps_per_epoch(train: ImageSplit, cfg: TrainConfig, batch_size: int) -> int:
+    """Optimiser steps in one epoch: `train.iters_per_epoch` when set, else max(visible, infrared) // batch."""
+    if cfg.iters_per_epoch:
+        return cfg.iters_per_epoch
+    n_vis = int((train.modalities == 0).sum())
+    n_ir = int((train.modalities == 1).sum())
+    return max(1, max(n_vis, n_ir) // batch_size)
+
+
+class BatchSource:
+    """Index batches from the identity sampler, turned into augmented image batches on the device."""
+
+    def __init__(self, train: ImageSplit, images: torch.Tensor, cfg: TrainConfig, *, device: torch.device,
+                 seed: int, timer: PhaseTimer) -> None:
+        self.cfg, self.device, self.timer = cfg, device, timer
+        self.images_on_device = images.device.type == device.type or fits_on_device(
+            images.numel() * images.element_size(), device)
+        self.images = images.to(device, non_blocking=True) if self.images_on_device else images.pin_memory()
+        self._staging: torch.Tensor | None = None
+        self._staging_free: Any = None  # CUDA event: the last copy out of the staging buffer finished
+        self.pids = torch.as_tensor(train.pids, dtype=torch.long, device=device)
+        self.cams = torch.as_tensor(train.cams, dtype=torch.long, device=device)
+        self.modalities = torch.as_tensor(train.modalities, dtype=torch.long, device=device)
+        self.sampler = IdentitySampler(train.pids, train.modalities, num_identities=cfg.num_identities,
+                                       images_per_modality=cfg.images_per_modality, seed=seed)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed + 1)
+        self.steps_per_epoch = steps_per_epoch(train, cfg, self.sampler.batch_size)
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    def next_indices(self) -> torch.Tensor:
+        """Image indices of the next batch (a CPU tensor)."""
+        with self.timer("data"):
+            return torch.from_numpy(self.sampler.next_batch())
+
+    def _gather(self, indices: torch.Tensor, on_device: torch.Tensor) -> torch.Tensor:
+        """uint8 images of a batch on the device (`on_device`: the same indices on the device)."""
+        if self.images_on_device:
+            return self.images[on_device]
+        indices = indices.cpu()
+        shape = (len(indices), *self.images.shape[1:])
+        if self._staging is None or self._staging.shape != shape:
+            self._staging = torch.empty(shape, dtype=self.images.dtype, pin_memory=self.device.type == "cuda")
+            self._staging_free = None
+        if self._staging_free is not None:
+            self._staging_free.synchronize()  # the previous batch's copy still reads the buffer
+        torch.index_select(self.images, 0, indices, out=self._staging)
+        batch = self._staging.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self._staging_free = torch.cuda.Event()
+            self._staging_free.record()
+        return batch
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(augmented images, modality, pids, cams) of the batch `indices`, on the device."""
+        cfg = self.cfg
+        with self.timer("data"):
+            on_device = indices.to(self.device, non_blocking=True)
+            x = train_augment(self._gather(indices, on_device), self.generator, pad=cfg.pad, flip=cfg.flip,
+                              erasing_p=cfg.erasing_p, erasing_area=tuple(cfg.erasing_area),
+                              grayscale_p=cfg.grayscale_p)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return x, self.modalities[on_device], self.pids[on_device], self.cams[on_device]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["generator"])
