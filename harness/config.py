@@ -229,6 +229,22 @@ class TrainConfig(RangeChecked):
 
 
 @dataclass
+class RerankConfig(RangeChecked):
+    """k-reciprocal re-ranking of the test distances (Zhong et al., CVPR 2017): off, as in the papers' tables."""
+
+    enabled: bool = False
+    k1: int = ranged(20, minimum=1)
+    k2: int = ranged(6, minimum=1)
+    lambda_value: float = ranged(0.3, minimum=0, maximum=1)
+    """Weight of the original distance against the Jaccard distance."""
+
+
+@dataclass
+class EvaluationConfig(RangeChecked):
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+
+
+@dataclass
 class TrialConfig(RangeChecked):
     method: str = "mclnet"
     seed: int = ranged(0, minimum=0, maximum=SEED_MAX)
@@ -237,6 +253,7 @@ class TrialConfig(RangeChecked):
     loss: LossConfig = field(default_factory=LossConfig)
     mcm: MCMConfig = field(default_factory=MCMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.config import RerankConfig
 from harness.errors import HarnessError
-from harness.reranking import RerankParams, original_distance, rerank_distance
+from harness.reranking import original_distance, rerank_distance
 
 PROTOCOLS = ("sysu", "regdb", "llcm")
 
@@ -122,7 +123,7 @@ def evaluate_trials(
     protocol: str,
     max_rank: int = 20,
     query_masks: ArrayLike | None = None,
-    rerank: RerankParams | None = None,
+    rerank: RerankConfig | None = None,
 ) -> dict[str, Any]:
     """Metrics of every gallery trial of a protocol from ONE ranking of the union gallery.
 
@@ -133,8 +134,8 @@ def evaluate_trials(
     gallery. ``query_masks`` (T, Q) bool, when given, restricts trial t's averages to its
     queries (protocols that sample the query side); every query is still ranked once.
     ``*_std`` are sample standard deviations (ddof=1) over trials, 0.0 when T == 1.
-    ``rerank`` applies k-reciprocal re-ranking (``harness.reranking``) to each trial's
-    query x trial-gallery distances before ranking them.
+    ``rerank`` (a ``harness.config.RerankConfig``), when enabled, applies k-reciprocal
+    re-ranking (``harness.reranking``) to each trial's query x trial-gallery distances.
     """
     where = "evaluate_trials"
     _check_protocol(protocol, max_rank, where)
@@ -145,7 +146,7 @@ def evaluate_trials(
     masks = _trial_masks(trial_masks, num_gallery, device, where)
 
     trial_results = [_QueryResults(num_queries, device) for _ in range(masks.shape[0])]
-    if rerank is None:
+    if rerank is None or not rerank.enabled:
         for rows, view in _query_groups(labels, protocol):
             view_gallery = gallery if view.columns is None else gallery.index_select(0, view.columns)
             view_masks = masks if view.columns is None else masks.index_select(1, view.columns)
@@ -180,11 +181,12 @@ def evaluate_trials(
 
 
 def _reranked_trial_distance(
-    query: torch.Tensor, gallery: torch.Tensor, trial_mask: torch.Tensor, params: RerankParams
+    query: torch.Tensor, gallery: torch.Tensor, trial_mask: torch.Tensor, params: RerankConfig
 ) -> torch.Tensor:
     """(Q, G) re-ranked distances to trial t's gallery; +inf in the columns outside it."""
     columns = trial_mask.nonzero().flatten()
-    reranked = rerank_distance(original_distance(query, gallery.index_select(0, columns)), query.shape[0], params)
+    reranked = rerank_distance(original_distance(query, gallery.index_select(0, columns)), query.shape[0],
+                               k1=params.k1, k2=params.k2, lambda_value=params.lambda_value)
     dist = torch.full((query.shape[0], gallery.shape[0]), float("inf"), dtype=reranked.dtype, device=query.device)
     dist[:, columns] = reranked
     return dist

@@ -18,30 +18,11 @@ bound memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-
 # Elements of the (probes x non-zeros x gallery) block of the Jaccard step held at once.
 _JACCARD_BLOCK_ELEMENTS = 1 << 24
-
-
-@dataclass(frozen=True)
-class RerankParams:
-    """The three parameters of k-reciprocal re-ranking (the paper's defaults)."""
-
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
-
-    def __post_init__(self) -> None:
-        if self.k1 < 1 or self.k2 < 1:
-            raise ConfigError(f"re-ranking: k1 and k2 must be >= 1, got k1={self.k1}, k2={self.k2}")
-        if not 0.0 <= self.lambda_value <= 1.0:
-            raise ConfigError(f"re-ranking: lambda must lie in [0, 1], got {self.lambda_value}")
 
 
 def original_distance(query_features: torch.Tensor, gallery_features: torch.Tensor) -> torch.Tensor:
@@ -57,10 +38,12 @@ def _neighbour_mask(order: torch.Tensor, k: int) -> torch.Tensor:
     return mask.scatter_(1, order[:, :k + 1], True)
 
 
-def rerank_distance(dist: torch.Tensor, num_query: int, params: RerankParams = RerankParams()) -> torch.Tensor:
+def rerank_distance(dist: torch.Tensor, num_query: int, *, k1: int = 20, k2: int = 6,
+                    lambda_value: float = 0.3) -> torch.Tensor:
     """Re-ranked (Q, G) distances from the (N, N) original distances of [query; gallery].
 
-    `dist` must be symmetric with zeros on the diagonal (e.g. `original_distance`).
+    `dist` must be symmetric with zeros on the diagonal (e.g. `original_distance`). The
+    parameters are validated where they are configured (`harness.config.RerankConfig`).
     """
     n = dist.shape[0]
     if dist.ndim != 2 or dist.shape[1] != n or not 0 < num_query < n:
@@ -68,8 +51,8 @@ def rerank_distance(dist: torch.Tensor, num_query: int, params: RerankParams = R
                          f"{tuple(dist.shape)} and num_query={num_query}")
     dist = dist / dist.max(dim=1, keepdim=True).values.clamp(min=torch.finfo(dist.dtype).tiny)
     order = torch.sort(dist, dim=1, stable=True).indices
-    k1 = min(params.k1, n - 1)
-    half = min(int(round(params.k1 / 2)), n - 1)
+    half = min(int(round(k1 / 2)), n - 1)
+    k1 = min(k1, n - 1)
 
     forward = _neighbour_mask(order, k1)
     reciprocal = forward & forward.T  # R(i, k1)
@@ -83,14 +66,14 @@ def rerank_distance(dist: torch.Tensor, num_query: int, params: RerankParams = R
 
     weights = torch.where(expanded, torch.exp(-dist), torch.zeros((), dtype=dist.dtype, device=dist.device))
     encoding = weights / weights.sum(dim=1, keepdim=True)
-    if params.k2 != 1:  # local query expansion: mean encoding of the k2 nearest neighbours
-        k2 = min(params.k2, n)
+    if k2 != 1:  # local query expansion: mean encoding of the k2 nearest neighbours
+        k2 = min(k2, n)
         average = torch.zeros(n, n, dtype=dist.dtype, device=dist.device)
         average.scatter_(1, order[:, :k2], 1.0 / k2)
         encoding = average @ encoding
 
     jaccard = _jaccard_to_gallery(encoding, num_query)
-    return jaccard * (1.0 - params.lambda_value) + dist[:num_query, num_query:] * params.lambda_value
+    return jaccard * (1.0 - lambda_value) + dist[:num_query, num_query:] * lambda_value
 
 
 def _jaccard_to_gallery(encoding: torch.Tensor, num_query: int) -> torch.Tensor:

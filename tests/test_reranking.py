@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from harness.config import RerankConfig, TrialConfig
 from harness.errors import ConfigError
 from harness.evaluation import evaluate_trials, rank_metrics
-from harness.reranking import RerankParams, original_distance, rerank_distance
+from harness.reranking import original_distance, rerank_distance
 
 
 def reference_rerank(dist: np.ndarray, num_query: int, k1: int, k2: int, lam: float) -> np.ndarray:
@@ -56,7 +57,7 @@ def test_matches_reference(k1, k2, lam):
     feats, _ = clustered_features(0, ids=8, per_id=5)
     num_query = 12
     dist = original_distance(feats[:num_query], feats[num_query:])
-    got = rerank_distance(dist, num_query, RerankParams(k1, k2, lam))
+    got = rerank_distance(dist, num_query, k1=k1, k2=k2, lambda_value=lam)
     expected = reference_rerank(dist.numpy(), num_query, k1, k2, lam)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-12)
 
@@ -64,16 +65,17 @@ def test_matches_reference(k1, k2, lam):
 def test_lambda_one_is_normalised_original_distance():
     feats, _ = clustered_features(1, ids=4, per_id=4)
     dist = original_distance(feats[:5], feats[5:])
-    got = rerank_distance(dist, 5, RerankParams(k1=4, k2=2, lambda_value=1.0))
+    got = rerank_distance(dist, 5, k1=4, k2=2, lambda_value=1.0)
     expected = dist.numpy() / dist.numpy().max(axis=1, keepdims=True)
     np.testing.assert_allclose(got.numpy(), expected[:5, 5:], rtol=1e-12)
 
 
-def test_rejects_out_of_range_parameters():
-    with pytest.raises(ConfigError, match="lambda"):
-        RerankParams(lambda_value=1.5)
-    with pytest.raises(ConfigError, match="k1"):
-        RerankParams(k1=0)
+def test_config_defaults_and_ranges():
+    assert RerankConfig() == RerankConfig(enabled=False, k1=20, k2=6, lambda_value=0.3)
+    with pytest.raises(ConfigError, match="evaluation.rerank.lambda_value"):
+        TrialConfig().with_overrides({"evaluation.rerank.lambda_value": 1.5})
+    with pytest.raises(ConfigError, match="evaluation.rerank.k1"):
+        TrialConfig().with_overrides({"evaluation.rerank.k1": 0})
 
 
 def test_evaluate_trials_with_rerank_equals_rank_metrics_on_reranked_trial_gallery():
@@ -83,15 +85,15 @@ def test_evaluate_trials_with_rerank_equals_rank_metrics_on_reranked_trial_galle
     cams_q, cams_g = np.ones(len(query), int), np.full(len(gallery), 2)
     masks = np.ones((2, len(gallery)), bool)
     masks[1, ::2] = False
-    params = RerankParams(k1=6, k2=3, lambda_value=0.3)
+    params = RerankConfig(enabled=True, k1=6, k2=3, lambda_value=0.3)
     got = evaluate_trials(feats[query], feats[gallery], labels[query], labels[gallery], cams_q, cams_g, masks,
                           protocol="regdb", rerank=params)
     for t in range(2):
         g = gallery[masks[t]]
-        dist = rerank_distance(original_distance(feats[query], feats[g]), len(query), params)
+        dist = rerank_distance(original_distance(feats[query], feats[g]), len(query), k1=6, k2=3, lambda_value=0.3)
         expected = rank_metrics(dist, labels[query], labels[g], cams_q, cams_g[masks[t]], protocol="regdb")
         assert got["trials"][t]["mAP"] == pytest.approx(expected["mAP"])
         np.testing.assert_allclose(got["trials"][t]["cmc"], expected["cmc"])
     plain = evaluate_trials(feats[query], feats[gallery], labels[query], labels[gallery], cams_q, cams_g, masks,
-                            protocol="regdb")
+                            protocol="regdb", rerank=RerankConfig(enabled=False))
     assert got["mAP_mean"] != pytest.approx(plain["mAP_mean"])  # re-ranking changed the ranking
