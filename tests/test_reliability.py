@@ -1,0 +1,71 @@
+"""Reliability and security guarantees: no code runs from a results folder, results stay inside
+--results-dir, bad input is refused before training, environment faults end with a message."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+
+import pytest
+import torch
+
+from harness.training.checkpoint import load_checkpoint, save_checkpoint
+from harness.trial import config_key, run_trial
+
+
+class _CreatesFile:
+    """Unpickling this object would create the folder named by `marker` (a stand-in for any code)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _plant_pickle(path, marker) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps({"epoch": 0, "payload": _CreatesFile(str(marker))}))
+
+
+def test_planted_pickle_checkpoint_runs_no_code(tmp_path, caplog):
+    checkpoint, marker = tmp_path / "x.ckpt", tmp_path / "pwned"
+    _plant_pickle(checkpoint, marker)
+    pickle.loads(checkpoint.read_bytes())  # the payload is live: plain unpickling runs it
+    assert marker.exists()
+    marker.rmdir()
+    with caplog.at_level(logging.WARNING):
+        assert load_checkpoint(checkpoint, torch.device("cpu")) is None
+    assert not marker.exists()
+    assert "restarts from scratch" in caplog.text and str(checkpoint) in caplog.text
+
+
+def test_trial_with_planted_checkpoint_restarts_from_scratch(tiny_config, tmp_path):
+    cfg = tiny_config(method="agw")
+    marker = tmp_path / "pwned"
+    _plant_pickle(tmp_path / "work" / f"{config_key(cfg)}.ckpt", marker)
+    result = run_trial(cfg, workdir=tmp_path / "work")
+    assert not marker.exists()
+    assert result.status == "ok"
+
+
+def test_checkpoint_round_trip_keeps_numpy_and_python_rng_states(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = {"numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+             "pcg": np.random.default_rng(7).bit_generator.state, "weights": torch.arange(3.0)}
+    save_checkpoint(state, tmp_path / "c.ckpt")
+    back = load_checkpoint(tmp_path / "c.ckpt", torch.device("cpu"))
+    assert back["python_rng"] == state["python_rng"] and back["pcg"] == state["pcg"]
+    assert back["numpy_rng"][0] == "MT19937" and np.array_equal(back["numpy_rng"][1], state["numpy_rng"][1])
+    assert torch.equal(back["weights"], state["weights"])
+
+
+def test_truncated_checkpoint_is_ignored(tmp_path):
+    save_checkpoint({"weights": torch.arange(1000.0)}, tmp_path / "c.ckpt")
+    data = (tmp_path / "c.ckpt").read_bytes()
+    (tmp_path / "c.ckpt").write_bytes(data[: len(data) // 2])
+    assert load_checkpoint(tmp_path / "c.ckpt", torch.device("cpu")) is None
