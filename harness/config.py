@@ -113,6 +113,10 @@ class RangeChecked:
                      type(self).__name__)
 
 
+ResizeFilter = Literal["lanczos", "bilinear", "bicubic", "nearest"]
+"""PIL resampling filters by name (harness.data.images.RESAMPLING maps them)."""
+
+
 @dataclass
 class SyntheticConfig(RangeChecked):
     """Size and layout of the built-in procedural dataset (written once into a cache folder)."""
@@ -145,6 +149,10 @@ class DataConfig(RangeChecked):
     """Training identities held out as a validation protocol (0 = none)."""
     cache_dir: str | None = None
     """Where decoded images and synthetic trees are cached (default ~/.cache/vireid)."""
+    train_resize: ResizeFilter = "lanczos"
+    """Filter that resizes training images once at load (the authors' code: PIL LANCZOS)."""
+    test_resize: ResizeFilter = "bilinear"
+    """Filter that resizes test and validation images (the authors' code: PIL BILINEAR)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -196,7 +204,7 @@ class MCMConfig(RangeChecked):
 class TrainConfig(RangeChecked):
     epochs: int = ranged(80, minimum=1)
     iters_per_epoch: int | None = ranged(None, minimum=1)
-    """None: one pass over the visible training images per epoch."""
+    """None: as the AGW/MCLNet code, int(N / (P*K)) + 1 steps, N the larger modality's image count."""
     num_identities: int = ranged(8, minimum=1)
     """P: identities per batch."""
     images_per_modality: int = ranged(4, minimum=1)

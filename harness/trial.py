@@ -99,7 +99,8 @@ def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtoco
                 if path not in paths:
                     paths[path] = len(paths)
                     mods.append(m)
-    images = load_images(list(paths), cfg.data.height, cfg.data.width, cache_dir=image_cache)
+    images = load_images(list(paths), cfg.data.height, cfg.data.width, cache_dir=image_cache,
+                         resample=cfg.data.test_resize)
     feats, speed = extract_features(method, images, np.asarray(mods), device=device,
                                     batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp,
                                     channels_last=cfg.train.channels_last)
@@ -139,7 +140,8 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
     device = prepare_run(cfg)
     bundle: DatasetBundle = load_dataset(cfg.data, seed=cfg.seed)
     image_cache = cache_root(cfg.data) / "images"
-    train_images = load_images(list(bundle.train.paths), cfg.data.height, cfg.data.width, cache_dir=image_cache)
+    train_images = load_images(list(bundle.train.paths), cfg.data.height, cfg.data.width, cache_dir=image_cache,
+                               resample=cfg.data.train_resize)
 
     def reset_peak_memory(method: torch.nn.Module, device: torch.device) -> None:
         if device.type == "cuda":

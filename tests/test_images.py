@@ -32,13 +32,13 @@ def files(tmp_path):
 
 def _count_decodes(monkeypatch):
     calls = []
-    original = images._decode_image
+    original = images.decode_image
 
-    def counting(path, height, width):
+    def counting(path, height, width, resample="bilinear"):
         calls.append(path)
-        return original(path, height, width)
+        return original(path, height, width, resample)
 
-    monkeypatch.setattr(images, "_decode_image", counting)
+    monkeypatch.setattr(images, "decode_image", counting)
     return calls
 
 
@@ -125,3 +125,56 @@ def test_bad_sizes():
         load_images([], 0, 4, cache_dir=None)
     with pytest.raises(HarnessError, match="width"):
         load_images([], 4, 2.5, cache_dir=None)
+
+
+def test_zeroed_cache_array_with_a_valid_header_is_rebuilt(files, tmp_path, monkeypatch):
+    calls = _count_decodes(monkeypatch)
+    cache = tmp_path / "cache"
+    expected = load_images(files, 8, 4, cache_dir=cache)
+    (array_file,) = cache.glob("*.npy")
+    np.save(array_file, np.zeros((4, 3, 8, 4), np.uint8))  # header, dtype and shape all valid
+    again = load_images(files, 8, 4, cache_dir=cache)
+    assert len(calls) == 8 and torch.equal(again, expected)
+    assert torch.equal(torch.from_numpy(np.load(array_file)), expected)  # repaired on disk
+    load_images(files, 8, 4, cache_dir=cache)
+    assert len(calls) == 8  # and trusted again once its digest matches
+
+
+def test_resize_filters_equal_pil_and_key_the_cache(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(path)
+    with Image.open(path) as image:
+        lanczos = np.asarray(image.convert("RGB").resize((6, 11), Image.LANCZOS))
+        bilinear = np.asarray(image.convert("RGB").resize((6, 11), Image.BILINEAR))
+    assert not np.array_equal(lanczos, bilinear)
+    calls = _count_decodes(monkeypatch)
+    cache = tmp_path / "cache"
+    got_lanczos = load_images([str(path)], 11, 6, cache_dir=cache, resample="lanczos")
+    got_bilinear = load_images([str(path)], 11, 6, cache_dir=cache, resample="bilinear")
+    assert np.array_equal(got_lanczos[0].permute(1, 2, 0).numpy(), lanczos)
+    assert np.array_equal(got_bilinear[0].permute(1, 2, 0).numpy(), bilinear)
+    assert len(calls) == 2 and len(list(cache.glob("*.npy"))) == 2  # one entry per filter
+    assert torch.equal(load_images([str(path)], 11, 6, cache_dir=cache, resample="lanczos"), got_lanczos)
+    assert len(calls) == 2
+    with pytest.raises(HarnessError, match="antialias.*expected one of"):
+        load_images([str(path)], 11, 6, cache_dir=None, resample="antialias")
+
+
+def test_sixteen_bit_images_scale_to_eight_bits(tmp_path):
+    values = np.array([[0, 257 * 40], [257 * 128, 65535]], dtype=np.uint16).repeat(4, axis=0).repeat(4, axis=1)
+    path = tmp_path / "thermal16.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I;16")  # the case: Pillow's own convert("RGB") clips to white
+    out = load_images([str(path)], 8, 8, cache_dir=None, resample="nearest")[0]
+    expected = np.array([[0, 40], [128, 255]], dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)
+    for channel in range(3):
+        assert np.array_equal(out[channel].numpy(), expected)
+
+
+def test_thirty_two_bit_images_are_refused_by_name(tmp_path):
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F").save(path)
+    with pytest.raises(HarnessError, match=r"float\.tif.*32-bit float"):
+        load_images([str(path)], 4, 4, cache_dir=None)

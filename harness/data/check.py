@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
+from harness.data.images import decode_image
 from harness.data.llcm import LLCM_DIRECTIONS, LLCM_FOLDERS, llcm_protocol, scan_llcm
 from harness.data.regdb import (
     REGDB_DIRECTIONS,
@@ -115,11 +114,11 @@ def _counts(images: Iterable[tuple[int, str, int]]) -> SplitCounts:
 
 
 def _image_problem(path: str) -> str | None:
+    """What training's decoder (harness.data.images.decode_image) would refuse in this file."""
     try:
-        if os.path.getsize(path) == 0:
-            return "image file is empty"
-        with Image.open(path) as image:
-            image.load()
+        decode_image(path, 2, 2)
+    except HarnessError as exc:
+        return str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the finding itself
         return f"cannot decode image: {exc}"
     return None
