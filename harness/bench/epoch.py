@@ -46,7 +46,7 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
                   compile_backend: str = "inductor") -> EpochBenchmark:
     """Time one full epoch as a trial trains it (`Trainer.fit`), plus one evaluation's feature extraction.
 
-    An epoch is max(visible, infrared) // batch iterations, as in every trial. The images are
+    An epoch has as many iterations as a trial's (`harness.training.steps_per_epoch`). The images are
     random: speed does not depend on their content.
     """
     from harness.trial import extract_features

@@ -19,13 +19,17 @@ from harness.training.device import fits_on_device
 from harness.training.profiling import PhaseTimer
 
 
-def steps_per_epoch(train: ImageSplit, cfg: TrainConfig, batch_size: int) -> int:
-    """Optimiser steps in one epoch: `train.iters_per_epoch` when set, else max(visible, infrared) // batch."""
+def steps_per_epoch(train: ImageSplit, cfg: TrainConfig) -> int:
+    """Optimiser steps in one epoch, as the AGW and MCLNet code count them.
+
+    Their identity sampler draws int(N / (P*K)) + 1 batches of P*K images per modality, with N
+    the image count of the larger modality: one pass over it, the last batch partly repeated
+    (SYSU-MM01: int(22,258 / 32) + 1 = 696). `train.iters_per_epoch` overrides the count.
+    """
     if cfg.iters_per_epoch:
         return cfg.iters_per_epoch
-    n_vis = int((train.modalities == 0).sum())
-    n_ir = int((train.modalities == 1).sum())
-    return max(1, max(n_vis, n_ir) // batch_size)
+    larger = max(int((train.modalities == 0).sum()), int((train.modalities == 1).sum()))
+    return larger // (cfg.num_identities * cfg.images_per_modality) + 1
 
 
 class BatchSource:
@@ -46,7 +50,7 @@ class BatchSource:
                                        images_per_modality=cfg.images_per_modality, seed=seed)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed + 1)
-        self.steps_per_epoch = steps_per_epoch(train, cfg, self.sampler.batch_size)
+        self.steps_per_epoch = steps_per_epoch(train, cfg)
 
     @property
     def batch_size(self) -> int:
