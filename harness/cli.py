@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InputError
 
 EXIT_BAD_INPUT = 2
+EXIT_ALL_FAILED = 1
 
 
 def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -27,10 +28,11 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import TrialConfig, load_yaml
-    from harness.sweep import SweepSpec
+    from harness.sweep import SweepSpec, check_sweep_name
     from harness.runner import run_sweep
-    from harness.results import write_report
+    from harness.results import print_report, write_report
 
+    check_sweep_name(args.name, "--name")
     base = load_yaml(args.config) if args.config else {}
     if base is not None and not isinstance(base, dict):
         raise HarnessError(f"{args.config}: a trial config is a YAML mapping of config keys")
@@ -40,15 +42,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec.trials(_overrides(args.overrides))  # validate before anything runs
     folder = run_sweep(spec, backend="local", overrides=_overrides(args.overrides), results_dir=args.results_dir,
                        retry_failed=True, quiet=args.quiet)
-    markdown, _ = write_report(folder, plots=False)
-    print(markdown)
+    print_report(write_report(folder, plots=False))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from harness.published import published_rows
-    from harness.results import write_report
+    from harness.published import published_by_protocol
+    from harness.results import TABLE_METRICS, print_report, write_report
+    from harness.results import ResultStore
     from harness.runner import run_sweep
+    from harness.runner.common import sweep_failures
     from harness.sweep import load_spec
 
     spec = load_spec(args.spec)
@@ -57,31 +60,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = _overrides(args.overrides)
     spec.trials(overrides)
     folder = run_sweep(spec, backend=args.backend, overrides=overrides, results_dir=args.results_dir,
-                       workers=args.workers, retry_failed=args.retry_failed, quiet=args.quiet, address=args.address)
+                       workers=args.workers, retry_failed=args.retry_failed, quiet=args.quiet, address=args.address,
+                       storage=args.storage, gpus=args.gpus, trials_per_gpu=args.trials_per_gpu,
+                       gpus_per_trial=args.gpus_per_trial, stale_after=args.stale_after)
+    failures = sweep_failures(ResultStore(folder))
+    if failures:
+        print(f"vireid: every trial of sweep {spec.name!r} failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return EXIT_ALL_FAILED
     table = spec.table
-    protocols = table.get("protocols") or [table.get("protocol")]
-    for protocol in protocols:
-        published = published_rows(table["published"], protocol) if table.get("published") else None
-        markdown, files = write_report(folder, protocol=protocol, baseline=table.get("baseline"),
-                                       group_by=table.get("group_by", ["method"]), published=published)
-        print(markdown)
-        print("written: " + ", ".join(str(f) for f in files), file=sys.stderr)
+    protocols = table.get("protocols") or ([table["protocol"]] if table.get("protocol") else None)
+    published = published_by_protocol(table["published"], protocols) if table.get("published") else None
+    print_report(write_report(folder, protocols=protocols, baseline=table.get("baseline"),
+                              group_by=table.get("group_by", ["method"]),
+                              metrics=table.get("metrics", TABLE_METRICS), published=published))
     return 0
 
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from harness.results import write_report
-    from harness.published import published_rows
+    from harness.published import published_by_protocol
+    from harness.results import TABLE_METRICS, print_report, write_report
 
+    protocols = args.protocol or None
     published = None
     if args.published:
-        rows = dict(pair.split("=", 1) for pair in args.published_row or [])
-        published = published_rows({"file": args.published, "rows": rows}, args.protocol)
-    markdown, files = write_report(args.folder, protocol=args.protocol, baseline=args.baseline,
-                                   group_by=args.group_by or ["method"], published=published, plots=not args.no_plots)
-    print(markdown)
-    print("written: " + ", ".join(str(f) for f in files), file=sys.stderr)
+        rows = {}
+        for pair in args.published_row or []:
+            row, sep, entry = pair.partition("=")
+            if not sep or not row or not entry:
+                raise InputError(f"--published-row: expected ROW=PAPER.SETTING, got {pair!r}")
+            rows[row] = entry
+        published = published_by_protocol({"file": args.published, "rows": rows}, protocols)
+    print_report(write_report(args.folder, protocols=protocols, baseline=args.baseline,
+                              group_by=args.group_by or ["method"], metrics=args.metrics or TABLE_METRICS,
+                              published=published, plots=not args.no_plots))
     return 0
 
 
@@ -186,11 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run every trial of a sweep spec (YAML under benchmarks/), skipping trials "
                         "already in results/<name>/ and resuming unfinished ones, then write tables and plots.")
     sw.add_argument("spec", help="sweep spec YAML, e.g. benchmarks/ablation_synthetic.yaml")
-    sw.add_argument("--backend", choices=["local", "optuna", "ray"], help="override the spec's backend")
+    from harness.runner import backend_names
+
+    sw.add_argument("--backend", choices=backend_names(), help="override the spec's backend")
     _add_set(sw)
     sw.add_argument("--results-dir", default="results", help="where sweep folders go (default: results)")
-    sw.add_argument("--workers", type=int, help="optuna: worker processes on the study")
+    sw.add_argument("--workers", type=int, help="optuna: worker processes on the study (default: one per GPU)")
+    sw.add_argument("--gpus", help="optuna: GPUs the workers are pinned to, e.g. 0,1,2,3 (default: every visible "
+                    "GPU; 'none': CPU workers)")
+    sw.add_argument("--trials-per-gpu", type=int, help="optuna: trials sharing one GPU (default 1)")
+    sw.add_argument("--storage", help="optuna: study storage URL shared by several nodes, e.g. "
+                    "postgresql://user:pw@host/db (default: SQLite in the results folder)")
+    sw.add_argument("--stale-after", type=int, help="optuna: seconds without a heartbeat after which a stopped "
+                    "worker's trial is retried (default 180)")
     sw.add_argument("--address", help="ray: address of an existing Ray cluster (e.g. auto or HOST:6379)")
+    sw.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per trial; a fraction (0.5) lets small trials "
+                    "share a GPU (default 1 where there are GPUs)")
     sw.add_argument("--dry-run", action="store_true",
                     help="apply the spec's dry_run overrides (synthetic data in the same layout, tiny model) and "
                          "write to results/<name>-dry-run")
@@ -201,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("table", help="rebuild tables and plots of a results folder without rerunning",
                         description="Rebuild Markdown/CSV/LaTeX tables and PNG plots from results/<sweep>/.")
     tb.add_argument("folder", help="a sweep results folder, e.g. results/ablation-synthetic")
-    tb.add_argument("--protocol", help="protocol to tabulate (default: the first recorded)")
-    tb.add_argument("--baseline", help="row (e.g. method name) to compute deltas against")
-    tb.add_argument("--group-by", nargs="+", help="row keys (default: method)")
+    tb.add_argument("--protocol", nargs="+", help="protocols to tabulate, in this order (default: every recorded one)")
+    tb.add_argument("--baseline", help="row (e.g. method name) to compute paired deltas against")
+    tb.add_argument("--group-by", nargs="+", help="label columns: record keys or dotted config keys (default: "
+                    "method); rows are always distinct configurations, seeds averaged")
+    tb.add_argument("--metrics", nargs="+", help="metric columns (default: rank1 rank10 rank20 mAP mINP)")
     tb.add_argument("--published", help="YAML of published results to show beside the measured rows")
     tb.add_argument("--published-row", action="append", metavar="ROW=ENTRY.KEY",
                     help="which published entry a row shows, e.g. mclnet=mclnet.sysu_all; repeatable")
@@ -284,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--out", help="also write the Markdown report to this file (atomically)")
     br.add_argument("--check", action="store_true", help="exit 1 when a measured target is missed")
     br.set_defaults(func=cmd_bench_report)
+
+    from harness.cli_models import add_model_commands
+
+    add_model_commands(sub, _add_set, _overrides)
     return p
 
 

@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.preflight import check_buildable
 
 SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "dry_run")
-BACKENDS = ("local", "optuna", "ray")
 SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
 SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "epochs_per_report",
                "objectives")
-TABLE_KEYS = ("group_by", "baseline", "protocol", "protocols", "published")
+TABLE_KEYS = ("group_by", "baseline", "protocol", "protocols", "published", "metrics")
 
 
 @dataclass
@@ -46,6 +45,9 @@ class SweepSpec:
     dry_run: dict[str, Any] = field(default_factory=dict)
     """Dotted overrides that turn a real-data spec into a quick run on synthetic data."""
 
+    def __post_init__(self) -> None:
+        check_sweep_name(self.name, f"{self.source}: name")
+
     def as_dry_run(self) -> "SweepSpec":
         if not self.dry_run:
             raise HarnessError(f"{self.source}: --dry-run needs a 'dry_run' mapping of config overrides in the spec")
@@ -71,7 +73,15 @@ class SweepSpec:
         return configs
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,127}$")
+
+
+def check_sweep_name(name: Any, where: str) -> str:
+    """A sweep name names one folder inside --results-dir: no separators, no '.', '..' or hidden names."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: sweep name {name!r} must be 1-128 letters, digits, '.', '_', '+' or '-', not "
+                          "starting with '.' (it names a folder inside --results-dir)")
+    return name
 
 
 def _check_keys(where: str, data: dict[str, Any], accepted: tuple[str, ...]) -> None:
@@ -117,16 +127,44 @@ def _parse_space(src: str, space: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _check_table(where: str, table: dict[str, Any]) -> None:
+    """`table.group_by` names record keys or dotted config keys (never the seed); `table.metrics` registered metrics."""
+    from harness.results.metrics import metric
+    from harness.results.tables import RECORD_KEYS, REPLICATE_KEYS
+
+    for name in ("group_by", "metrics", "protocols"):
+        value = table.get(name)
+        if value is not None and (not isinstance(value, list) or not value or
+                                  not all(isinstance(v, str) for v in value)):
+            raise HarnessError(f"{where}.{name}: expected a non-empty list of names, got {value!r}")
+    valid = [*RECORD_KEYS, *(p for p in field_paths() if p not in REPLICATE_KEYS)]
+    for key in table.get("group_by") or []:
+        if key not in valid:
+            import difflib
+
+            close = difflib.get_close_matches(key, valid, n=3)
+            raise HarnessError(f"{where}.group_by: unknown key {key!r}" +
+                               (f"; did you mean {', '.join(close)}?" if close else "") +
+                               f" (valid: {', '.join(RECORD_KEYS)} or a dotted config key other than "
+                               f"{', '.join(REPLICATE_KEYS)})")
+    for name in table.get("metrics") or []:
+        try:
+            metric(name)
+        except HarnessError as exc:
+            raise HarnessError(f"{where}.metrics: {exc}") from None
+
+
 def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
     if not isinstance(data, dict):
         raise HarnessError(f"{source}: a sweep spec is a YAML mapping with keys {', '.join(SPEC_KEYS)}")
     _check_keys(source, data, SPEC_KEYS)
     name = data.get("name") or Path(source).stem
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise HarnessError(f"{source}: name {name!r} must be letters, digits, '.', '_', '+' or '-'")
+    check_sweep_name(name, f"{source}: name")
     backend = data.get("backend", "local")
-    if backend not in BACKENDS:
-        raise HarnessError(f"{source}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    from harness.runner.registry import backend_names  # the registry imports no spec code: no cycle
+
+    if backend not in backend_names():
+        raise ConfigError(f"{source}: backend {backend!r} is not one of {', '.join(backend_names())}")
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise HarnessError(f"{source}: base must be a mapping of config keys")
@@ -153,6 +191,7 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
     if not isinstance(table, dict):
         raise HarnessError(f"{source}: table must be a mapping")
     _check_keys(f"{source}: table", table, TABLE_KEYS)
+    _check_table(f"{source}: table", table)
     dry_run = data.get("dry_run") or {}
     if not isinstance(dry_run, dict):
         raise HarnessError(f"{source}: dry_run must map dotted config keys to values")
@@ -167,10 +206,3 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
 
 def load_spec(path: str | Path) -> SweepSpec:
     return parse_spec(load_yaml(path), source=str(path))
-
-
-def nan_guard(value: float) -> float:
-    """Optuna marks NaN FAIL but inf COMPLETE: treat both as failures."""
-    if value is None or not math.isfinite(value):
-        raise ValueError(f"objective is not finite: {value}")
-    return value

@@ -69,3 +69,26 @@ def test_truncated_checkpoint_is_ignored(tmp_path):
     data = (tmp_path / "c.ckpt").read_bytes()
     (tmp_path / "c.ckpt").write_bytes(data[: len(data) // 2])
     assert load_checkpoint(tmp_path / "c.ckpt", torch.device("cpu")) is None
+
+
+# ------------------------------------------------------------------ results stay inside --results-dir
+
+@pytest.mark.parametrize("name", ["../../x", "..", ".", "/tmp/elsewhere", "a/b", ".hidden", ""])
+def test_run_name_outside_results_dir_is_refused(name, tmp_path, capsys):
+    from harness.cli import main
+
+    results = tmp_path / "results"
+    assert main(["run", "--name", name, "--results-dir", str(results), "--quiet"]) == 2
+    assert "--name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../up", "/abs"])
+def test_spec_name_outside_results_dir_is_refused(name, tmp_path, capsys):
+    from harness.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: {name!r}\nbase: {{model: {{backbone: test_resnet}}}}\n")
+    assert main(["sweep", str(spec), "--results-dir", str(tmp_path / "results"), "--quiet"]) == 2
+    assert "sweep name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
