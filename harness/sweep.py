@@ -79,8 +79,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,127}$")
 def check_sweep_name(name: Any, where: str) -> str:
     """A sweep name names one folder inside --results-dir: no separators, no '.', '..' or hidden names."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(f"{where}: sweep name {name!r} must be 1-128 letters, digits, '.', '_', '+' or '-', not "
-                          "starting with '.' (it names a folder inside --results-dir)")
+        raise ConfigError(f"{where}: sweep name {name!r} must be letters, digits, '.', '_', '+' or '-' (1-128 "
+                          "characters, not starting with '.'): it names a folder inside --results-dir")
     return name
 
 
