@@ -89,3 +89,87 @@ class SweepProgress:
         if failure and not self.quiet:
             print(f"trial failed: {failure}", file=sys.stderr, flush=True)
         self._advance()
+
+
+def stderr_is_terminal() -> bool:
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+class PlainLines:
+    """Timestamped progress lines for logs and batch jobs, at most one per `interval` seconds.
+
+    `emit(text)` prints when the interval has passed since the last line (or `force=True`, for
+    events that must be seen: a trial starting or ending, a task finishing).
+    """
+
+    def __init__(self, *, interval: float = 30.0, stream: Any = None,
+                 clock: Any = time.monotonic, wallclock: Any = time.time) -> None:
+        self.interval, self.stream, self.clock, self.wallclock = interval, stream, clock, wallclock
+        self._last: float | None = None
+
+    def emit(self, text: str, *, force: bool = False) -> bool:
+        now = self.clock()
+        if not force and self._last is not None and now - self._last < self.interval:
+            return False
+        self._last = now
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.wallclock()))
+        print(f"{stamp} {text}", file=self.stream or sys.stderr, flush=True)
+        return True
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class TaskProgress:
+    """Progress of one counted task (images through a network, iterations of an epoch).
+
+    A rich bar when stderr is a terminal; otherwise `PlainLines` with the count, rate, ETA and
+    the latest `fields` (e.g. loss, lr). `advance(n, **fields)` counts `n` more units done.
+    """
+
+    def __init__(self, description: str, total: int, *, unit: str = "it", quiet: bool = False,
+                 plain: bool | None = None, lines: PlainLines | None = None, clock: Any = time.monotonic) -> None:
+        self.description, self.total, self.unit, self.quiet = description, total, unit, quiet
+        self.clock = clock
+        self.done = 0
+        self.fields: dict[str, Any] = {}
+        self.started = clock()
+        plain = (not stderr_is_terminal() or Progress is None) if plain is None else plain
+        self.lines = (lines or PlainLines(clock=clock)) if plain and not quiet else None
+        self.progress = None
+        if not plain and not quiet:
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[extra]}"), TimeRemainingColumn(),
+                                     console=Console(stderr=True), transient=True)
+            self.task = self.progress.add_task(description, total=total, extra="")
+
+    def __enter__(self) -> "TaskProgress":
+        if self.progress is not None:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        elif self.lines is not None and exc[0] is None:
+            self.lines.emit(self.status(), force=True)
+
+    def status(self) -> str:
+        elapsed = self.clock() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = format_duration((self.total - self.done) / rate) if rate > 0 else "?"
+        extra = "".join(f" {k} {v:.4g}" if isinstance(v, float) else f" {k} {v}" for k, v in self.fields.items())
+        return (f"{self.description} {self.done}/{self.total} {self.unit}{extra} "
+                f"{rate:.1f} {self.unit}/s ETA {eta}")
+
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        self.done += n
+        self.fields.update(fields)
+        if self.progress is not None:
+            extra = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items())
+            self.progress.update(self.task, advance=n, extra=extra)
+        elif self.lines is not None:
+            self.lines.emit(self.status())

@@ -20,6 +20,8 @@ from harness.data.images import load_images
 from harness.data.registry import cache_root, load_dataset
 from harness.data.splits import DatasetBundle, EvalProtocol
 from harness.evaluation import evaluate_trials
+from harness.progress import TaskProgress
+from harness.saved_models import save_model
 from harness.errors import TrialFailure
 from harness.training import TrainData, autocast_context, build_components, prepare_run
 
@@ -53,8 +55,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.inference_mode()
 def extract_features(method: torch.nn.Module, images: torch.Tensor, modalities: np.ndarray, *,
-                     device: torch.device, batch_size: int, amp: str, channels_last: bool) -> tuple[torch.Tensor, float]:
-    """Test features of uint8 images, in batches; returns (features float32, images/s)."""
+                     device: torch.device, batch_size: int, amp: str, channels_last: bool,
+                     on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, float]:
+    """Test features of uint8 images, in batches; returns (features float32, images/s).
+
+    `on_batch(n)` is told after each batch how many images it held (progress displays).
+    """
     method.eval()
     mods = torch.as_tensor(modalities, dtype=torch.long)
     out = []
@@ -68,6 +74,8 @@ def extract_features(method: torch.nn.Module, images: torch.Tensor, modalities: 
         with autocast_context(device, amp):
             f = method.test_features(x, mods[start:start + batch_size].to(device))
         out.append(f.float())
+        if on_batch is not None:
+            on_batch(len(x))
     feats = torch.cat(out) if out else torch.empty(0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,8 +97,13 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtocol], cfg: TrialConfig,
-                       device: torch.device, image_cache: Path | None) -> tuple[dict[str, dict[str, Any]], float]:
-    """Extract each distinct image once (queries shared by protocols), then score every protocol."""
+                       device: torch.device, image_cache: Path | None, *, quiet: bool = True
+                       ) -> tuple[dict[str, dict[str, Any]], float]:
+    """Extract each distinct image once (queries shared by protocols), then score every protocol.
+
+    Distances are re-ranked when `cfg.evaluation.rerank` is enabled; `quiet=False` shows the
+    extraction's progress (standalone evaluation; a sweep shows its own display).
+    """
     paths: dict[str, int] = {}
     mods: list[int] = []
     for p in protocols.values():
@@ -101,9 +114,10 @@ def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtoco
                     mods.append(m)
     images = load_images(list(paths), cfg.data.height, cfg.data.width, cache_dir=image_cache,
                          resample=cfg.data.test_resize)
-    feats, speed = extract_features(method, images, np.asarray(mods), device=device,
-                                    batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp,
-                                    channels_last=cfg.train.channels_last)
+    with TaskProgress("extracting test features", len(images), unit="img", quiet=quiet) as progress:
+        feats, speed = extract_features(method, images, np.asarray(mods), device=device,
+                                        batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp,
+                                        channels_last=cfg.train.channels_last, on_batch=progress.advance)
     results = {}
     for name, p in protocols.items():
         qi = torch.as_tensor([paths[x] for x in p.query.paths])
@@ -111,7 +125,7 @@ def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtoco
         # rank_metrics' sysu rule uses SYSU camera numbers (1-based); splits store 0-based cameras.
         res = evaluate_trials(feats[qi], feats[gi], p.query.pids, p.gallery.pids, p.query.cams + 1,
                               p.gallery.cams + 1, p.trial_masks, protocol=p.metric_protocol,
-                              query_masks=p.query_masks)
+                              query_masks=p.query_masks, rerank=cfg.evaluation.rerank)
         results[name] = res
     return results, speed
 
@@ -126,14 +140,32 @@ class TrialResult:
     """The trial's last checkpoint; the runner deletes it once the records are stored."""
 
 
+def protocol_records(common: dict[str, Any], protocols: dict[str, EvalProtocol],
+                     results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per evaluated protocol: `common` fields plus the protocol's metrics."""
+    records = []
+    for name, res in results.items():
+        p = protocols[name]
+        records.append({
+            **common, "protocol": name, "metric_protocol": p.metric_protocol,
+            "gallery_trials": int(p.trial_masks.shape[0]), **summarise(res),
+            "cmc": json.dumps([float(x) for x in np.asarray(res["cmc_mean"])]),
+            "per_trial": json.dumps([{"rank1": float(t["cmc"][0]), "mAP": float(t["mAP"]), "mINP": float(t["mINP"])}
+                                     for t in res["trials"]]),
+        })
+    return records
+
+
 def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
               on_epoch: Callable[[int, dict[str, float], Callable[[], dict[str, float]]], None] | None = None,
-              on_iter: Callable[[int, int], None] | None = None, extra: dict[str, Any] | None = None) -> TrialResult:
+              on_iter: Callable[[int, int], None] | None = None, extra: dict[str, Any] | None = None,
+              model_dir: Path | None = None) -> TrialResult:
     """Train `cfg` to its final epoch and evaluate that model on every test protocol.
 
     `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
     held-out training identities only) and may raise to stop the trial. A checkpoint in
-    `workdir` is resumed from.
+    `workdir` is resumed from. With `model_dir`, the final weights of a successful trial are
+    kept there (`harness.saved_models`).
     """
     key = config_key(cfg)
     started = time.time()
@@ -187,14 +219,8 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         "final_losses": json.dumps(stats.last_losses),
         **{f"val_{k}": v for k, v in val.items()},
     }
-    records = []
-    for name, res in results.items():
-        p = bundle.protocols[name]
-        records.append({
-            **common, "protocol": name, "metric_protocol": p.metric_protocol,
-            "gallery_trials": int(p.trial_masks.shape[0]), **summarise(res),
-            "cmc": json.dumps([float(x) for x in np.asarray(res["cmc_mean"])]),
-            "per_trial": json.dumps([{"rank1": float(t["cmc"][0]), "mAP": float(t["mAP"]), "mINP": float(t["mINP"])}
-                                     for t in res["trials"]]),
-        })
-    return TrialResult(key=key, status="ok", records=records, checkpoint=ckpt)
+    if model_dir is not None:
+        save_model(model_dir, key, method, cfg, num_classes=bundle.num_classes, num_cameras=bundle.num_cameras,
+                   info={"sweep": (extra or {}).get("sweep"), "dataset": bundle.name})
+    return TrialResult(key=key, status="ok", records=protocol_records(common, bundle.protocols, results),
+                       checkpoint=ckpt)

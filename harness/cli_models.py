@@ -1,0 +1,98 @@
+"""`vireid eval`, `vireid extract` and `vireid show`: the commands that work on a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+MODEL_HELP = "a saved model: results/<sweep>/models/<trial key>.safetensors (or its .json card)"
+
+
+def _with_rerank(overrides: dict[str, Any], rerank: bool) -> dict[str, Any]:
+    return {**overrides, "evaluation.rerank.enabled": True} if rerank else overrides
+
+
+def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from harness.model_tools import evaluate_saved_model
+    from harness.results import write_report
+
+    folder = Path(args.results_dir) / args.name
+    evaluate_saved_model(args.model, overrides=_with_rerank(overrides, args.rerank), folder=folder,
+                         quiet=args.quiet)
+    markdown, files = write_report(folder, protocol=args.protocol, group_by=["method", "dataset", "rerank"],
+                                   plots=False)
+    print(markdown)
+    print("written: " + ", ".join(str(f) for f in files), file=sys.stderr)
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from harness.model_tools import extract_folder
+
+    out = extract_folder(args.model, args.folder, modality=args.modality, out=args.out, overrides=overrides,
+                         quiet=args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from harness.figures.qualitative import show_saved_model
+
+    files = show_saved_model(args.model, overrides=_with_rerank(overrides, args.rerank), out=args.out,
+                             protocol=args.protocol, queries=args.queries, top_k=args.top_k,
+                             trial=args.trial, quiet=args.quiet)
+    print("written: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], None],
+                       overrides: Callable[[Any], dict[str, Any]]) -> None:
+    """Register eval / extract / show on the `vireid` sub-command parser."""
+
+    def bind(command: Callable[[argparse.Namespace, dict[str, Any]], int]) -> Callable[[argparse.Namespace], int]:
+        return lambda args: command(args, overrides(args.overrides))
+
+    ev = sub.add_parser("eval", help="evaluate a saved model on any dataset and protocol",
+                        description="Evaluate a saved model on every test protocol of a dataset: the one it was "
+                                    "trained on, or another (--set data.dataset=llcm --set data.root=...: "
+                                    "cross-dataset evaluation). Writes a trial's records and tables into "
+                                    "RESULTS_DIR/NAME.")
+    ev.add_argument("model", help=MODEL_HELP)
+    add_set(ev)
+    ev.add_argument("--rerank", action="store_true",
+                    help="k-reciprocal re-ranking (evaluation.rerank.k1 / k2 / lambda_value: 20, 6, 0.3)")
+    ev.add_argument("--protocol", help="protocol to tabulate (default: the first recorded)")
+    ev.add_argument("--name", default="eval", help="results sub-folder (default: eval)")
+    ev.add_argument("--results-dir", default="results", help="where result folders go (default: results)")
+    ev.add_argument("--quiet", action="store_true", help="no progress display")
+    ev.set_defaults(func=bind(cmd_eval))
+
+    ex = sub.add_parser("extract", help="test features of every image under a folder, as .npz",
+                        description="Extract the test features of every image under FOLDER (recursively) with "
+                                    "a saved model; write features (float32, N x D) and paths (relative to "
+                                    "FOLDER) to an .npz file.")
+    ex.add_argument("model", help=MODEL_HELP)
+    ex.add_argument("folder", help="folder of images (searched recursively)")
+    ex.add_argument("--modality", required=True, choices=["visible", "infrared"],
+                    help="which stream of the two-stream network the images go through")
+    ex.add_argument("--out", required=True, help="output .npz file")
+    add_set(ex)
+    ex.add_argument("--quiet", action="store_true", help="no progress display")
+    ex.set_defaults(func=bind(cmd_extract))
+
+    sh = sub.add_parser("show", help="qualitative figures of a saved model: ranked lists, t-SNE, distances",
+                        description="Draw cross-modality ranked lists, a t-SNE embedding of test features and "
+                                    "histograms of intra-/inter-identity distances per modality pair, for one "
+                                    "protocol of a dataset, as PNG and PDF.")
+    sh.add_argument("model", help=MODEL_HELP)
+    add_set(sh)
+    sh.add_argument("--protocol", help="test protocol (default: the dataset's first)")
+    sh.add_argument("--trial", type=int, default=0, help="gallery trial drawn in the ranked lists (default 0)")
+    sh.add_argument("--queries", type=int, default=6, help="queries in the ranked lists (default 6)")
+    sh.add_argument("--top-k", type=int, default=10, help="gallery images per ranked list (default 10)")
+    sh.add_argument("--rerank", action="store_true", help="rank with k-reciprocal re-ranking")
+    sh.add_argument("--out", default="figures", help="output folder (default: figures)")
+    sh.add_argument("--quiet", action="store_true", help="no progress display")
+    sh.set_defaults(func=bind(cmd_show))

@@ -1,0 +1,140 @@
+"""What can be done with a saved model: evaluate it on any dataset, extract features of a folder.
+
+`evaluate_saved_model` is cross-dataset evaluation: the network is rebuilt from its card, the
+dataset, protocols and evaluation options come from the card's config with `--set` overrides
+(data.*, evaluation.*, device), and the records it writes are a trial's records (the same columns,
+so `vireid table` tabulates them) plus which model was evaluated on which data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from harness.atomic import atomic_path
+from harness.config import TrialConfig
+from harness.data.images import decode_images
+from harness.data.registry import cache_root, load_dataset
+from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, DatasetBundle
+from harness.errors import InputError
+from harness.progress import TaskProgress
+from harness.saved_models import SavedModel, evaluation_config, load_method, read_model
+
+MODALITIES = {"visible": MODALITY_VISIBLE, "infrared": MODALITY_INFRARED}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+def evaluation_key(saved: SavedModel, cfg: TrialConfig) -> str:
+    """Records' key of one evaluation: the model and everything the evaluation used."""
+    blob = json.dumps({"model": saved.key, "config": cfg.to_dict()}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def prepare_saved_model(model: str | Path, overrides: dict[str, Any] | None = None
+                        ) -> tuple[SavedModel, TrialConfig, torch.nn.Module, torch.device, DatasetBundle]:
+    """Card, evaluation config, network with its weights, device and the dataset to evaluate on."""
+    from harness.training import prepare_run
+
+    saved = read_model(model)
+    cfg = evaluation_config(saved, overrides)
+    device = prepare_run(cfg)
+    bundle = load_dataset(cfg.data, seed=cfg.seed)
+    method = load_method(saved, cfg, device=device)
+    return saved, cfg, method, device, bundle
+
+
+def evaluate_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = None,
+                         folder: str | Path, quiet: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """Evaluate a saved model on every test protocol of the configured dataset; store the records.
+
+    Returns (records' key, records). The records go to `folder`'s record store, replacing an
+    earlier evaluation with the same key.
+    """
+    from harness.results import ResultStore
+    from harness.trial import device_name, evaluate_protocols, library_versions, peak_memory_mb, protocol_records
+
+    started = time.time()
+    saved, cfg, method, device, bundle = prepare_saved_model(model, overrides)
+    key = evaluation_key(saved, cfg)
+    results, infer_speed = evaluate_protocols(method, bundle.protocols, cfg, device,
+                                              cache_root(cfg.data) / "images", quiet=quiet)
+    common = {
+        "trial_key": key, "status": "ok", "failure": None, "kind": "evaluation", "model_key": saved.key,
+        "model_sweep": saved.card.get("sweep"), "trained_on": saved.card.get("dataset"),
+        "method": cfg.method, "backbone": cfg.model.backbone, "dataset": bundle.name, "seed": cfg.seed,
+        "rerank": cfg.evaluation.rerank.enabled, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "device": device_name(device), "versions": json.dumps(library_versions()),
+        "num_params": sum(p.numel() for p in method.parameters()), "num_classes": saved.num_classes,
+        "infer_img_per_s": infer_speed, "peak_memory_mb": peak_memory_mb(device),
+        "wall_seconds": time.time() - started,
+    }
+    records = protocol_records(common, bundle.protocols, results)
+    ResultStore(folder).put_trial(key, records)
+    return key, records
+
+
+# --------------------------------------------------------------------------- feature extraction
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image under `folder` (recursively, hidden files skipped), in sorted path order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder; expected a folder of images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise InputError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under this folder")
+    return files
+
+
+def extract_paths(method: torch.nn.Module, paths: Sequence[str | Path], modality: int, cfg: TrialConfig,
+                  device: torch.device, *, quiet: bool = False) -> torch.Tensor:
+    """Test features of image files (decoded batch by batch, so memory stays bounded)."""
+    from harness.trial import extract_features
+
+    batch = cfg.train.eval_batch_size
+    out = []
+    with TaskProgress("extracting features", len(paths), unit="img", quiet=quiet) as progress:
+        for start in range(0, len(paths), batch):
+            chunk = [os.fspath(p) for p in paths[start:start + batch]]
+            images = torch.from_numpy(decode_images(chunk, cfg.data.height, cfg.data.width))
+            feats, _ = extract_features(method, images, np.full(len(chunk), modality), device=device,
+                                        batch_size=batch, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
+            out.append(feats.cpu())
+            progress.advance(len(chunk))
+    return torch.cat(out)
+
+
+def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out: str | Path,
+                   overrides: dict[str, Any] | None = None, quiet: bool = False) -> Path:
+    """Write `out` (.npz): `features` float32 (N, D) and `paths` (N,) of every image under `folder`.
+
+    Paths are stored relative to `folder` as fixed-width unicode (readable with
+    `np.load(out, allow_pickle=False)`).
+    """
+    from harness.training import prepare_run
+
+    if modality not in MODALITIES:
+        raise InputError(f"--modality: {modality!r} is not one of {', '.join(MODALITIES)}")
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise InputError(f"--out {out}: expected a file name ending in .npz")
+    files = image_files(folder)
+    saved = read_model(model)
+    cfg = evaluation_config(saved, overrides)
+    device = prepare_run(cfg)
+    method = load_method(saved, cfg, device=device)
+    features = extract_paths(method, files, MODALITIES[modality], cfg, device, quiet=quiet)
+    names = np.array([str(p.relative_to(Path(folder))) for p in files])
+    with atomic_path(out) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, features=features.numpy().astype(np.float32), paths=names)
+    return out
