@@ -21,6 +21,7 @@ from torch import Tensor
 from harness.errors import HarnessError
 
 MARGINAL_VARIANTS: tuple[str, ...] = ("paper", "authors-code")
+WRT_VARIANTS: tuple[str, ...] = ("paper", "authors-code")
 NEAREST_WEIGHTINGS: tuple[str, ...] = ("per-sample", "per-class-8")
 
 # Squared distances are clamped to this before the square root so that its gradient stays finite
@@ -148,8 +149,11 @@ def _squared_distances(left: Tensor, right: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def wrt_loss(features: Tensor, labels: Tensor) -> Tensor:
+def wrt_loss(features: Tensor, labels: Tensor, *, variant: str = "paper") -> Tensor:
     """Weighted regularised triplet loss of AGW over the whole mixed-modality batch.
+
+    `variant="paper"` is the formula below; `variant="authors-code"` is the AGW code's
+    computation (see `_wrt_authors_code`), whose negative term vanishes at large distances.
 
     Every sample is an anchor. Its positives are the samples of its identity, itself included,
     its negatives all other samples. Positive distances are weighted by a softmax of the distance
@@ -163,9 +167,13 @@ def wrt_loss(features: Tensor, labels: Tensor) -> Tensor:
     """
     _check_features("wrt_loss", features)
     _check_labels("wrt_loss", labels, features)
+    if variant not in WRT_VARIANTS:
+        raise HarnessError(f"wrt_loss: variant must be one of {', '.join(map(repr, WRT_VARIANTS))}; got {variant!r}")
     dtype = _compute_dtype(features)
     with _autocast_disabled(features.device):
         feats = features.to(dtype)
+        if variant == "authors-code":
+            return _wrt_authors_code(feats, labels)
         # Distances do not change under translation; centring first keeps |a|^2 + |b|^2 - 2ab
         # from cancelling catastrophically when all features share a large offset.
         feats = feats - feats.mean(dim=0, keepdim=True)
@@ -197,6 +205,32 @@ def wrt_loss(features: Tensor, labels: Tensor) -> Tensor:
 
         valid = has_negative.to(dtype)
         return (per_anchor * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def _wrt_authors_code(feats: Tensor, labels: Tensor) -> Tensor:
+    """The AGW code's WRT: its distance, its masked softmax weights and its soft-margin mean.
+
+    Distances are sqrt(clamp(|a|^2 + |b|^2 - 2ab, 1e-12)) (the diagonal too). Each softmax
+    subtracts the row maximum of the MASKED matrix (masked entries count as 0) and adds 1e-6 to
+    its normaliser. For the negatives the values are -d <= 0, so that maximum is 0 and, once the
+    negatives are farther than about 14, exp(-d) falls below 1e-6 and the negative term vanishes.
+    Every anchor enters the mean (one without negatives with a negative term of 0).
+    """
+    norms = feats.square().sum(dim=1, keepdim=True)
+    distances = (norms + norms.T - 2.0 * (feats @ feats.T)).clamp_min(_SQUARED_DISTANCE_FLOOR).sqrt()
+    same_identity = labels.unsqueeze(0) == labels.unsqueeze(1)
+    is_positive = same_identity.to(feats.dtype)
+    is_negative = (~same_identity).to(feats.dtype)
+
+    def masked_softmax(values: Tensor, mask: Tensor) -> Tensor:
+        shifted = torch.exp(values - (values * mask).max(dim=1, keepdim=True).values) * mask
+        return shifted / (shifted.sum(dim=1, keepdim=True) + 1e-6)
+
+    positive = distances * is_positive
+    negative = distances * is_negative
+    weighted_positive = (positive * masked_softmax(positive, is_positive)).sum(dim=1)
+    weighted_negative = (negative * masked_softmax(-negative, is_negative)).sum(dim=1)
+    return F.soft_margin_loss(weighted_negative - weighted_positive, torch.ones_like(weighted_positive))
 
 
 # --------------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class MCLNet(nn.Module):
         with phase("ce"):
             losses["ce"] = L.ce_weight * F.cross_entropy(out["logits"].float(), pids, label_smoothing=L.label_smoothing)
         with phase("wrt"):
-            losses["wrt"] = L.wrt_weight * wrt_loss(pool, pids)
+            losses["wrt"] = L.wrt_weight * wrt_loss(pool, pids, variant=L.wrt_variant)
         if self.use_mcm:
             with phase("mcm_update"):
                 self.mcm.discriminator_step(pool, modality)

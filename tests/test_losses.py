@@ -540,3 +540,66 @@ def test_bad_inputs_raise_harness_error(call, fragment):
     with pytest.raises(HarnessError) as excinfo:
         call()
     assert fragment in str(excinfo.value)
+
+
+# --------------------------------------------------------------------------------------------
+# WRT as the AGW code computes it (variant "authors-code")
+# --------------------------------------------------------------------------------------------
+
+
+def reference_wrt_authors_code(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The AGW code's formula one anchor and one partner at a time, from torch scalars (differentiable).
+
+    d_ij = sqrt(max(|a_i|^2 + |a_j|^2 - 2 a_i.a_j, 1e-12)); for the masked rows m (positives, or
+    negatives with values -d), w_ij = m_ij exp(v_ij - max_k(v_ik m_ik)) / (sum_k m_ik exp(...) + 1e-6);
+    loss = mean_i log(1 + exp(sum_j w+_ij d_ij - sum_j w-_ij d_ij)).
+    """
+    n = features.shape[0]
+    ids = labels.tolist()
+    total = features.new_zeros(())
+    for i in range(n):
+        dist = []
+        for j in range(n):
+            squared = features[i].dot(features[i]) + features[j].dot(features[j]) - 2 * features[i].dot(features[j])
+            dist.append(torch.clamp(squared, min=1e-12).sqrt())
+        terms = []
+        for sign, member in ((1.0, lambda j: ids[j] == ids[i]), (-1.0, lambda j: ids[j] != ids[i])):
+            mask = [1.0 if member(j) else 0.0 for j in range(n)]
+            values = [sign * dist[j] * mask[j] for j in range(n)]
+            top = max(values[j] * mask[j] for j in range(n))
+            norm = sum(torch.exp(values[j] - top) * mask[j] for j in range(n)) + 1e-6
+            terms.append(sum(dist[j] * mask[j] * torch.exp(values[j] - top) * mask[j] / norm for j in range(n)))
+        total = total + torch.log1p(torch.exp(terms[0] - terms[1]))
+    return total / n
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 4.0, 12.0])
+def test_wrt_authors_code_matches_the_agw_formula_in_values_and_gradients(scale):
+    generator = torch.Generator().manual_seed(3)
+    features = (scale * torch.randn(12, 6, generator=generator, dtype=torch.float64)).requires_grad_()
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    loss = wrt_loss(features, labels, variant="authors-code")
+    (grad,) = torch.autograd.grad(loss, features)
+    reference_features = features.detach().clone().requires_grad_()
+    expected = reference_wrt_authors_code(reference_features, labels)
+    (expected_grad,) = torch.autograd.grad(expected, reference_features)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.allclose(grad, expected_grad, rtol=1e-6, atol=1e-9 * expected_grad.abs().max().item())
+
+
+def test_wrt_authors_code_loses_its_negative_term_at_large_distances():
+    # negatives ~40 apart, positives ~1: the spec formula keeps a strong negative term, the code's drops out
+    generator = torch.Generator().manual_seed(0)
+    centers = 20.0 * torch.eye(4, 8, dtype=torch.float64)
+    labels = torch.arange(4).repeat_interleave(3)
+    features = centers[labels] + 0.3 * torch.randn(12, 8, generator=generator, dtype=torch.float64)
+    paper = wrt_loss(features, labels).item()
+    authors = wrt_loss(features, labels, variant="authors-code").item()
+    assert paper < 1e-6  # softplus(~1 - ~28): the negatives are far, the loss is done
+    assert authors > 0.9  # softplus(~1 - 0): the negative term vanished (exp(-28) << 1e-6)
+    assert authors == pytest.approx(reference_wrt_authors_code(features, labels).item(), rel=1e-6)
+
+
+def test_wrt_rejects_an_unknown_variant():
+    with pytest.raises(HarnessError, match="variant must be one of 'paper', 'authors-code'"):
+        wrt_loss(torch.zeros(4, 3), torch.tensor([0, 0, 1, 1]), variant="agw")
