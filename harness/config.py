@@ -188,6 +188,8 @@ class LossConfig(RangeChecked):
     cca: MarginalCenterConfig = field(default_factory=MarginalCenterConfig)
     variant: Literal["paper", "authors-code"] = "paper"
     """Marginal center semantics: the paper's (learnable centers, per-sample hinge) or the public code's."""
+    wrt_variant: Literal["paper", "authors-code"] = "paper"
+    """WRT: the spec formula, or the AGW code's masked-max softmax with +1e-6 (methods.losses.wrt_loss)."""
 
 
 @dataclass
