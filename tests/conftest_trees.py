@@ -62,6 +62,8 @@ def make_sysu_tree(
     folders = SYSU_FOLDERS if folders is None else folders
     ids = SYSU_IDS if ids is None else ids
     tree = SysuTree(root)
+    for cam in range(1, 7):  # every camera folder exists, as in the real dataset
+        (root / f"cam{cam}").mkdir(parents=True, exist_ok=True)
     counter = 0
     for (pid, cam), count in sorted(folders.items()):
         names = []

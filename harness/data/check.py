@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.data.images import decode_image
+from harness.data.layout import absolute_root
 from harness.data.llcm import LLCM_DIRECTIONS, LLCM_FOLDERS, llcm_protocol, scan_llcm
 from harness.data.regdb import (
     REGDB_DIRECTIONS,
@@ -30,7 +31,6 @@ from harness.data.sysu import (
     SYSU_GALLERY_CAMERAS,
     SYSU_ID_FILES,
     SYSU_SHOTS,
-    absolute_root,
     scan_sysu,
     sysu_modality,
     sysu_protocol,
@@ -147,8 +147,6 @@ def _check_sysu(report: CheckReport) -> None:
     every_image = []
     for by_pid in layout.tree.folders.values():
         for folder in by_pid.values():
-            if not folder.files:
-                report.problems.append(DataProblem(folder.path, "identity folder holds no images"))
             every_image.extend(folder.file_paths())
     _verify_images(every_image, report.problems)
 
@@ -167,23 +165,6 @@ def _check_regdb(report: CheckReport) -> None:
                 + [(label, "Thermal", MODALITY_INFRARED) for _, label in thermal]
             )
             every_image.extend(path for path, _ in visible + thermal)
-        train_v = {label for _, label in scan.entries[("train", "visible")]}
-        train_t = {label for _, label in scan.entries[("train", "thermal")]}
-        for modality, only in (("visible", train_v - train_t), ("thermal", train_t - train_v)):
-            if only:
-                report.problems.append(
-                    DataProblem(
-                        str(scan.root / "idx" / f"train_{modality}_{trial}.txt"),
-                        f"training labels with no {'thermal' if modality == 'visible' else 'visible'} "
-                        f"image: {sorted(only)[:10]}",
-                    )
-                )
-        train_paths = {path for key, e in scan.entries.items() if key[0] == "train" for path, _ in e}
-        test_paths = {path for key, e in scan.entries.items() if key[0] == "test" for path, _ in e}
-        for path in sorted(train_paths & test_paths)[:10]:
-            report.problems.append(
-                DataProblem(path, f"image is in both the train and the test lists of trial {trial}")
-            )
     _verify_images(every_image, report.problems)
 
 
@@ -209,8 +190,6 @@ def _check_llcm(report: CheckReport) -> None:
     for tree in layout.trees.values():
         for by_pid in tree.folders.values():
             for folder in by_pid.values():
-                if not folder.files:
-                    report.problems.append(DataProblem(folder.path, "identity folder holds no images"))
                 every_image.extend(folder.file_paths())
     _verify_images(every_image, report.problems)
 

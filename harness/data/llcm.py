@@ -17,7 +17,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.data.regdb import read_labelled_list
+from harness.data.layout import (
+    CameraTree,
+    absolute_root,
+    camera_pool,
+    read_id_list,
+    read_labelled_list,
+    scan_camera_tree,
+)
 from harness.data.splits import (
     MODALITY_INFRARED,
     MODALITY_VISIBLE,
@@ -29,15 +36,7 @@ from harness.data.splits import (
     sampled_gallery_protocol,
     sampled_query_protocol,
 )
-from harness.data.sysu import (
-    CameraTree,
-    absolute_root,
-    camera_pool,
-    check_positive_int,
-    read_id_list,
-    scan_camera_tree,
-)
-from harness.errors import HarnessError
+from harness.errors import HarnessError, check_int
 
 LLCM_CAMERAS = tuple(range(1, 10))
 LLCM_FOLDERS = {"vis": ("test_vis", MODALITY_VISIBLE), "nir": ("test_nir", MODALITY_INFRARED)}
@@ -171,7 +170,7 @@ def llcm_protocol(layout: LlcmLayout, direction: str, trials: int) -> EvalProtoc
 
 def load_llcm(root: str | os.PathLike[str], *, trials: int = 10) -> DatasetBundle:
     """LLCM: training split from the index files, protocols "ir2vis" and "vis2ir"."""
-    trials = check_positive_int(trials, "LLCM trials")
+    trials = check_int(trials, "LLCM trials", minimum=1)
     layout = scan_llcm(root)
     assert layout is not None  # a missing root raised already
     train, num_classes = llcm_train_split(layout)

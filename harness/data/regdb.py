@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data.layout import absolute_root, read_labelled_list
 from harness.data.splits import (
     MODALITY_INFRARED,
     MODALITY_VISIBLE,
@@ -23,58 +24,11 @@ from harness.data.splits import (
     ImageSplit,
     report_problem,
 )
-from harness.data.sysu import absolute_root
 from harness.errors import HarnessError
 
 REGDB_TRIALS = range(1, 11)
 REGDB_MODALITIES = {"visible": MODALITY_VISIBLE, "thermal": MODALITY_INFRARED}
 REGDB_DIRECTIONS = {"v2t": ("visible", "thermal"), "t2v": ("thermal", "visible")}
-_EXPECTED_LINE = "expected '<relative image path> <non-negative integer label>'"
-
-
-def read_labelled_list(
-    path: Path, root: Path, problems: list[DataProblem] | None = None
-) -> list[tuple[str, int]]:
-    """(absolute image path, label) per line of an index file; blank lines are skipped.
-
-    The label is the last whitespace-separated token, so a path may itself contain spaces.
-    """
-    if not path.is_file():
-        report_problem(problems, path, f"index file is missing ({_EXPECTED_LINE} per line)")
-        return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        report_problem(problems, path, f"cannot read index file: {exc}")
-        return []
-    entries: list[tuple[str, int]] = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_number}"
-        tokens = line.strip().rsplit(None, 1)
-        if len(tokens) != 2:
-            report_problem(problems, where, f"malformed line {line.strip()!r}: {_EXPECTED_LINE}")
-            continue
-        relative, label_text = tokens
-        try:
-            label = int(label_text)
-        except ValueError:
-            report_problem(
-                problems, where, f"malformed label {label_text!r} in {line.strip()!r}: {_EXPECTED_LINE}"
-            )
-            continue
-        if label < 0:
-            report_problem(problems, where, f"label {label} is out of range: {_EXPECTED_LINE}")
-            continue
-        image = os.path.normpath(os.path.join(root, relative))
-        if not os.path.isfile(image):
-            report_problem(problems, where, f"image {image} does not exist")
-            continue
-        entries.append((image, label))
-    if not entries:
-        report_problem(problems, path, f"index file lists no images ({_EXPECTED_LINE} per line)")
-    return entries
 
 
 def index_file(root: Path, part: str, modality: str, trial: int) -> Path:
@@ -109,7 +63,26 @@ def scan_regdb_trial(
         for part in ("train", "test")
         for modality in REGDB_MODALITIES
     }
-    return RegdbTrial(base, trial, entries)
+    scan = RegdbTrial(base, trial, entries)
+    _check_trial_lists(scan, problems)
+    return scan
+
+
+def _check_trial_lists(scan: RegdbTrial, problems: list[DataProblem] | None) -> None:
+    """Every training label has images of both modalities; no image is both train and test."""
+    train_v = {label for _, label in scan.entries[("train", "visible")]}
+    train_t = {label for _, label in scan.entries[("train", "thermal")]}
+    for modality, other, only in (("visible", "thermal", train_v - train_t), ("thermal", "visible", train_t - train_v)):
+        if only:
+            report_problem(
+                problems,
+                index_file(scan.root, "train", modality, scan.trial),
+                f"training labels with no {other} image (not a label of the {other} list): {sorted(only)[:10]}",
+            )
+    train_paths = {path for key, e in scan.entries.items() if key[0] == "train" for path, _ in e}
+    test_paths = {path for key, e in scan.entries.items() if key[0] == "test" for path, _ in e}
+    for path in sorted(train_paths & test_paths)[:10]:
+        report_problem(problems, path, f"image is in both the train and the test lists of trial {scan.trial}")
 
 
 def _split(entries: list[tuple[str, int]], modality: str, labels: dict[int, int] | None = None) -> ImageSplit:

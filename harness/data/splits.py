@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InputError
 
 MODALITY_VISIBLE = 0
 MODALITY_INFRARED = 1
@@ -179,7 +179,7 @@ class DataProblem:
 def report_problem(problems: list[DataProblem] | None, path: object, message: str) -> None:
     """Raise at once when loading (`problems` is None); record and go on when checking a tree."""
     if problems is None:
-        raise HarnessError(f"{path}: {message}")
+        raise InputError(f"{path}: {message}")
     problems.append(DataProblem(str(path), message))
 
 

@@ -5,22 +5,20 @@ integers). Camera and identity come from the folder names (``camN`` / an integer
 never from character offsets of the path, so any root path works. A missing (identity, camera)
 folder is normal.
 
-Image files are the regular files of an identity folder whose suffix is an image suffix
-(``IMAGE_SUFFIXES``) and whose name does not start with a dot; an empty identity folder holds no
-images (and, like a missing one, consumes no random draw).
+Every camera folder cam1..cam6 must exist (a missing one, e.g. a whole infrared camera, is a
+problem for the loader and the check alike); identity folders are read as harness.data.layout
+describes.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from harness.data.layout import CameraTree, absolute_root, camera_pool, read_id_list, scan_camera_tree
 from harness.data.splits import (
     MODALITY_INFRARED,
     MODALITY_VISIBLE,
@@ -31,9 +29,7 @@ from harness.data.splits import (
     report_problem,
     sampled_gallery_protocol,
 )
-from harness.errors import HarnessError
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+from harness.errors import HarnessError, check_int
 
 SYSU_CAMERAS = (1, 2, 3, 4, 5, 6)
 SYSU_INFRARED_CAMERAS = frozenset({3, 6})
@@ -41,165 +37,6 @@ SYSU_QUERY_CAMERAS = (3, 6)
 SYSU_GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 SYSU_SHOTS = {1: "single", 10: "multi"}
 SYSU_ID_FILES = {"train": "train_id.txt", "val": "val_id.txt", "test": "test_id.txt"}
-
-_CAMERA_FOLDER = re.compile(r"cam(\d+)")
-
-
-def absolute_root(root: str | os.PathLike[str]) -> Path:
-    """The dataset root as an absolute path (not resolving symlinks, so user paths stay readable)."""
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
-
-
-def is_image_file(entry: os.DirEntry[str]) -> bool:
-    return (
-        not entry.name.startswith(".")
-        and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
-        and entry.is_file()
-    )
-
-
-def check_positive_int(value: object, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise HarnessError(f"{what}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def read_id_list(path: Path, problems: list[DataProblem] | None = None) -> list[int]:
-    """Identity ids of a comma-separated id file (one line; blank lines and a trailing comma are fine)."""
-    if not path.is_file():
-        report_problem(problems, path, "id file is missing (expected comma-separated integer ids)")
-        return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        report_problem(problems, path, f"cannot read id file: {exc}")
-        return []
-    ids: list[int] = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        for token in line.split(","):
-            token = token.strip()
-            if not token:
-                continue
-            try:
-                ids.append(int(token))
-            except ValueError:
-                report_problem(
-                    problems,
-                    f"{path}:{line_number}",
-                    f"malformed token {token!r}: expected comma-separated integer ids",
-                )
-    if not ids:
-        report_problem(problems, path, "id file lists no ids (expected comma-separated integer ids)")
-    return sorted(set(ids))
-
-
-@dataclass
-class IdentityFolder:
-    path: str
-    files: list[str]  # file names, sorted
-
-    def file_paths(self) -> list[str]:
-        return [os.path.join(self.path, name) for name in self.files]
-
-
-@dataclass
-class CameraTree:
-    """``camN/<identity>/`` folders under one base folder: tree[cam][pid] -> IdentityFolder."""
-
-    base: Path
-    folders: dict[int, dict[int, IdentityFolder]] = field(default_factory=dict)
-
-    def get(self, cam: int, pid: int) -> IdentityFolder | None:
-        return self.folders.get(cam, {}).get(pid)
-
-    def identities(self) -> set[int]:
-        return {pid for by_pid in self.folders.values() for pid, f in by_pid.items() if f.files}
-
-
-def scan_camera_tree(
-    base: Path,
-    allowed_cams: Iterable[int],
-    problems: list[DataProblem] | None = None,
-) -> CameraTree:
-    """Index ``base/camN/<integer id>/<images>``; other entries of `base` are ignored."""
-    allowed = set(allowed_cams)
-    tree = CameraTree(base)
-    try:
-        entries = sorted(os.scandir(base), key=lambda e: e.name)
-    except OSError as exc:
-        report_problem(problems, base, f"cannot list folder: {exc}")
-        return tree
-    for cam_entry in entries:
-        match = _CAMERA_FOLDER.fullmatch(cam_entry.name)
-        if not match or not cam_entry.is_dir():
-            continue
-        cam = int(match.group(1))
-        if cam not in allowed:
-            report_problem(
-                problems,
-                cam_entry.path,
-                f"unexpected camera folder (expected one of "
-                f"{', '.join(f'cam{c}' for c in sorted(allowed))})",
-            )
-            continue
-        by_pid: dict[int, IdentityFolder] = {}
-        try:
-            id_entries = sorted(os.scandir(cam_entry.path), key=lambda e: e.name)
-        except OSError as exc:
-            report_problem(problems, cam_entry.path, f"cannot list folder: {exc}")
-            continue
-        for id_entry in id_entries:
-            if id_entry.name.startswith(".") or not id_entry.is_dir():
-                continue
-            try:
-                pid = int(id_entry.name)
-            except ValueError:
-                report_problem(
-                    problems, id_entry.path, "identity folder name is not an integer id"
-                )
-                continue
-            if pid in by_pid:
-                report_problem(
-                    problems,
-                    id_entry.path,
-                    f"identity {pid} has two folders in {cam_entry.name} "
-                    f"(also {by_pid[pid].path})",
-                )
-                continue
-            try:
-                files = sorted(e.name for e in os.scandir(id_entry.path) if is_image_file(e))
-            except OSError as exc:
-                report_problem(problems, id_entry.path, f"cannot list folder: {exc}")
-                continue
-            by_pid[pid] = IdentityFolder(id_entry.path, files)
-        tree.folders[cam] = by_pid
-    return tree
-
-
-def camera_pool(
-    tree: CameraTree,
-    ids: Sequence[int],
-    cams: Sequence[int],
-    modality_of_cam: dict[int, int],
-    pid_labels: dict[int, int] | None = None,
-) -> tuple[ImageSplit, dict[tuple[int, int], list[int]]]:
-    """Images of `ids` x `cams` in walk order (id, camera as listed, file name).
-
-    Returns the split (cams 0-based, pids relabelled through `pid_labels` when given) and
-    (original pid, on-disk cam) -> the positions of that folder's images, sorted by file name.
-    """
-    records: list[tuple[str, int, int, int]] = []
-    candidates: dict[tuple[int, int], list[int]] = {}
-    for pid in ids:
-        label = pid if pid_labels is None else pid_labels[pid]
-        for cam in cams:
-            folder = tree.get(cam, pid)
-            if folder is None or not folder.files:
-                continue
-            start = len(records)
-            records.extend((path, label, cam - 1, modality_of_cam[cam]) for path in folder.file_paths())
-            candidates[(pid, cam)] = list(range(start, len(records)))
-    return ImageSplit.from_records(records), candidates
 
 
 def sysu_modality(cam: int) -> int:
@@ -223,6 +60,14 @@ def scan_sysu(root: str | os.PathLike[str], problems: list[DataProblem] | None =
     tree = scan_camera_tree(base, SYSU_CAMERAS, problems)
     if not tree.folders:
         report_problem(problems, base, "no camera folders cam1..cam6 found")
+    else:
+        for cam in SYSU_CAMERAS:
+            if cam not in tree.folders:
+                kind = "infrared" if cam in SYSU_INFRARED_CAMERAS else "visible"
+                report_problem(
+                    problems, base / f"cam{cam}", f"camera folder is missing (cam{cam} is a {kind} camera; "
+                    "SYSU-MM01 has cam1..cam6, infrared cam3 and cam6)"
+                )
     present = tree.identities()
     for split, name in SYSU_ID_FILES.items():
         for pid in ids[split]:
@@ -292,7 +137,7 @@ def load_sysu(
 ) -> DatasetBundle:
     """SYSU-MM01: train on train+val ids (relabelled 0..K-1 ascending), test on the protocols
     ``f"{mode}-{single|multi}"`` for each mode x shots (see sysu_protocol)."""
-    trials = check_positive_int(trials, "SYSU-MM01 trials")
+    trials = check_int(trials, "SYSU-MM01 trials", minimum=1)
     if isinstance(modes, str) or isinstance(shots, (int, str)):
         raise HarnessError("SYSU-MM01 modes and shots: expected sequences, e.g. ('all',) and (1,)")
     for mode in modes:
