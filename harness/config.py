@@ -27,6 +27,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from harness.errors import ConfigError, check_int
+from harness.yaml_loader import load_yaml_text
 
 
 # --------------------------------------------------------------------------- ranges
@@ -200,6 +201,8 @@ class MCMConfig(RangeChecked):
     weight_decay: float = ranged(0.0005, minimum=0)
     batchnorm_out: bool = False
     """BatchNorm1d(2) after the classifier, as in the public code."""
+    nesterov: bool = True
+    """Nesterov momentum for M's SGD, as the public code's optimiser of M."""
 
 
 @dataclass
@@ -401,9 +404,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=2")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml_text(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"override {text!r}: {exc}") from None
     if isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" as a string
             value = float(value)
@@ -413,11 +418,20 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_yaml(path: str | Path) -> Any:
+    """A YAML file's content (see harness.yaml_loader), or ConfigError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return load_yaml_text(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

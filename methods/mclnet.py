@@ -46,7 +46,7 @@ class MCLNet(nn.Module):
         if mcm:
             c = cfg.mcm
             self.mcm = ModalityConfusion(dim, hidden=c.hidden, batchnorm_out=c.batchnorm_out, lr=c.lr,
-                                         momentum=c.momentum, weight_decay=c.weight_decay)
+                                         momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
         if center != "none":
             # Center loss always learns its centers; the public code's ICA centers stay at their random init.
             learn = center == "center" or not authors

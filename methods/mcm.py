@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from harness.errors import HarnessError
+from methods.losses import modality_classification_loss, modality_confusion_loss
 
 
 class ModalityClassifier(nn.Module):
@@ -38,11 +38,6 @@ class ModalityClassifier(nn.Module):
         return self.layers(features)
 
 
-def confused_modality_loss(logits: torch.Tensor) -> torch.Tensor:
-    """-(1/N) sum_i 0.5 (log p0 + log p1): cross-entropy against the uniform modality label."""
-    return -0.5 * F.log_softmax(logits.float(), dim=1).sum(dim=1).mean()
-
-
 class ModalityConfusion(nn.Module):
     """Owns the modality classifier M and its SGD optimiser; the optimiser state is part of state_dict."""
 
@@ -55,7 +50,7 @@ class ModalityConfusion(nn.Module):
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
-        nesterov: bool = False,
+        nesterov: bool = True,
     ) -> None:
         super().__init__()
         if lr <= 0 or momentum < 0 or weight_decay < 0:
@@ -86,7 +81,7 @@ class ModalityConfusion(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=features.device.type, enabled=False):
             logits = self.classifier(features.detach().float())
-            loss = F.cross_entropy(logits, modality.long())
+            loss = modality_classification_loss(logits, modality.long())
         loss.backward()
         self.optimizer.step()
         # no stale gradient may reach another optimiser that sees these parameters
@@ -101,7 +96,7 @@ class ModalityConfusion(nn.Module):
         frozen.update({name: b.detach().clone() for name, b in self.classifier.named_buffers()})
         with torch.autocast(device_type=features.device.type, enabled=False):
             logits = functional_call(self.classifier, frozen, (features.float(),))
-            return confused_modality_loss(logits)
+            return modality_confusion_loss(logits)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Modality logits of M (for evaluation and inspection)."""

@@ -31,3 +31,33 @@ def test_an_epoch_counts_steps_as_the_authors_sampler(visible, infrared, expecte
 def test_iters_per_epoch_overrides_the_count():
     cfg = TrainConfig(num_identities=8, images_per_modality=4, iters_per_epoch=5)
     assert steps_per_epoch(_split(22_258, 11_909), cfg) == 5
+
+
+def test_mcm_optimiser_is_the_authors_nesterov_sgd_by_default():
+    import torch
+    import torch.nn.functional as F
+
+    from harness.config import MCMConfig
+    from methods.mcm import ModalityConfusion
+
+    c = MCMConfig()
+    assert (c.lr, c.momentum, c.weight_decay, c.nesterov) == (0.1, 0.9, 0.0005, True)
+    mcm = ModalityConfusion(6, 4, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
+    assert mcm.optimizer.defaults["nesterov"] is True
+
+    # two discriminator steps against Nesterov SGD written out: b = mu b + (g + wd p); p -= lr (g + wd p + mu b)
+    generator = torch.Generator().manual_seed(0)
+    features, modality = torch.randn(8, 6, generator=generator), torch.tensor([0, 1] * 4)
+    params = [p.detach().clone() for p in mcm.classifier.parameters()]
+    buffers = [torch.zeros_like(p) for p in params]
+    for _ in range(2):
+        leaves = [p.clone().requires_grad_() for p in params]
+        logits = F.linear(F.linear(features, leaves[0], leaves[1]), leaves[2], leaves[3])
+        grads = torch.autograd.grad(F.cross_entropy(logits, modality), leaves)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            d = g + c.weight_decay * p
+            buffers[i] = c.momentum * buffers[i] + d if _ else d  # the first step starts the buffer at d
+            params[i] = p - c.lr * (d + c.momentum * buffers[i])
+        mcm.discriminator_step(features, modality)
+    for got, want in zip(mcm.classifier.parameters(), params):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)
