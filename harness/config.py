@@ -230,6 +230,17 @@ class TrainConfig(RangeChecked):
     """Probability of showing a training image without colour (0 = off, as in AGW/MCLNet)."""
     erasing_area: list[float] = ranged(factory=lambda: [0.02, 0.4], length=2, above=0, maximum=1, ascending=True)
     """(lo, hi): fraction of the image a random erasing covers, 0 < lo <= hi <= 1."""
+    erasing_ratio: list[float] = ranged(factory=lambda: [0.3, 3.3], length=2, above=0, ascending=True)
+    """(lo, hi): aspect ratio (height / width) of the erased box (the MCLNet code: 0.3 to 1/0.3)."""
+    erasing_aspect: Literal["log-uniform", "uniform"] = "log-uniform"
+    """How the aspect ratio is drawn in erasing_ratio (the MCLNet code: uniform)."""
+    erasing_fill: Literal["random", "constant"] = "random"
+    """random: N(0, 1) noise; constant: erasing_value per channel, written after normalisation (the MCLNet code)."""
+    erasing_value: list[float] = ranged(factory=lambda: [0.4914, 0.4822, 0.4465], length=3)
+    """The constant fill (the MCLNet code's values)."""
+    erasing_attempts: int | None = ranged(None, minimum=1, maximum=100)
+    """None: one box, clipped to the image. N: up to N draws, the first that fits is used, else no erasing
+    (the MCLNet code: 100)."""
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False

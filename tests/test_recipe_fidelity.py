@@ -61,3 +61,75 @@ def test_mcm_optimiser_is_the_authors_nesterov_sgd_by_default():
         mcm.discriminator_step(features, modality)
     for got, want in zip(mcm.classifier.parameters(), params):
         torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)
+
+
+def _reference_erasing_boxes(h: int, w: int, draws: int, *, p: float, area: tuple[float, float],
+                             ratio: tuple[float, float], seed: int) -> list[tuple[int, int] | None]:
+    """Zhong et al.'s random erasing as the MCLNet repository runs it, one image at a time.
+
+    With probability p: up to 100 attempts of target = U(area) * H*W, aspect = U(ratio),
+    eh = round(sqrt(target * aspect)), ew = round(sqrt(target / aspect)); the first box with
+    ew < W and eh < H is erased. Returns (eh, ew) per image, None when nothing is erased.
+    """
+    import math
+    import random
+
+    rng = random.Random(seed)
+    boxes: list[tuple[int, int] | None] = []
+    for _ in range(draws):
+        box = None
+        if rng.uniform(0, 1) <= p:
+            for _attempt in range(100):
+                target = rng.uniform(*area) * h * w
+                aspect = rng.uniform(*ratio)
+                eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+                if ew < w and eh < h:
+                    box = (eh, ew)
+                    break
+        boxes.append(box)
+    return boxes
+
+
+def test_authors_random_erasing_statistics_match_the_reference_algorithm():
+    import torch
+
+    from harness.data.augment import random_erasing
+
+    h, w, draws = 48, 24, 4000
+    area, ratio = (0.1, 0.8), (0.3, 1 / 0.3)
+    fill = (0.4914, 0.4822, 0.4465)
+    images = torch.full((draws, 3, h, w), -5.0)
+    out = random_erasing(images, torch.Generator().manual_seed(0), p=0.8, area=area, ratio=ratio,
+                         aspect="uniform", fill="constant", fill_value=fill, attempts=100)
+    erased = out != images
+    per_image = erased[:, 0]
+    assert torch.equal(erased[:, 0], erased[:, 1]) and torch.equal(erased[:, 0], erased[:, 2])
+    for channel, value in enumerate(fill):  # every erased pixel holds the constant of its channel
+        assert torch.all(out[:, channel][per_image] == torch.tensor(value))
+    hit = per_image.flatten(1).any(dim=1)
+    rows = per_image.any(dim=2).sum(dim=1).float()[hit]
+    cols = per_image.any(dim=1).sum(dim=1).float()[hit]
+    assert torch.equal(per_image.flatten(1).sum(dim=1).float()[hit], rows * cols)  # one rectangle each
+
+    reference = [box for box in _reference_erasing_boxes(h, w, 40_000, p=0.8, area=area, ratio=ratio, seed=1) if box]
+    ref_share = len(reference) / 40_000
+    ref_area = sum(eh * ew for eh, ew in reference) / len(reference) / (h * w)
+    ref_height = sum(eh for eh, _ in reference) / len(reference)
+    # binomial / sampling tolerances of about four standard errors at 4,000 draws
+    assert hit.float().mean().item() == pytest.approx(ref_share, abs=0.03)
+    assert (rows * cols).mean().item() / (h * w) == pytest.approx(ref_area, abs=0.015)
+    assert rows.mean().item() == pytest.approx(ref_height, abs=0.8)
+
+
+def test_log_uniform_aspect_draws_boxes_symmetric_in_log_ratio():
+    import torch
+
+    from harness.data.augment import random_erasing
+
+    images = torch.zeros(4000, 3, 64, 64)
+    out = random_erasing(images, torch.Generator().manual_seed(2), p=1.0, area=(0.05, 0.1), ratio=(0.3, 1 / 0.3),
+                         aspect="log-uniform", fill="constant", fill_value=(1.0, 1.0, 1.0), attempts=100)
+    mask = out[:, 0] != 0
+    log_ratio = (mask.any(dim=2).sum(dim=1).float() / mask.any(dim=1).sum(dim=1).float()).log()
+    # log-uniform on [log 0.3, -log 0.3]: mean 0; a uniform aspect gives E[log r] of about +0.44
+    assert abs(log_ratio.mean().item()) < 0.05

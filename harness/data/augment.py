@@ -8,6 +8,7 @@ written as batched tensor code: no per-image Python work inside the step loop.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -46,23 +47,48 @@ def random_flip(images: torch.Tensor, generator: torch.Generator, p: float = 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def random_erasing(images: torch.Tensor, generator: torch.Generator, *, p: float,
-                   area: tuple[float, float], ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
-    """Erase one random box per selected image with N(0,1) noise (on normalised images).
+ERASING_FILL_CONSTANT = (0.4914, 0.4822, 0.4465)
+"""The fill of the random-erasing code the AGW/MCLNet repositories use (written into normalised images)."""
 
-    Box area is a uniform fraction of the image in `area`, aspect log-uniform in `ratio`; a box
-    that does not fit is clipped to the image, so every selected image is erased once.
+
+def random_erasing(images: torch.Tensor, generator: torch.Generator, *, p: float,
+                   area: tuple[float, float], ratio: tuple[float, float] = (0.3, 3.3),
+                   aspect: str = "log-uniform", fill: str = "random",
+                   fill_value: tuple[float, ...] = ERASING_FILL_CONSTANT,
+                   attempts: int | None = None) -> torch.Tensor:
+    """Erase one random box per selected image (on normalised images), batched over the images.
+
+    Each image is selected with probability `p`. The box covers a uniform fraction `area` of the
+    image with an aspect ratio (height / width) in `ratio`, drawn uniformly (`aspect="uniform"`,
+    as the MCLNet code) or log-uniformly. `fill="random"` writes N(0, 1) noise, `fill="constant"`
+    writes `fill_value` per channel.
+
+    `attempts=None`: one draw, the box clipped to the image, so every selected image is erased.
+    `attempts=N`: as Zhong et al.'s code (N = 100 there): up to N draws per image, the first whose
+    box fits strictly inside the image (height < H and width < W) is used; when none fits the
+    image stays as it is. All attempts are drawn at once: no per-image or per-attempt Python loop.
     """
     if p <= 0:
         return images
     b, c, h, w = images.shape
     dev = images.device
+    draws = 1 if attempts is None else attempts
     apply = _uniform(b, generator, dev) < p
-    frac = area[0] + (area[1] - area[0]) * _uniform(b, generator, dev)
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _uniform(b, generator, dev)
-    aspect = torch.exp(log_r)
-    eh = torch.sqrt(frac * h * w * aspect).round().clamp(1, h)
-    ew = torch.sqrt(frac * h * w / aspect).round().clamp(1, w)
+    frac = area[0] + (area[1] - area[0]) * torch.rand(b, draws, generator=generator, device=dev).squeeze(1)
+    u = torch.rand(b, draws, generator=generator, device=dev).squeeze(1)
+    if aspect == "uniform":
+        ratio_drawn = ratio[0] + (ratio[1] - ratio[0]) * u
+    else:
+        ratio_drawn = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u)
+    eh = torch.sqrt(frac * h * w * ratio_drawn).round()
+    ew = torch.sqrt(frac * h * w / ratio_drawn).round()
+    if attempts is None:
+        eh, ew = eh.clamp(1, h), ew.clamp(1, w)
+    else:
+        fits = (eh < h) & (ew < w)
+        first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first attempt that fits
+        apply = apply & fits.any(dim=1)
+        eh, ew = eh.gather(1, first).squeeze(1), ew.gather(1, first).squeeze(1)
     y0 = (_uniform(b, generator, dev) * (h - eh + 1)).floor()
     x0 = (_uniform(b, generator, dev) * (w - ew + 1)).floor()
     ys = torch.arange(h, device=dev)[None, :]
@@ -70,8 +96,11 @@ def random_erasing(images: torch.Tensor, generator: torch.Generator, *, p: float
     in_y = (ys >= y0[:, None]) & (ys < (y0 + eh)[:, None])
     in_x = (xs >= x0[:, None]) & (xs < (x0 + ew)[:, None])
     mask = (in_y[:, :, None] & in_x[:, None, :] & apply[:, None, None])[:, None]
-    noise = torch.randn(images.shape, generator=generator, device=dev, dtype=images.dtype)
-    return torch.where(mask, noise, images)
+    if fill == "constant":
+        value = torch.tensor(fill_value, device=dev, dtype=images.dtype).view(1, c, 1, 1)
+    else:
+        value = torch.randn(images.shape, generator=generator, device=dev, dtype=images.dtype)
+    return torch.where(mask, value, images)
 
 
 def random_grayscale(images: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
@@ -90,11 +119,15 @@ def random_grayscale(images: torch.Tensor, generator: torch.Generator, p: float)
 
 
 def train_augment(images: torch.Tensor, generator: torch.Generator, *, pad: int, flip: bool,
-                  erasing_p: float, erasing_area: tuple[float, float], grayscale_p: float = 0.0) -> torch.Tensor:
-    """uint8 (B,3,H,W) -> augmented, normalised float32 batch."""
+                  erasing_p: float, erasing_area: tuple[float, float], grayscale_p: float = 0.0,
+                  **erasing: Any) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> augmented, normalised float32 batch.
+
+    `erasing` holds random_erasing's optional keywords (ratio, aspect, fill, fill_value, attempts).
+    """
     x = random_pad_crop(images, pad, generator)
     if flip:
         x = random_flip(x, generator)
     x = random_grayscale(x, generator, grayscale_p)
     x = normalize(x)
-    return random_erasing(x, generator, p=erasing_p, area=erasing_area)
+    return random_erasing(x, generator, p=erasing_p, area=erasing_area, **erasing)

@@ -86,7 +86,9 @@ class BatchSource:
             on_device = indices.to(self.device, non_blocking=True)
             x = train_augment(self._gather(indices, on_device), self.generator, pad=cfg.pad, flip=cfg.flip,
                               erasing_p=cfg.erasing_p, erasing_area=tuple(cfg.erasing_area),
-                              grayscale_p=cfg.grayscale_p)
+                              grayscale_p=cfg.grayscale_p, ratio=tuple(cfg.erasing_ratio),
+                              aspect=cfg.erasing_aspect, fill=cfg.erasing_fill,
+                              fill_value=tuple(cfg.erasing_value), attempts=cfg.erasing_attempts)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             return x, self.modalities[on_device], self.pids[on_device], self.cams[on_device]
