@@ -31,6 +31,17 @@ EVALUATION_KEY_PREFIXES = ("data.", "evaluation.", "train.device", "train.eval_b
                            "train.channels_last", "train.threads")
 
 
+@dataclass
+class TrainedModel:
+    """A trial's final network and what rebuilding it needs (handed from the trial to the runner)."""
+
+    method: torch.nn.Module
+    config: TrialConfig
+    num_classes: int
+    num_cameras: int
+    dataset: str
+
+
 @dataclass(frozen=True)
 class SavedModel:
     """A model card read from disk (the weights stay on disk until `load_method`)."""
@@ -64,8 +75,7 @@ def weight_tensors(method: torch.nn.Module) -> dict[str, torch.Tensor]:
             for name, value in method.state_dict().items() if isinstance(value, torch.Tensor)}
 
 
-def save_model(folder: str | Path, key: str, method: torch.nn.Module, cfg: TrialConfig, *, num_classes: int,
-               num_cameras: int, info: dict[str, Any] | None = None) -> Path:
+def save_model(folder: str | Path, key: str, trained: TrainedModel, *, info: dict[str, Any] | None = None) -> Path:
     """Write the weights and the card of one trained model; returns the weights path."""
     from safetensors.torch import save_file
 
@@ -73,11 +83,12 @@ def save_model(folder: str | Path, key: str, method: torch.nn.Module, cfg: Trial
 
     weights, card_path = model_files(folder, key)
     with atomic_path(weights) as temporary:
-        save_file(weight_tensors(method), str(temporary), metadata={"format": CARD_FORMAT, "trial_key": key})
+        save_file(weight_tensors(trained.method), str(temporary), metadata={"format": CARD_FORMAT, "trial_key": key})
     import safetensors
 
-    card = {"format": CARD_FORMAT, "trial_key": key, "method": cfg.method, "weights": weights.name,
-            "num_classes": int(num_classes), "num_cameras": int(num_cameras), "config": cfg.to_dict(),
+    card = {"format": CARD_FORMAT, "trial_key": key, "method": trained.config.method, "weights": weights.name,
+            "num_classes": int(trained.num_classes), "num_cameras": int(trained.num_cameras),
+            "dataset": trained.dataset, "config": trained.config.to_dict(),
             "versions": {**library_versions(), "safetensors": safetensors.__version__}, **(info or {})}
     atomic_write_text(card_path, json.dumps(card, indent=1, sort_keys=True, default=str) + "\n")
     return weights

@@ -21,7 +21,7 @@ from harness.data.registry import cache_root, load_dataset
 from harness.data.splits import DatasetBundle, EvalProtocol
 from harness.evaluation import evaluate_trials
 from harness.progress import TaskProgress
-from harness.saved_models import save_model
+from harness.saved_models import TrainedModel
 from harness.errors import TrialFailure
 from harness.training import TrainData, autocast_context, build_components, prepare_run
 
@@ -138,6 +138,8 @@ class TrialResult:
     failure: str | None = None
     checkpoint: Path | None = None
     """The trial's last checkpoint; the runner deletes it once the records are stored."""
+    trained: TrainedModel | None = None
+    """The final network of an ok trial; the runner saves it (harness.saved_models) or drops it."""
 
 
 def protocol_records(common: dict[str, Any], protocols: dict[str, EvalProtocol],
@@ -158,14 +160,13 @@ def protocol_records(common: dict[str, Any], protocols: dict[str, EvalProtocol],
 
 def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
               on_epoch: Callable[[int, dict[str, float], Callable[[], dict[str, float]]], None] | None = None,
-              on_iter: Callable[[int, int], None] | None = None, extra: dict[str, Any] | None = None,
-              model_dir: Path | None = None) -> TrialResult:
+              on_iter: Callable[[int, int], None] | None = None, extra: dict[str, Any] | None = None) -> TrialResult:
     """Train `cfg` to its final epoch and evaluate that model on every test protocol.
 
     `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
     held-out training identities only) and may raise to stop the trial. A checkpoint in
-    `workdir` is resumed from. With `model_dir`, the final weights of a successful trial are
-    kept there (`harness.saved_models`).
+    `workdir` is resumed from. A successful result carries the final network (`trained`) for
+    the runner to keep.
     """
     key = config_key(cfg)
     started = time.time()
@@ -219,8 +220,6 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         "final_losses": json.dumps(stats.last_losses),
         **{f"val_{k}": v for k, v in val.items()},
     }
-    if model_dir is not None:
-        save_model(model_dir, key, method, cfg, num_classes=bundle.num_classes, num_cameras=bundle.num_cameras,
-                   info={"sweep": (extra or {}).get("sweep"), "dataset": bundle.name})
     return TrialResult(key=key, status="ok", records=protocol_records(common, bundle.protocols, results),
-                       checkpoint=ckpt)
+                       checkpoint=ckpt, trained=TrainedModel(method, cfg, bundle.num_classes, bundle.num_cameras,
+                                                             bundle.name))

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from harness.config import TrialConfig
 from harness.errors import HarnessError
 from harness.results import ResultStore
+from harness.saved_models import MODELS_FOLDER, save_model
 from harness.sweep import SweepSpec
 from harness.trial import TrialResult, config_key, run_trial
 
@@ -24,13 +25,14 @@ def sweep_folder(spec: SweepSpec, results_dir: str | Path = "results") -> Path:
 def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: str, trial_id: str,
                   on_epoch: Callable | None = None, on_iter: Callable[[int, int], None] | None = None,
                   extra: dict[str, Any] | None = None,
-                  passthrough: tuple[type[BaseException], ...] = ()) -> TrialResult:
+                  passthrough: tuple[type[BaseException], ...] = (), keep_model: bool = True) -> TrialResult:
     """Run one trial and store its records atomically; any exception becomes a failed record.
 
     A HarnessError (bad input: missing dataset, unknown backbone) is not a trial failure: it
     propagates so the user sees it. KeyboardInterrupt propagates too, leaving the checkpoint
     for the resumed run, and so do the backend's own control-flow exceptions in `passthrough`
-    (e.g. Optuna's TrialPruned).
+    (e.g. Optuna's TrialPruned). The final network of an ok trial is kept under
+    `<store>/models/` (harness.saved_models) unless `keep_model` is False.
     """
     info = {"sweep": sweep, "backend": backend, "trial_id": trial_id, **(extra or {})}
     started = time.time()
@@ -47,6 +49,9 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
                   "wall_seconds": time.time() - started, **info}
         result = TrialResult(key=record["trial_key"], status="failed", failure=reason, records=[record],
                              checkpoint=store.folder / "checkpoints" / f"{record['trial_key']}.ckpt")
+    if keep_model and result.trained is not None:
+        save_model(store.folder / MODELS_FOLDER, result.key, result.trained, info={"sweep": sweep})
+    result.trained = None  # the network is not needed past this point
     store.put_trial(result.key, result.records)
     if result.checkpoint is not None and result.checkpoint.exists():
         result.checkpoint.unlink()
