@@ -66,16 +66,15 @@ def evaluate_saved_model(model: str | Path, *, overrides: dict[str, Any] | None 
     results, infer_speed = evaluate_protocols(method, bundle.protocols, cfg, device,
                                               cache_root(cfg.data) / "images", quiet=quiet)
     common = {
-        "trial_key": key, "status": "ok", "failure": None, "kind": "evaluation", "model_key": saved.key,
+        "kind": "evaluation", "model_key": saved.key,
         "model_sweep": saved.card.get("sweep"), "trained_on": saved.card.get("dataset"),
-        "method": cfg.method, "backbone": cfg.model.backbone, "dataset": bundle.name, "seed": cfg.seed,
-        "rerank": cfg.evaluation.rerank.enabled, "config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "rerank": cfg.evaluation.rerank.enabled,
         "device": device_name(device), "versions": json.dumps(library_versions()),
         "num_params": sum(p.numel() for p in method.parameters()), "num_classes": saved.num_classes,
         "infer_img_per_s": infer_speed, "peak_memory_mb": peak_memory_mb(device),
         "wall_seconds": time.time() - started,
     }
-    records = protocol_records(common, bundle.protocols, results)
+    records = protocol_records(cfg, common, bundle.protocols, results, key=key)
     ResultStore(folder).put_trial(key, records)
     return key, records
 

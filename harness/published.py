@@ -12,7 +12,9 @@ from typing import Any
 
 import yaml
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InputError
+from harness.results.metrics import ACCURACY_METRICS
+from harness.results.paper import ANY_PROTOCOL
 
 BUILTIN = Path(__file__).with_name("published_results.yaml")
 
@@ -37,7 +39,12 @@ def lookup(data: dict[str, Any], entry: str, *, source: str = "published results
     settings = {k: v for k, v in data[paper].items() if isinstance(v, dict) and k != "unverified"}
     if setting not in settings:
         raise HarnessError(f"{source}: {paper!r} has no setting {setting!r}; known: {', '.join(settings)}")
-    return {k: float(v) for k, v in settings[setting].items()}
+    numbers = settings[setting]
+    unknown = [k for k in numbers if k not in ACCURACY_METRICS]
+    if unknown:
+        raise InputError(f"{source}: {entry}: unknown metric(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(ACCURACY_METRICS)}")
+    return {k: float(v) for k, v in numbers.items()}
 
 
 def published_rows(spec: dict[str, Any], protocol: str | None = None) -> dict[str, dict[str, float]]:
@@ -54,4 +61,22 @@ def published_rows(spec: dict[str, Any], protocol: str | None = None) -> dict[st
             if entry is None:
                 continue
         out[row] = lookup(data, entry, source=str(spec.get("file") or BUILTIN))
+    return out
+
+
+def published_by_protocol(spec: dict[str, Any], protocols: list[str] | None) -> dict[str, dict[str, dict[str, float]]]:
+    """protocol -> row -> published numbers, for a table of `protocols` (None: every recorded one).
+
+    A row given as one plain "paper.setting" entry lands under ANY_PROTOCOL and is shown only
+    when the table has a single protocol.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    data = load_published(spec.get("file"))
+    source = str(spec.get("file") or BUILTIN)
+    for row, entry in (spec.get("rows") or {}).items():
+        per_protocol = entry if isinstance(entry, dict) else {ANY_PROTOCOL: entry}
+        for protocol, setting in per_protocol.items():
+            if protocols is not None and protocol != ANY_PROTOCOL and protocol not in protocols:
+                continue
+            out.setdefault(protocol, {})[row] = lookup(data, setting, source=source)
     return out

@@ -20,6 +20,7 @@ from harness.data.images import load_images
 from harness.data.registry import cache_root, load_dataset
 from harness.data.splits import DatasetBundle, EvalProtocol
 from harness.evaluation import evaluate_trials
+from harness.results.records import TrialRecord
 from harness.progress import TaskProgress
 from harness.saved_models import TrainedModel
 from harness.errors import TrialFailure
@@ -142,19 +143,19 @@ class TrialResult:
     """The final network of an ok trial; the runner saves it (harness.saved_models) or drops it."""
 
 
-def protocol_records(common: dict[str, Any], protocols: dict[str, EvalProtocol],
-                     results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per evaluated protocol: `common` fields plus the protocol's metrics."""
+def protocol_records(cfg: TrialConfig, common: dict[str, Any], protocols: dict[str, EvalProtocol],
+                     results: dict[str, dict[str, Any]], *, key: str | None = None) -> list[dict[str, Any]]:
+    """One ok record (TrialRecord) per evaluated protocol: `common` fields plus the protocol's metrics."""
     records = []
     for name, res in results.items():
         p = protocols[name]
-        records.append({
-            **common, "protocol": name, "metric_protocol": p.metric_protocol,
+        records.append(TrialRecord.ok(cfg, protocol=name, key=key, fields={
+            **common, "metric_protocol": p.metric_protocol,
             "gallery_trials": int(p.trial_masks.shape[0]), **summarise(res),
             "cmc": json.dumps([float(x) for x in np.asarray(res["cmc_mean"])]),
             "per_trial": json.dumps([{"rank1": float(t["cmc"][0]), "mAP": float(t["mAP"]), "mINP": float(t["mINP"])}
                                      for t in res["trials"]]),
-        })
+        }).as_dict())
     return records
 
 
@@ -199,8 +200,6 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
     if on_epoch:
         trainer.epoch_callbacks.append(lambda epoch, stats: on_epoch(epoch, stats.last_losses, validate))
     base = {
-        "trial_key": key, "method": cfg.method, "backbone": cfg.model.backbone, "dataset": bundle.name,
-        "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True),
         "device": device_name(device), "versions": json.dumps(library_versions()),
         "num_params": n_params, "num_train_images": len(bundle.train.paths), "num_classes": bundle.num_classes,
         **(extra or {}),
@@ -211,15 +210,15 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         results, infer_speed = evaluate_protocols(method, bundle.protocols, cfg, device, image_cache)
         val = validate() if bundle.validation is not None else {}
     except TrialFailure as exc:
-        return TrialResult(key=key, status="failed", failure=str(exc), checkpoint=ckpt, records=[{
-            **base, "status": "failed", "failure": str(exc), "wall_seconds": time.time() - started}])
+        return TrialResult(key=key, status="failed", failure=str(exc), checkpoint=ckpt, records=[
+            TrialRecord.failed(cfg, str(exc), fields={**base, "wall_seconds": time.time() - started}).as_dict()])
     common = {
-        **base, "status": "ok", "failure": None, "epochs": stats.epochs_run,
+        **base, "epochs": stats.epochs_run,
         "train_img_per_s": stats.throughput, "infer_img_per_s": infer_speed,
         "peak_memory_mb": peak_memory_mb(device), "wall_seconds": time.time() - started,
         "final_losses": json.dumps(stats.last_losses),
         **{f"val_{k}": v for k, v in val.items()},
     }
-    return TrialResult(key=key, status="ok", records=protocol_records(common, bundle.protocols, results),
+    return TrialResult(key=key, status="ok", records=protocol_records(cfg, common, bundle.protocols, results),
                        checkpoint=ckpt, trained=TrainedModel(method, cfg, bundle.num_classes, bundle.num_cameras,
                                                              bundle.name))

@@ -1,73 +1,95 @@
+"""Record store, statistics over seeds, paired deltas, tables and figures.
+
+Expected values are computed here from the published formulas (t quantiles from a printed
+table, the t distribution's density integrated numerically, sign flips enumerated by hand).
+"""
+
 import json
 import math
-import sqlite3
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from harness.errors import HarnessError
-from harness.results import (ResultStore, add_deltas, aggregate, pareto_front, table_frame, to_latex, to_markdown,
-                             write_report)
+from harness.errors import ConfigError, HarnessError, InputError
+from harness.results import ResultStore, add_deltas, pareto_front, summarise, write_report
+from harness.results.paper import paper_frame, render_terminal
+from harness.results.stats import mean_interval, paired_difference, sign_flip_p
+from harness.results.tables import best_marks, format_number, statistics_frame
+
+T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 5: 2.5706, 9: 2.2622}  # two-sided 95 % t quantiles (printed tables)
 
 
-def _record(method, seed, rank1, mAP, protocol="all-single", status="ok", **kw):
-    base = {"trial_key": f"{method}-{seed}", "method": method, "seed": seed, "status": status, "protocol": protocol,
-            "rank1": rank1, "rank5": rank1, "rank10": rank1 + 10, "rank20": rank1 + 20, "mAP": mAP, "mINP": mAP / 2,
-            "train_img_per_s": 100.0 + seed, "infer_img_per_s": 300.0, "failure": None,
-            "cmc": json.dumps([rank1 / 100] * 20)}
+def _record(method, seed, rank1, mAP, protocol="all-single", status="ok", backbone="test_resnet",
+            dataset="sysu", device="cpu (x86_64, 2 threads)", torch="2.14.1", **kw):
+    cfg = {"method": method, "seed": seed, "model": {"backbone": backbone}, "data": {"dataset": dataset, "trial": 1}}
+    base = {"trial_key": f"{method}-{seed}-{backbone}", "method": method, "backbone": backbone, "dataset": dataset,
+            "seed": seed, "config": json.dumps(cfg, sort_keys=True), "status": status, "protocol": protocol,
+            "failure": None, "rank1": rank1, "rank5": rank1, "rank10": rank1 + 10, "rank20": rank1 + 20, "mAP": mAP,
+            "mINP": mAP / 2, "rank1_std": 1.5, "mAP_std": 0.5, "train_img_per_s": 100.0 + seed,
+            "infer_img_per_s": 300.0, "cmc": json.dumps([rank1 / 100] * 20), "device": device,
+            "versions": json.dumps({"torch": torch, "numpy": "2.0"})}
     base.update(kw)
     return base
 
 
-def _store(tmp_path, records):
-    store = ResultStore(tmp_path / "sweep")
+def _store(tmp_path, records, name="sweep"):
+    store = ResultStore(tmp_path / name)
     for r in records:
-        store.put_trial(r["trial_key"] + r["protocol"], [r])
+        store.put_trial(r["trial_key"] + str(r["protocol"]), [r])
     return store
 
 
-def test_aggregate_mean_std_and_delta_by_hand(tmp_path):
-    store = _store(tmp_path, [
-        _record("agw", 0, 40.0, 30.0), _record("agw", 1, 44.0, 34.0),
-        _record("mclnet", 0, 50.0, 41.0), _record("mclnet", 1, 56.0, 45.0), _record("mclnet", 2, 53.0, 40.0),
-        _record("agw", 0, 1.0, 1.0, protocol="indoor-single"),
-    ])
-    agg = aggregate(store.dataframe(), protocol="all-single")
-    assert agg["method"].tolist() == ["agw", "mclnet"]
-    agw, mcl = agg.iloc[0], agg.iloc[1]
-    assert agw["rank1"] == pytest.approx(42.0)
-    assert agw["rank1_std"] == pytest.approx(math.sqrt(((40 - 42) ** 2 + (44 - 42) ** 2) / 1))
-    assert mcl["rank1"] == pytest.approx(53.0)
-    assert mcl["rank1_std"] == pytest.approx(math.sqrt((9 + 9 + 0) / 2))
-    assert mcl["mAP"] == pytest.approx(42.0) and mcl["n"] == 3
-    d = add_deltas(agg, "agw")
-    assert d.iloc[1]["delta_rank1"] == pytest.approx(11.0) and d.iloc[1]["delta_mAP"] == pytest.approx(10.0)
-    assert d.iloc[0]["delta_rank1"] == 0
-    with pytest.raises(HarnessError, match="baseline 'nope'"):
-        add_deltas(agg, "nope")
-    with pytest.raises(HarnessError, match="recorded protocols: all-single, indoor-single"):
-        aggregate(store.dataframe(), protocol="nope")
+# --------------------------------------------------------------------------- statistics
 
 
-def test_failed_trials_are_counted_not_averaged(tmp_path):
-    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0),
-                              _record("agw", 1, float("nan"), float("nan"), status="failed", failure="boom")])
-    agg = aggregate(store.dataframe())
-    assert agg.iloc[0]["rank1"] == 40.0 and agg.iloc[0]["failed"] == 1 and agg.iloc[0]["n"] == 1
-    frame = table_frame(agg)
-    assert frame["runs"].iloc[0] == "1 (1 failed)"
+def test_mean_interval_against_the_t_table():
+    ci = mean_interval(np.array([40.0, 44.0]))
+    assert (ci.mean, ci.n) == (42.0, 2) and ci.std == pytest.approx(math.sqrt(8))
+    half = T975[1] * math.sqrt(8) / math.sqrt(2)
+    assert (ci.low, ci.high) == (pytest.approx(42 - half, abs=1e-3), pytest.approx(42 + half, abs=1e-3))
+    ci = mean_interval(np.array([50.0, 56.0, 53.0, 51.0]))
+    sd = math.sqrt(((50 - 52.5) ** 2 + (56 - 52.5) ** 2 + 0.25 + 2.25) / 3)
+    assert ci.high - ci.mean == pytest.approx(T975[3] * sd / 2, abs=1e-3)
+    one = mean_interval(np.array([7.0]))
+    assert one.mean == 7.0 and math.isnan(one.std) and math.isnan(one.low)
 
 
-def test_best_is_marked_and_rendered(tmp_path):
-    store = _store(tmp_path, [_record("a", 0, 40.0, 50.0), _record("b", 0, 45.0, 20.0)])
-    frame = table_frame(aggregate(store.dataframe()), mark_best="**{}**")
-    assert frame["Rank-1"].tolist() == ["40.00", "**45.00**"]  # one seed: no std shown
-    assert frame["mAP"].iloc[0].startswith("**50.00")
-    md = to_markdown(frame)
-    assert md.splitlines()[0].startswith("| method | runs | Rank-1")
-    tex = to_latex(table_frame(aggregate(store.dataframe()), mark_best="\\textbf{{{}}}"))
-    assert "\\textbf{45.00}" in tex and "50.00" in tex
+def test_exact_sign_flip_test_by_hand():
+    # sums of +-2 +-1 +-3: 6, 0, 4, -2, 2, -4, 0, -6; |sum| >= 4 in 4 of 8 assignments
+    assert sign_flip_p(np.array([2.0, -1.0, 3.0])) == pytest.approx(0.5)
+    # all of n differences positive: only the observed and the all-flipped assignment reach |sum|
+    assert sign_flip_p(np.ones(4)) == pytest.approx(2 / 16)
+    assert sign_flip_p(np.arange(1.0, 7.0)) == pytest.approx(2 / 64)
+    d = paired_difference(np.array([45.0, 47, 44, 46, 48, 45]), np.array([40.0, 41, 40, 41, 42, 40]))
+    assert d.test == "sign-flip" and d.p == pytest.approx(2 / 64) and d.significant
+    assert d.mean == pytest.approx(31 / 6)
+    small = paired_difference(np.array([45.0, 47, 44]), np.array([40.0, 41, 40]))
+    assert small.p == pytest.approx(2 / 8) and not small.significant  # CI excludes 0 but p cannot reach 0.05
+
+
+def _t_two_sided_p(t, dof):
+    """P(|T| >= |t|) by integrating the Student t density (Simpson's rule)."""
+    c = math.gamma((dof + 1) / 2) / (math.sqrt(dof * math.pi) * math.gamma(dof / 2))
+    x = np.linspace(0, abs(t), 20001)
+    y = c * (1 + x ** 2 / dof) ** (-(dof + 1) / 2)
+    h = x[1] - x[0]
+    inner = h / 3 * (y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum())
+    return 1 - 2 * inner
+
+
+def test_paired_t_test_for_ten_pairs_against_the_formula():
+    a = np.array([41.0, 43, 40, 44, 42, 45, 41, 43, 44, 42])
+    b = np.array([40.0, 41, 41, 42, 40, 43, 41, 41, 42, 41])
+    d = a - b
+    mean, sd = d.mean(), d.std(ddof=1)
+    t = mean / (sd / math.sqrt(10))
+    res = paired_difference(a, b)
+    assert res.test == "paired t" and res.n == 10
+    assert res.p == pytest.approx(_t_two_sided_p(t, 9), abs=1e-4)
+    assert res.low == pytest.approx(mean - T975[9] * sd / math.sqrt(10), abs=1e-3)
+    assert res.significant == (res.low > 0)
 
 
 def test_pareto_front_against_brute_force():
@@ -77,6 +99,18 @@ def test_pareto_front_against_brute_force():
     for i, p in enumerate(pts):
         dominated = any((q >= p).all() and (q > p).any() for q in pts)
         assert (i not in front) == dominated
+    flipped = set(pareto_front(pts * [1, -1], ("max", "min")).tolist())
+    assert flipped == front
+
+
+def test_format_number_never_prints_negative_zero():
+    assert format_number(-0.001, 2) == "0.00"
+    assert format_number(-0.001, 2, sign=True) == "+0.00"
+    assert format_number(float("nan"), 2) == "-"
+    assert format_number(2.345, 1) == "2.3"
+
+
+# --------------------------------------------------------------------------- store
 
 
 def test_store_replaces_a_trial_atomically(tmp_path):
@@ -91,41 +125,234 @@ def test_store_replaces_a_trial_atomically(tmp_path):
     assert len(df) == 1 and df["rank1"].iloc[0] == 3.0
 
 
-def test_write_report_files(tmp_path):
-    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("mclnet", 0, 50.0, 41.0)])
-    store.put_trial("agw-1", [_record("agw", 1, 44.0, 30.0)])
-    md, files = write_report(store.folder, baseline="agw")
-    assert "42.00 ± 2.83" in md  # mean and sample std of 40 and 44
-    assert "Δ Rank-1" in md and "+8.00" in md
-    names = {f.name for f in files}
-    assert {"table-all-single.md", "table-all-single.csv", "table-all-single.tex", "cmc-all-single.png"} <= names
+def test_reading_a_store_never_modifies_its_folder(tmp_path):
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 42.0, 31.0)])
+    before = {p.name: p.stat().st_mtime_ns for p in store.folder.iterdir()}
+    assert set(before) == {"records.sqlite"}
+    os.chmod(store.path, 0o444)
+    try:
+        assert len(store.dataframe()) == 2 and store.statuses() == {"agw-0-test_resnetall-single": "ok",
+                                                                    "agw-1-test_resnetall-single": "ok"}
+    finally:
+        os.chmod(store.path, 0o644)
+    assert {p.name: p.stat().st_mtime_ns for p in store.folder.iterdir()} == before
+    assert ResultStore(tmp_path / "absent").dataframe().empty and not (tmp_path / "absent").exists()
+
+
+def test_one_record_type_for_every_status():
+    from harness.config import TrialConfig
+    from harness.results import TrialRecord
+
+    cfg = TrialConfig.from_dict({"method": "agw", "data": {"dataset": "synthetic", "synthetic": {"layout": "regdb"}}})
+    ok = TrialRecord.ok(cfg, protocol="v2t", fields={"rank1": 1.0})
+    failed = TrialRecord.failed(cfg, "boom", fields={"wall_seconds": 2.0})
+    pruned = TrialRecord.pruned(cfg, "stopped at epoch 1")
+    assert {r.dataset for r in (ok, failed, pruned)} == {"synthetic-regdb"}
+    assert ok.trial_key == failed.trial_key == pruned.trial_key and ok.config == failed.config
+    assert ok.as_dict()["rank1"] == 1.0 and failed.as_dict()["failure"] == "boom"
+    with pytest.raises(ValueError, match="redefine status"):
+        TrialRecord.ok(cfg, protocol="v2t", fields={"status": "failed"})
+    with pytest.raises(Exception):
+        ok.status = "failed"  # frozen
+
+
+# --------------------------------------------------------------------------- aggregation and deltas
+
+
+def test_summary_statistics_failed_and_pruned_counts(tmp_path):
+    store = _store(tmp_path, [
+        _record("agw", 0, 40.0, 30.0), _record("agw", 1, 44.0, 34.0),
+        _record("mclnet", 0, 50.0, 41.0), _record("mclnet", 1, 56.0, 45.0), _record("mclnet", 2, 53.0, 40.0),
+        _record("agw", 0, 1.0, 1.0, protocol="indoor-single"),
+        _record("agw", 3, float("nan"), float("nan"), status="failed", protocol=None, failure="boom"),
+        _record("agw", 4, float("nan"), float("nan"), status="pruned", protocol=None, failure="pruned at 1"),
+    ])
+    s = summarise(store.dataframe(), protocol="all-single")
+    rows = s.rows.set_index("method")
+    assert rows.loc["agw", "rank1"] == pytest.approx(42.0) and rows.loc["agw", "rank1_std"] == pytest.approx(math.sqrt(8))
+    assert rows.loc["mclnet", "rank1_std"] == pytest.approx(3.0) and rows.loc["mclnet", "n"] == 3
+    assert (rows.loc["agw", "n"], rows.loc["agw", "failed"], rows.loc["agw", "pruned"]) == (2, 1, 1)
+    assert rows.loc["agw", "rank1_gallery_std"] == pytest.approx(1.5)  # gallery spread kept apart from seeds
+    with pytest.raises(InputError, match="recorded protocols: all-single, indoor-single"):
+        summarise(store.dataframe(), protocol="nope")
+
+
+def test_deltas_are_paired_by_seed(tmp_path):
+    # mclnet has an extra seed 2: the paired delta uses seeds 0 and 1 only
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 44.0, 30.0),
+                              _record("mclnet", 0, 43.0, 31.0), _record("mclnet", 1, 46.0, 33.0),
+                              _record("mclnet", 2, 90.0, 90.0)])
+    s = add_deltas(summarise(store.dataframe()), "agw")
+    row = s.rows.set_index("method").loc["mclnet"]
+    assert row["rank1_delta"] == pytest.approx(2.5) and row["rank1_delta_n"] == 2
+    half = T975[1] * math.sqrt(0.5) / math.sqrt(2)  # differences 3 and 2
+    assert row["rank1_delta_ci_low"] == pytest.approx(2.5 - half, abs=1e-3)
+    assert row["rank1_delta_p"] == pytest.approx(0.5)  # 2 pairs: exact sign-flip p is at least 2/4
+    assert math.isnan(s.rows.set_index("method").loc["agw", "rank1_delta"])  # the baseline itself
+    with pytest.raises(ConfigError, match="baseline 'nope'"):
+        add_deltas(summarise(store.dataframe()), "nope")
+
+
+def _six_seeds(tmp_path, gap_b, gap_c):
+    noise = [0.3, -0.2, 0.1, -0.4, 0.2, 0.0]
+    records = []
+    for seed, e in enumerate(noise):
+        records += [_record("agw", seed, 40.0 + e, 30.0), _record("agw+mcm", seed, 40.0 + gap_b + e * 2, 30.0),
+                    _record("mclnet", seed, 40.0 + gap_c - e, 30.0)]
+    return _store(tmp_path, records)
+
+
+def test_best_is_bold_only_when_significantly_better_than_the_runner_up(tmp_path):
+    s = add_deltas(summarise(_six_seeds(tmp_path, 2.0, 6.0).dataframe()), "agw")
+    assert best_marks(s, "rank1") == ["", "", "best"]
+    frame = paper_frame([s])
+    cells = frame[("SYSU all", "Rank-1")].tolist()
+    assert cells[2].startswith("**") and "†" not in "".join(cells)
+    stats = statistics_frame(s)
+    delta = stats[(stats["method"] == "mclnet") & (stats["metric"] == "Rank-1")]["Δ"].item()
+    assert delta.endswith("*")  # CI excludes 0 and p = 2/64
+    flat = stats[(stats["method"] == "mclnet") & (stats["metric"] == "mAP")]["Δ"].item()
+    assert flat == "+0.00"
+
+
+def test_rows_tied_with_the_best_are_marked_not_bolded(tmp_path):
+    s = summarise(_six_seeds(tmp_path, 5.8, 6.0).dataframe())
+    marks = best_marks(s, "rank1")
+    assert marks == ["", "tied", "tied"]
+    cells = paper_frame([s])[("SYSU all", "Rank-1")].tolist()
+    assert "**" not in "".join(cells) and cells[1].endswith("†") and cells[2].endswith("†")
+
+
+def test_a_single_seed_claims_no_interval_and_says_so(tmp_path):
+    store = _store(tmp_path, [_record("a", 0, 40.0, 50.0), _record("b", 0, 45.0, 20.0)])
+    report = write_report(store.folder, baseline="a", plots=False)
+    s = report.summaries[0]
+    assert best_marks(s, "rank1") == ["", ""]
+    assert "n = 1 have no CI and no significance" in report.markdown
+    stats = statistics_frame(s)
+    assert set(stats["95% CI"]) == {"-"} and set(stats["Δ 95% CI"]) == {"-"}
+    assert "45.00 ±" not in report.markdown
+
+
+def test_configurations_are_not_averaged_as_seeds_and_group_by_is_checked(tmp_path):
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0, backbone="resnet18"),
+                              _record("agw", 0, 60.0, 50.0, backbone="resnet50")])
+    s = summarise(store.dataframe())
+    assert len(s.rows) == 2 and s.key_columns == ["method", "model.backbone"]
+    assert sorted(s.rows["rank1"]) == [40.0, 60.0] and set(s.rows["n"]) == {1}
+    by_backbone = summarise(store.dataframe(), group_by=["model.backbone"])
+    assert by_backbone.key_columns == ["model.backbone"] and len(by_backbone.rows) == 2
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'nonexistent'.*swept keys model.backbone"):
+        summarise(store.dataframe(), group_by=["nonexistent"])
+    with pytest.raises(ConfigError, match="seed repeats a configuration"):
+        summarise(store.dataframe(), group_by=["seed"])
+
+
+def test_cli_refuses_an_unknown_group_by_before_writing(tmp_path, capsys):
+    from harness.cli import main
+
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0)])
+    assert main(["table", str(store.folder), "--group-by", "nonexistent_column", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "nonexistent_column" in err and "model.backbone" in err
+    assert sorted(p.name for p in store.folder.iterdir()) == ["records.sqlite"]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _two_protocols(tmp_path, **kw):
+    records = []
+    for method, base in (("agw", 40.0), ("agw+mcm+center", 44.0), ("mclnet", 48.0)):
+        for seed in range(3):
+            records += [_record(method, seed, base + seed, base - 5, **kw),
+                        _record(method, seed, base + 2 + seed, base, protocol="indoor-single", **kw)]
+    return _store(tmp_path, records)
+
+
+def test_paper_table_layout_markdown_latex_and_terminal(tmp_path):
+    store = _two_protocols(tmp_path)
+    report = write_report(store.folder, baseline="agw", plots=False)
+    frame = paper_frame(report.summaries)
+    assert list(frame.columns[:5]) == [("", "method"), ("", "MCM"), ("", "ICA/center"), ("", "CCA"), ("", "runs")]
+    assert [c for c in frame.columns[5:]] == [(p, m) for p in ("SYSU all", "SYSU indoor")
+                                              for m in ("Rank-1", "Rank-10", "Rank-20", "mAP", "mINP")]
+    assert frame.iloc[2, 1:4].tolist() == ["✓", "ICA", "✓"] and frame.iloc[1, 1:4].tolist() == ["✓", "center", ""]
+    assert frame[("SYSU all", "Rank-1")].iloc[0] == "41.00 ± 1.00†"  # 3 seeds: no difference can be significant
+    md = (store.folder / "table.md").read_text()
+    assert "| method | MCM | ICA/center | CCA | runs | SYSU all Rank-1 |" in md
+    tex = (store.folder / "table.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\multicolumn{5}{c}{SYSU all}" in tex
+    assert "\\checkmark" in tex and "$\\pm$" in tex
     csv = pd.read_csv(store.folder / "table-all-single.csv")
-    assert csv["rank1"].tolist() == [42.0, 50.0]
+    assert {"rank1_delta_ci_low", "rank1_delta_ci_high", "rank1_delta_p", "rank1_ci_low", "rank1_gallery_std"} \
+        <= set(csv.columns)
+    text = render_terminal(report.summaries)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80 and any("R1" in line for line in lines) and "mclnet" in text
+
+
+def test_published_numbers_only_beside_real_data(tmp_path):
+    published = {"all-single": {"mclnet": {"rank1": 65.4}}}
+    real = write_report(_two_protocols(tmp_path).folder, protocols=["all-single"], published=published, plots=False)
+    assert "mclnet (published)" in real.markdown and "65.40" in real.markdown
+    synthetic = _two_protocols(tmp_path / "syn", dataset="synthetic")
+    report = write_report(synthetic.folder, protocols=["all-single"], published=published, plots=False)
+    assert "65.40" not in report.markdown and "not shown beside rows measured on synthetic" in report.markdown
+
+
+def test_warns_when_rows_come_from_different_versions_or_devices(tmp_path):
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 41.0, 30.0, torch="2.15.0",
+                                                                       device="NVIDIA H200")])
+    report = write_report(store.folder, plots=False)
+    assert any("torch 2.14.1, 2.15.0" in w for w in report.warnings)
+    assert any("different devices" in w for w in report.warnings)
+    assert "Warning: rows of this table come from different library versions" in report.markdown
+
+
+def test_write_report_files_and_missing_store(tmp_path):
+    store = _two_protocols(tmp_path)
+    report = write_report(store.folder, baseline="agw")
+    names = {f.name for f in report.files}
+    for stem in ("cmc", "ablation", "accuracy_vs_throughput"):
+        assert {f"{stem}-all-single.png", f"{stem}-all-single.pdf"} <= names
+    assert {"table.md", "table.tex", "table.csv", "table-indoor-single.md"} <= names
+    assert not [p for p in store.folder.iterdir() if "tmp" in p.name]
     with pytest.raises(HarnessError, match="no records.sqlite"):
         write_report(tmp_path / "missing")
 
 
-def test_pruned_trials_are_counted_apart_from_failures(tmp_path):
-    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0),
-                              _record("agw", 1, float("nan"), float("nan"), status="pruned", failure="pruned at 1"),
-                              _record("agw", 2, float("nan"), float("nan"), status="failed", failure="boom")])
-    agg = aggregate(store.dataframe())
-    assert (agg.iloc[0]["n"], agg.iloc[0]["failed"], agg.iloc[0]["pruned"]) == (1, 1, 1)
-    assert table_frame(agg)["runs"].iloc[0] == "1 (1 failed) (1 pruned)"
+# --------------------------------------------------------------------------- figures
 
 
-def test_progress_without_rich_prints_plain_lines(monkeypatch, capsys):
-    import harness.progress as progress
+def test_figures_ticks_titles_legends_and_never_blank(tmp_path):
+    from harness.results.plots import ablation_figure, cmc_figure, throughput_figure
 
-    monkeypatch.setattr(progress, "Progress", None)
-    with progress.SweepProgress(total=3, title="s") as p:
-        p.trial_skipped("ok")
-        p.trial_started("agw seed=0", epochs=2)
-        p.epoch(0, {"total": 1.0})
-        p.trial_finished("ok", score=12.5)
-        p.trial_finished("failed", failure="boom")
-    err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("[1/3") and "1 resumed" in err[0]
-    assert "started agw seed=0" in err[1]
-    assert "1 ok" in err[2] and "best Rank-1 12.5" in err[2]
-    assert "trial failed: boom" in err[3] and "1 failed" in err[4]
+    s = summarise(_two_protocols(tmp_path, dataset="synthetic").dataframe())
+    fig = cmc_figure(s)
+    ax = fig.axes[0]
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 20]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert "synthetic" in ax.get_title() and "SYSU all" in ax.get_title()
+    assert any("n=3" in t.get_text() and "±1 sd" in t.get_text() for t in ax.get_legend().get_texts())
+    fig = ablation_figure(s)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    legend_box = ax.get_legend().get_window_extent()
+    assert legend_box.x0 >= ax.get_window_extent().x1  # legend outside the bars
+    assert "n=3" in ax.get_title()
+    fig = throughput_figure(s)
+    assert "cpu (x86_64, 2 threads)" in fig.axes[0].get_xlabel()
+    empty = summarise(_store(tmp_path / "e", [_record("agw", 0, 40.0, 30.0, train_img_per_s=float("nan"),
+                                                      cmc="[]")]).dataframe())
+    for figure in (throughput_figure(empty), cmc_figure(empty)):
+        assert any("missing" in t.get_text() for t in figure.axes[0].texts)
+
+
+def test_throughput_figure_marks_mixed_devices(tmp_path):
+    from harness.results.plots import throughput_figure
+
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 41.0, 30.0, device="NVIDIA H200"),
+                              _record("mclnet", 0, 45.0, 33.0)])
+    fig = throughput_figure(summarise(store.dataframe()))
+    assert "MIXED DEVICES" in fig.axes[0].get_xlabel()

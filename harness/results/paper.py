@@ -1,0 +1,166 @@
+"""One paper-style table across protocols: switch columns, Rank-1/10/20, mAP, mINP per protocol.
+
+Rendered as Markdown, CSV, LaTeX (booktabs, one \\multicolumn per protocol) and, for the
+terminal, as rich tables no wider than 80 columns.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import pandas as pd
+
+from harness.results.metrics import metric
+from harness.results.tables import (LATEX, MARKDOWN, Markup, Summary, TIED_MARK, best_marks, format_cell,
+                                    format_number, protocol_title, runs_text)
+
+ANY_PROTOCOL = "*"
+"""Published rows given as one plain entry (harness.published): shown only in a single-protocol table."""
+CHECK = "✓"
+SWITCH_COLUMNS = ("MCM", "ICA/center", "CCA")
+TERMINAL_WIDTH = 80
+Published = dict[str, dict[str, dict[str, float]]]
+"""protocol -> row label -> metric -> published value (percent)."""
+
+
+def method_switches(name: str) -> dict[str, Any] | None:
+    """The MCLNet switches (mcm, center, cca) of a method name, or None for another family."""
+    try:
+        from methods.registry import resolve_method
+
+        switches = resolve_method(str(name)).switches
+    except Exception:  # a name no registered family knows (e.g. from an older store)
+        return None
+    return switches if {"mcm", "center", "cca"} <= set(switches) else None
+
+
+def _switch_cells(name: str) -> tuple[str, str, str] | None:
+    s = method_switches(name)
+    if s is None:
+        return None
+    center = {"none": ""}.get(s["center"], str(s["center"]).upper() if s["center"] == "ica" else str(s["center"]))
+    return (CHECK if s["mcm"] else "", center, CHECK if s["cca"] else "")
+
+
+def _label_columns(summary: Summary) -> tuple[pd.DataFrame, bool]:
+    rows = summary.rows
+    labels = pd.DataFrame({k: rows[k].astype(str) for k in summary.key_columns})
+    with_switches = summary.key_columns[0] == "method"
+    if with_switches:
+        cells = [_switch_cells(m) for m in rows["method"]]
+        with_switches = all(c is not None for c in cells)
+        if with_switches:
+            for i, col in enumerate(SWITCH_COLUMNS):
+                labels[col] = [c[i] for c in cells]
+    labels["runs"] = [runs_text(r) for _, r in rows.iterrows()]
+    return labels, with_switches
+
+
+def paper_frame(summaries: Sequence[Summary], markup: Markup = MARKDOWN, *, with_std: bool = True,
+                short: bool = False, published: Published | None = None) -> pd.DataFrame:
+    """The combined table: label columns, then (protocol, metric) columns; MultiIndex columns."""
+    first = summaries[0]
+    labels, _ = _label_columns(first)
+    columns: dict[tuple[str, str], list[str]] = {("", c): labels[c].tolist() for c in labels.columns}
+    for summary in summaries:
+        rows = summary.rows.set_index("configuration").reindex(first.rows["configuration"])
+        aligned = Summary(summary.protocol, summary.key_columns, rows.reset_index(), summary.runs, summary.metrics)
+        for m in summary.metrics:
+            info = metric(m)
+            marks = best_marks(aligned, m)
+            cells = []
+            for (_, row), mark in zip(aligned.rows.iterrows(), marks):
+                n = int(row["n"]) if pd.notna(row["n"]) else 0
+                text = format_cell(row[m], row[f"{m}_std"] if with_std else float("nan"), n, info.digits)
+                if mark == "best":
+                    text = markup.best.format(text)
+                elif mark == "tied":
+                    text = markup.tied.format(text)
+                cells.append(text)
+            columns[(protocol_title(summary.protocol), info.short if short else info.label)] = cells
+    frame = pd.DataFrame(columns)
+    frame.columns = pd.MultiIndex.from_tuples(columns.keys())
+    if published:
+        frame = pd.concat([frame, _published_rows(frame, summaries, published, short)], ignore_index=True)
+    return frame
+
+
+def _published_rows(frame: pd.DataFrame, summaries: Sequence[Summary], published: Published,
+                    short: bool) -> pd.DataFrame:
+    names = list(dict.fromkeys(row for rows in published.values() for row in rows))
+    key = summaries[0].key_columns[0]
+    out = pd.DataFrame("", index=range(len(names)), columns=frame.columns)
+    out[("", key)] = [f"{name} (published)" for name in names]
+    out[("", "runs")] = "paper"
+    for summary in summaries:
+        for m in summary.metrics:
+            info = metric(m)
+            col = (protocol_title(summary.protocol), info.short if short else info.label)
+            numbers = published.get(summary.protocol) or (published.get(ANY_PROTOCOL, {}) if len(summaries) == 1 else {})
+            values = [numbers.get(name, {}).get(m) for name in names]
+            out[col] = [format_number(v, info.digits) if v is not None else "-" for v in values]
+    return out
+
+
+def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Markdown/CSV headers: "<protocol> <metric>" in one line."""
+    out = frame.copy()
+    out.columns = [" ".join(p for p in col if p) for col in frame.columns]
+    return out
+
+
+def paper_markdown(summaries: Sequence[Summary], published: Published | None = None) -> str:
+    from harness.results.tables import to_markdown
+
+    return to_markdown(flat_columns(paper_frame(summaries, MARKDOWN, published=published)))
+
+
+def paper_latex(summaries: Sequence[Summary], caption: str, published: Published | None = None) -> str:
+    from harness.results.tables import to_latex
+
+    frame = paper_frame(summaries, LATEX, published=published)
+    left = sum(1 for col in frame.columns if col[0] == "")
+    return to_latex(frame, caption=caption, left_columns=left, escape_cells=False).replace(
+        "±", r"$\pm$").replace(CHECK, r"\checkmark").replace("→", r"$\to$")
+
+
+def terminal_tables(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH) -> list[Any]:
+    """rich Tables of the combined table (means; best in bold, ties marked) within `width` columns.
+
+    All protocols side by side when they fit, otherwise one table per protocol.
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    def build(group: Sequence[Summary]) -> Table:
+        frame = paper_frame(group, Markup(best="[bold]{}[/bold]", tied="{}" + TIED_MARK), with_std=False,
+                            short=True)
+        title = ", ".join(protocol_title(s.protocol) for s in group)
+        table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
+        for top, name in frame.columns:
+            header = name if not top or len(group) == 1 else f"{name}\n{top}"
+            label = {"ICA/center": "I/C", "runs": "n"}.get(name, name)
+            table.add_column(label if not top else header, justify="left" if not top else "right",
+                             no_wrap=not top or name != "method", overflow="fold")
+        for row in frame.itertuples(index=False):
+            table.add_row(*map(str, row))
+        return table
+
+    console = Console(width=10_000, file=io.StringIO())
+    whole = build(summaries)
+    if console.measure(whole).maximum <= width or len(summaries) == 1:
+        return [whole]
+    return [build([s]) for s in summaries]
+
+
+def render_terminal(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH, *, styles: bool = False) -> str:
+    """The terminal tables as text (`styles` keeps ANSI bold)."""
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(width=width, file=buffer, force_terminal=styles, color_system="standard" if styles else None)
+    for table in terminal_tables(summaries, width):
+        console.print(table)
+    return buffer.getvalue()

@@ -1,0 +1,168 @@
+"""Figures of one protocol's summary: CMC curves, ablation bars, accuracy vs throughput.
+
+Each builder returns a matplotlib Figure (tests inspect it); `save_figure` writes it as PNG
+and PDF through the atomic writer. A figure is never blank: a missing value is written into
+the axes as text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness.atomic import atomic_path
+from harness.results.metrics import metric
+from harness.results.stats import pareto_front
+from harness.results.tables import Summary, protocol_title
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _row_labels(summary: Summary) -> list[str]:
+    return [" / ".join(str(row[k]) for k in summary.key_columns) for _, row in summary.rows.iterrows()]
+
+
+def _title(kind: str, summary: Summary) -> str:
+    datasets = ", ".join(summary.datasets) or "unknown dataset"
+    return f"{kind}: {datasets}, {protocol_title(summary.protocol)} ({summary.protocol})"
+
+
+def _missing(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, f"missing: {text}", transform=ax.transAxes, ha="center", va="center", fontsize=10,
+            color="darkred")
+
+
+def cmc_figure(summary: Summary) -> Any:
+    """Mean CMC curve per configuration over seeds, band = +-1 sd over seeds, integer rank ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = 0
+    max_rank = 1
+    for label, (_, row) in zip(_row_labels(summary), summary.rows.iterrows()):
+        runs = summary.runs[summary.runs["configuration"] == row["configuration"]]
+        if "cmc" not in runs or runs.empty:
+            continue
+        curves = np.array([json.loads(c) for c in runs["cmc"] if isinstance(c, str)], dtype=float) * 100
+        if curves.ndim != 2 or curves.shape[1] == 0:
+            continue
+        mean = curves.mean(0)
+        ranks = np.arange(1, len(mean) + 1)
+        max_rank = max(max_rank, len(mean))
+        n = len(curves)
+        line, = ax.plot(ranks, mean, marker="o", markersize=3,
+                        label=f"{label} (n={n}" + (", band ±1 sd)" if n > 1 else ")"))
+        if n > 1:
+            std = curves.std(0, ddof=1)
+            ax.fill_between(ranks, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        drawn += 1
+    if not drawn:
+        _missing(ax, "no finished run recorded a CMC curve for this protocol")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, max_rank + 0.5)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_title(_title("CMC", summary), fontsize=10)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return fig
+
+
+def ablation_figure(summary: Summary, metrics: Sequence[str] = ("rank1", "mAP", "mINP")) -> Any:
+    """Grouped bars per configuration, error bars = +-1 sd over seeds, legend outside the bars."""
+    plt = _pyplot()
+    rows = summary.rows
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4))
+    width = 0.8 / len(metrics)
+    x = np.arange(len(rows))
+    for i, m in enumerate(metrics):
+        values = rows[m].to_numpy(float)
+        errors = np.where(rows["n"].to_numpy() > 1, rows[f"{m}_std"].to_numpy(float), 0.0)
+        pos = x + (i - (len(metrics) - 1) / 2) * width
+        ok = np.isfinite(values)
+        ax.bar(pos[ok], values[ok], width, yerr=np.nan_to_num(errors[ok]), capsize=3, label=metric(m).label)
+        for p in pos[~ok]:
+            ax.text(p, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=7, color="darkred")
+    if not np.isfinite(rows[list(metrics)].to_numpy(float)).any():
+        _missing(ax, "no finished run on this protocol")
+    ax.set_xticks(x, _row_labels(summary), rotation=20, ha="right")
+    ns = sorted(set(int(n) for n in rows["n"]))
+    ax.set_ylabel("%")
+    ax.set_title(_title("Ablation", summary) + f"\nerror bars: ±1 sd over seeds (n={'/'.join(map(str, ns))})",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _devices(summary: Summary) -> dict[str, str]:
+    """configuration -> the device its throughput was measured on ("mixed: ..." if several)."""
+    runs = summary.runs
+    if "device" not in runs:
+        return {}
+    out = {}
+    for configuration, devices in runs.groupby("configuration")["device"]:
+        names = sorted(set(devices.astype(str)))
+        out[configuration] = names[0] if len(names) == 1 else "mixed: " + " + ".join(names)
+    return out
+
+
+def throughput_figure(summary: Summary, accuracy: str = "mAP", speed: str = "train_img_per_s") -> Any:
+    """Accuracy vs training throughput: one marker per configuration named in a legend (labels
+    never overlap), the Pareto front dashed, the device in the axis label (marked when mixed)."""
+    plt = _pyplot()
+    rows = summary.rows
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    devices = _devices(summary)
+    distinct = sorted(set(devices.values()))
+    pts = rows[[speed, accuracy]].to_numpy(float) if speed in rows else np.full((len(rows), 2), np.nan)
+    valid = np.isfinite(pts).all(1)
+    markers = "osD^vP*Xh<>p"
+    for i, (label, (_, row)) in enumerate(zip(_row_labels(summary), rows.iterrows())):
+        if not valid[i]:
+            continue
+        device = devices.get(row["configuration"], "")
+        ax.errorbar(pts[i, 0], pts[i, 1], xerr=np.nan_to_num(row.get(f"{speed}_std", 0.0)),
+                    yerr=np.nan_to_num(row[f"{accuracy}_std"]), fmt=markers[i % len(markers)], capsize=3,
+                    label=label + (f" [{device}]" if len(distinct) > 1 else ""))
+    if valid.sum() > 1:
+        front = pts[valid][pareto_front(pts[valid])]
+        front = front[np.argsort(front[:, 0])]
+        ax.plot(front[:, 0], front[:, 1], "--", color="gray", label="Pareto front")
+    if not valid.any():
+        _missing(ax, f"no run recorded both {metric(speed).label} and {metric(accuracy).label}")
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    where = distinct[0] if len(distinct) == 1 else ("MIXED DEVICES: " + "; ".join(distinct) if distinct else
+                                                    "device not recorded")
+    ax.set_xlabel(f"{metric(speed).label} on {where}", fontsize=8)
+    ax.set_ylabel(f"{metric(accuracy).label} (%)")
+    ax.set_title(_title("Accuracy vs throughput", summary), fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def save_figure(fig: Any, png: Path) -> list[Path]:
+    """Write `fig` as PNG and as PDF (vector) beside it, atomically; closes the figure."""
+    plt = _pyplot()
+    written = []
+    try:
+        for path in (png, png.with_suffix(".pdf")):
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix[1:])
+            written.append(path)
+    finally:
+        plt.close(fig)
+    return written

@@ -1,0 +1,100 @@
+"""The one record type every backend stores: a frozen `TrialRecord` with ok/failed/pruned constructors.
+
+A trial stores one ok record per evaluation protocol, or a single failed or pruned record. The
+identity fields (key, method, backbone, dataset, seed, full config) are derived from the trial's
+config in one place, so every status of one configuration lands in the same table group.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from harness.config import DataConfig, TrialConfig
+
+Status = Literal["ok", "failed", "pruned"]
+STATUSES: tuple[str, ...] = ("ok", "failed", "pruned")
+IDENTITY_FIELDS = ("trial_key", "status", "method", "backbone", "dataset", "seed", "config", "failure", "protocol")
+
+
+def dataset_label(data: "DataConfig") -> str:
+    """The dataset name a table shows: the real dataset, or `synthetic[-<layout>]` for generated data."""
+    if data.dataset == "synthetic":
+        layout = data.synthetic.layout
+        return "synthetic" if layout == "sysu" else f"synthetic-{layout}"
+    return data.dataset
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_key: str
+    status: Status
+    method: str
+    backbone: str
+    dataset: str
+    seed: int
+    config: str
+    """The full configuration as sorted-key JSON (what tables group by)."""
+    failure: str | None = None
+    protocol: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    """Everything else: metrics, speed, environment, backend bookkeeping."""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"record status {self.status!r} is not one of {', '.join(STATUSES)}")
+        clash = set(self.fields) & set(IDENTITY_FIELDS)
+        if clash:
+            raise ValueError(f"record fields may not redefine {', '.join(sorted(clash))}")
+
+    @classmethod
+    def _from_config(cls, cfg: "TrialConfig", status: Status, *, failure: str | None, protocol: str | None,
+                     fields: Mapping[str, Any] | None, key: str | None = None) -> "TrialRecord":
+        from harness.trial import config_key
+
+        return cls(trial_key=key or config_key(cfg), status=status, method=cfg.method, backbone=cfg.model.backbone,
+                   dataset=dataset_label(cfg.data), seed=cfg.seed,
+                   config=json.dumps(cfg.to_dict(), sort_keys=True, default=str), failure=failure,
+                   protocol=protocol, fields=dict(fields or {}))
+
+    @classmethod
+    def ok(cls, cfg: "TrialConfig", *, protocol: str, fields: Mapping[str, Any], key: str | None = None) -> "TrialRecord":
+        """The result of a finished trial on one evaluation protocol (`key`: another record key than
+        the config's, e.g. an evaluation of a saved model)."""
+        return cls._from_config(cfg, "ok", failure=None, protocol=protocol, fields=fields, key=key)
+
+    @classmethod
+    def failed(cls, cfg: "TrialConfig", reason: str, *, fields: Mapping[str, Any] | None = None) -> "TrialRecord":
+        """A trial that broke (non-finite loss, crash): counted in tables, never averaged."""
+        return cls._from_config(cfg, "failed", failure=reason, protocol=None, fields=fields)
+
+    @classmethod
+    def pruned(cls, cfg: "TrialConfig", reason: str, *, fields: Mapping[str, Any] | None = None) -> "TrialRecord":
+        """A trial a search scheduler stopped early: counted apart from failures."""
+        return cls._from_config(cfg, "pruned", failure=reason, protocol=None, fields=fields)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat JSON-ready mapping the store keeps (identity fields first)."""
+        return {name: getattr(self, name) for name in IDENTITY_FIELDS} | dict(self.fields)
+
+
+def as_record_dict(record: "TrialRecord | Mapping[str, Any]") -> dict[str, Any]:
+    return record.as_dict() if isinstance(record, TrialRecord) else dict(record)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def record_json(record: "TrialRecord | Mapping[str, Any]") -> str:
+    """The stored form of a record (a TrialRecord, or the plain mapping a stored record was read as)."""
+    return json.dumps(as_record_dict(record), default=_json_default)

@@ -1,0 +1,154 @@
+"""Rebuild every table and figure of a sweep folder from its record store."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from harness.atomic import atomic_write_text
+from harness.errors import InputError
+from harness.results.metrics import TABLE_METRICS
+from harness.results.paper import (ANY_PROTOCOL, TERMINAL_WIDTH, Published, flat_columns, paper_frame, paper_latex, paper_markdown,
+                                   render_terminal, terminal_tables)
+from harness.results.store import STORE_NAME, ResultStore
+from harness.results.tables import (PLAIN, Summary, add_deltas, csv_frame, expand_records, statistics_frame,
+                                    summarise, summary_caption, to_latex, to_markdown)
+from harness.results.stats import significance_caption
+
+
+@dataclass
+class Report:
+    markdown: str
+    terminal: str
+    """The paper-style table as plain text no wider than 80 columns, caption and failures below."""
+    footer: str
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    summaries: list[Summary] = field(default_factory=list)
+
+
+def consistency_warnings(records: pd.DataFrame) -> list[str]:
+    """Warnings when the finished runs of one table come from different library versions or devices."""
+    ok = records[records["status"] == "ok"].drop_duplicates("trial_key")
+    out = []
+    if "versions" in ok and ok["versions"].nunique() > 1:
+        parsed = pd.DataFrame([json.loads(v) if isinstance(v, str) else {} for v in ok["versions"]])
+        differing = {lib: sorted(parsed[lib].dropna().astype(str).unique()) for lib in parsed.columns
+                     if parsed[lib].astype(str).nunique() > 1}
+        out.append("rows of this table come from different library versions: " + "; ".join(
+            f"{lib} {', '.join(v)}" for lib, v in differing.items()) + " (numbers are not comparable digit for digit)")
+    if "device" in ok and ok["device"].nunique() > 1:
+        out.append("rows of this table come from different devices: " + "; ".join(sorted(ok["device"].astype(str).unique()))
+                   + " (throughput columns are not comparable)")
+    return out
+
+
+def _is_synthetic(folder: Path, summaries: Sequence[Summary]) -> bool:
+    return folder.name.endswith("-dry-run") or any(s.synthetic for s in summaries)
+
+
+def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None = None, baseline: str | None = None,
+                 group_by: Sequence[str] = ("method",), metrics: Sequence[str] = TABLE_METRICS,
+                 published: Published | None = None, plots: bool = True) -> Report:
+    """Tables (per protocol and one paper-style table across protocols) and figures of a sweep folder.
+
+    `protocols` defaults to every recorded protocol. Published numbers are shown only beside rows
+    measured on real data.
+    """
+    folder = Path(folder)
+    store = ResultStore(folder)
+    if not store.path.exists():
+        raise InputError(f"{folder}: no {STORE_NAME} here; expected a sweep results folder (results/<sweep>)")
+    df = store.dataframe()
+    if df.empty:
+        raise InputError(f"{folder}: the store holds no records yet (no trial has finished)")
+    records = expand_records(df)
+    recorded = list(dict.fromkeys(records.loc[records["status"] == "ok", "protocol"].dropna()))
+    protocols = [p for p in (protocols or recorded or [None])]
+    summaries = []
+    for protocol in protocols:
+        summary = summarise(df, protocol=protocol, group_by=group_by, metrics=metrics, records=records)
+        if baseline:
+            summary = add_deltas(summary, baseline)
+        summaries.append(summary)
+    if published and ANY_PROTOCOL in published and len(summaries) > 1:
+        raise InputError("published rows given as one paper.setting entry fit a single protocol; choose one "
+                         "protocol, or map each protocol to its entry (rows: {ROW: {PROTOCOL: paper.setting}})")
+    warnings = consistency_warnings(records)
+    notes = [f"Warning: {w}." for w in warnings]
+    if published and _is_synthetic(folder, summaries):
+        notes.append("Published numbers are not shown beside rows measured on synthetic or dry-run data.")
+        published = None
+    files: list[Path] = []
+    sections = []
+    for summary in summaries:
+        summary.notes.extend(notes)
+        suffix = f"-{summary.protocol}" if summary.protocol else ""
+        caption = summary_caption(summary)
+        stats_frame = statistics_frame(summary)
+        md = f"### {folder.name}: {summary.protocol}\n\n{to_markdown(stats_frame)}\n{caption}\n"
+        sections.append(md)
+        for name, text in ((f"table{suffix}.md", md),
+                           (f"table{suffix}.tex", to_latex(stats_frame, caption=caption,
+                                                           left_columns=len(summary.key_columns) + 1)),
+                           (f"table{suffix}.csv", csv_frame(summary).to_csv(index=False))):
+            atomic_write_text(folder / name, text)
+            files.append(folder / name)
+    caption = _paper_caption(summaries, baseline, notes)
+    paper_md = f"### {folder.name}\n\n{paper_markdown(summaries, published)}\n{caption}\n"
+    atomic_write_text(folder / "table.md", paper_md)
+    atomic_write_text(folder / "table.tex", paper_latex(summaries, caption, published))
+    atomic_write_text(folder / "table.csv", flat_columns(paper_frame(summaries, PLAIN,
+                                                                     published=published)).to_csv(index=False))
+    files += [folder / "table.md", folder / "table.tex", folder / "table.csv"]
+    failures = records[records["status"] == "failed"].drop_duplicates("trial_key")
+    failed_text = "".join(f"- {r['method']} seed {r['seed']}: {r['failure']}\n" for _, r in failures.iterrows())
+    markdown = paper_md + "".join("\n" + s for s in sections) + (f"\nFailed trials:\n{failed_text}" if failed_text else "")
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        plots = False
+        markdown += "\n(plots skipped: matplotlib is not installed)\n"
+    if plots:
+        from harness.results.plots import ablation_figure, cmc_figure, save_figure, throughput_figure
+
+        for summary in summaries:
+            suffix = f"-{summary.protocol}" if summary.protocol else ""
+            files += save_figure(cmc_figure(summary), folder / f"cmc{suffix}.png")
+            files += save_figure(ablation_figure(summary), folder / f"ablation{suffix}.png")
+            files += save_figure(throughput_figure(summary), folder / f"accuracy_vs_throughput{suffix}.png")
+    footer = caption + "\n" + (f"Failed trials:\n{failed_text}" if failed_text else "")
+    return Report(markdown=markdown, terminal=render_terminal(summaries) + footer, footer=footer, files=files,
+                  warnings=warnings, summaries=summaries)
+
+
+def _paper_caption(summaries: Sequence[Summary], baseline: str | None, notes: list[str]) -> str:
+    parts = ["Mean ± sd over seeds (n in the runs column). Bold: best, significantly better than the runner-up "
+             "(paired by seed); † : best not significantly better than these rows (tied)."]
+    if baseline:
+        parts.append(f"Deltas to {baseline} with CI and p in table-<protocol>.md/csv; " + significance_caption())
+    if min((s.min_n for s in summaries), default=0) < 2:
+        parts.append("Rows with n = 1 have no CI and no significance claim.")
+    parts += notes
+    return " ".join(dict.fromkeys(parts))
+
+
+def print_report(report: Report) -> None:
+    """The terminal view on stdout (bold only on a terminal); warnings and written files on stderr."""
+    import sys
+
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        console = Console()
+        for table in terminal_tables(report.summaries, min(console.width, TERMINAL_WIDTH)):
+            console.print(table)
+        print(report.footer, end="")
+    else:
+        print(report.terminal, end="")
+    for warning in report.warnings:
+        print(f"vireid: warning: {warning}", file=sys.stderr)
+    print("written: " + ", ".join(str(f) for f in report.files), file=sys.stderr)

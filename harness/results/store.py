@@ -1,0 +1,85 @@
+"""The record store of one sweep: `records.sqlite`, one transaction per trial.
+
+Writers open the database in WAL mode so several worker processes can add trials at once; a
+killed sweep never leaves a half-written trial. Readers (`dataframe`, `statuses`) never modify
+the folder: a quiescent store (no `-wal` file beside it, i.e. no writer connected) is opened
+immutable, a store that a running sweep is writing is opened read-only, and nothing is created.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import quote
+
+import pandas as pd
+
+from harness.errors import EnvironmentFault
+from harness.results.records import TrialRecord, as_record_dict, record_json
+
+STORE_NAME = "records.sqlite"
+_SCHEMA = """CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, trial_key TEXT NOT NULL, status TEXT NOT NULL,
+    protocol TEXT, created REAL NOT NULL, record TEXT NOT NULL)"""
+
+
+class ResultStore:
+    """Trial records of one sweep, in SQLite (stdlib: works wherever the harness runs)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / STORE_NAME
+
+    def _connect(self) -> sqlite3.Connection:
+        """A writing connection (creates the folder and the schema)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=60)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(_SCHEMA)
+        con.execute("CREATE INDEX IF NOT EXISTS records_key ON records(trial_key)")
+        return con
+
+    def _read_connection(self) -> sqlite3.Connection:
+        """A connection that cannot write and leaves no `-wal`/`-shm` file behind."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        mode = "mode=ro" if wal.exists() else "immutable=1"
+        try:
+            return sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?{mode}", uri=True, timeout=60)
+        except sqlite3.Error as exc:
+            raise EnvironmentFault(f"{self.path}: cannot open the record store ({exc})") from None
+
+    def _read(self, query: str) -> list[tuple[Any, ...]]:
+        if not self.path.exists():
+            return []
+        with closing(self._read_connection()) as con:
+            try:
+                return con.execute(query).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise EnvironmentFault(f"{self.path}: cannot read the record store ({exc})") from None
+            except sqlite3.DatabaseError as exc:
+                raise EnvironmentFault(f"{self.path}: not a readable record store ({exc})") from None
+
+    def put_trial(self, trial_key: str, records: Sequence[TrialRecord | Mapping[str, Any]]) -> None:
+        """Replace every record of `trial_key` by `records`, atomically."""
+        rows = [(trial_key, as_record_dict(r)["status"], as_record_dict(r).get("protocol"), record_json(r))
+                for r in records]
+        with closing(self._connect()) as con, con:
+            con.execute("DELETE FROM records WHERE trial_key = ?", (trial_key,))
+            now = time.time()
+            con.executemany("INSERT INTO records (trial_key, status, protocol, created, record) VALUES (?, ?, ?, ?, ?)",
+                            [(key, status, protocol, now, blob) for key, status, protocol, blob in rows])
+
+    def statuses(self) -> dict[str, str]:
+        """trial_key -> status of every stored trial."""
+        return dict(self._read("SELECT trial_key, status FROM records GROUP BY trial_key"))
+
+    def dataframe(self) -> pd.DataFrame:
+        """Every stored record as one row (`record_id` in insertion order)."""
+        rows = self._read("SELECT id, record FROM records ORDER BY id")
+        return pd.DataFrame([{"record_id": i, **json.loads(r)} for i, r in rows])
