@@ -141,15 +141,15 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from harness.data.synthetic import SynthSpec, write_llcm, write_regdb, write_sysu
+    from harness.data.registry import get_dataset
+    from harness.data.synthetic import SynthSpec
 
     spec = SynthSpec(num_identities=args.identities, images_per_camera=args.images_per_camera,
                      height=args.height, width=args.width, seed=args.seed)
-    writer = {"sysu": write_sysu, "regdb": write_regdb, "llcm": write_llcm}[args.layout]
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise HarnessError(f"{out}: folder exists and is not empty; choose a new folder")
-    path = writer(out, spec)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is a file or a folder that is not empty; choose a new folder")
+    path = get_dataset(args.layout).write_synthetic(out, spec)
     print(f"wrote a synthetic {args.layout} tree to {path}")
     return 0
 
@@ -240,17 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--json", action="store_true", help="machine-readable output")
     me.set_defaults(func=cmd_methods)
 
+    from harness.config import SyntheticConfig
+    from harness.data.registry import dataset_names
+
+    datasets = dataset_names()
     da = sub.add_parser("data", help="dataset tools: check, split, synth", description="Dataset tools.")
     dsub = da.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     ck = dsub.add_parser("check", help="validate a dataset tree and print its counts",
                          description="Validate a dataset folder; exit 0 when usable, 2 otherwise.")
-    ck.add_argument("--dataset", required=True, choices=["sysu", "regdb", "llcm"], help="layout of ROOT")
+    ck.add_argument("--dataset", required=True, choices=datasets, help="layout of ROOT")
     ck.add_argument("root", help="dataset root folder")
     ck.set_defaults(func=cmd_data_check)
     sp = dsub.add_parser("split", help="print the exact query/gallery lists of one evaluation trial",
                          description="Print the query and gallery images (path, id, camera) that one evaluation "
                          "trial uses.")
-    sp.add_argument("--dataset", required=True, choices=["sysu", "regdb", "llcm"], help="layout of ROOT")
+    sp.add_argument("--dataset", required=True, choices=datasets, help="layout of ROOT")
     sp.add_argument("root", help="dataset root folder")
     sp.add_argument("--mode", choices=["all", "indoor"], help="SYSU search mode (SYSU only; default all)")
     sp.add_argument("--shots", type=int, choices=[1, 10],
@@ -261,15 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="JSON output")
     sp.set_defaults(func=cmd_data_split)
     sy = dsub.add_parser("synth", help="write a synthetic dataset in a real layout",
-                         description="Write a procedurally generated VI-ReID dataset in the SYSU-MM01, RegDB or "
-                         "LLCM layout.")
-    sy.add_argument("--layout", required=True, choices=["sysu", "regdb", "llcm"], help="layout to write")
+                         description="Write a procedurally generated VI-ReID dataset in the layout of a "
+                         "registered dataset.")
+    sy.add_argument("--layout", required=True, choices=datasets, help="layout to write")
     sy.add_argument("out", help="new output folder")
-    sy.add_argument("--identities", type=int, default=60, help="number of identities (default 60)")
-    sy.add_argument("--images-per-camera", type=int, default=4, help="images per identity per camera (default 4)")
-    sy.add_argument("--height", type=int, default=128, help="image height (default 128)")
-    sy.add_argument("--width", type=int, default=64, help="image width (default 64)")
-    sy.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    synthetic = SyntheticConfig()
+    sy.add_argument("--identities", type=int, default=synthetic.num_identities,
+                    help="number of identities (default %(default)s)")
+    sy.add_argument("--images-per-camera", type=int, default=synthetic.images_per_camera,
+                    help="images per identity per camera (default %(default)s)")
+    sy.add_argument("--height", type=int, default=synthetic.height, help="image height (default %(default)s)")
+    sy.add_argument("--width", type=int, default=synthetic.width, help="image width (default %(default)s)")
+    sy.add_argument("--seed", type=int, default=synthetic.seed, help="generator seed (default %(default)s)")
     sy.set_defaults(func=cmd_data_synth)
 
     be = sub.add_parser("bench", help="profile one training step with a per-phase breakdown",

@@ -20,6 +20,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -92,6 +93,20 @@ def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MIS
     return field(default=default, default_factory=factory, metadata={"range": Range(**bounds)})
 
 
+def registered(default: str, *, names: Callable[[], Sequence[str]]) -> Any:
+    """A string field whose accepted values are the names of a registry (`names()`), checked like a range."""
+    return field(default=default, metadata={"names": names})
+
+
+def _dataset_names(*, synthetic: bool) -> Callable[[], tuple[str, ...]]:
+    def names() -> tuple[str, ...]:
+        from harness.data.registry import SYNTHETIC, dataset_names  # the dataset registry owns the names
+
+        return ((SYNTHETIC,) if synthetic else ()) + dataset_names()
+
+    return names
+
+
 def check_fields(cls: type, values: dict[str, Any], where: str) -> None:
     """Range-check the values of `cls`'s fields (those declared with `ranged`; every float must be finite)."""
     for f in dataclasses.fields(cls):
@@ -100,8 +115,11 @@ def check_fields(cls: type, values: dict[str, Any], where: str) -> None:
         value = values[f.name]
         path = f"{where}.{f.name}" if where else f.name
         rule = f.metadata.get("range")
+        accepted = f.metadata.get("names")
         if rule is not None:
             rule.check(value, path)
+        elif accepted is not None and value not in accepted():
+            raise ConfigError(f"{path}: expected one of {', '.join(map(repr, accepted()))}, got {value!r}")
         elif isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{path}: expected a finite number, got {value!r}")
 
@@ -122,8 +140,8 @@ ResizeFilter = Literal["lanczos", "bilinear", "bicubic", "nearest"]
 class SyntheticConfig(RangeChecked):
     """Size and layout of the built-in procedural dataset (written once into a cache folder)."""
 
-    layout: Literal["sysu", "regdb", "llcm"] = "sysu"
-    """Which real dataset's layout (and so protocols) the synthetic tree is written in."""
+    layout: str = registered("sysu", names=_dataset_names(synthetic=False))
+    """Which registered dataset's layout (and so protocols) the synthetic tree is written in."""
     num_identities: int = ranged(60, minimum=2)
     images_per_camera: int = ranged(4, minimum=1)
     height: int = ranged(128, minimum=8)
@@ -133,8 +151,8 @@ class SyntheticConfig(RangeChecked):
 
 @dataclass
 class DataConfig(RangeChecked):
-    dataset: str = "synthetic"
-    """synthetic (generated, in the layout data.synthetic.layout) | sysu | regdb | llcm."""
+    dataset: str = registered("synthetic", names=_dataset_names(synthetic=True))
+    """synthetic (generated, in the layout data.synthetic.layout) or a registered dataset (sysu | regdb | llcm)."""
     root: str | None = None
     """Dataset root folder; ignored for synthetic (its cache folder is used)."""
     height: int = ranged(288, minimum=1)

@@ -51,3 +51,6 @@ def test_data_synth_writes_each_layout(tmp_path, capsys):
         assert main(["data", "check", "--dataset", layout, str(out)]) == 0, capsys.readouterr().out
     assert main(["data", "synth", "--layout", "sysu", str(tmp_path / "sysu")]) == 2
     assert "not empty" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert main(["data", "synth", "--layout", "regdb", str(tmp_path / "a-file")]) == 2
+    assert "is a file or a folder that is not empty" in capsys.readouterr().err

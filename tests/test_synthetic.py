@@ -12,18 +12,13 @@ import pytest
 from PIL import Image
 
 from harness.data import synthetic
-from harness.data.synthetic import (
-    LLCM_CAMERAS,
-    SYSU_CAMERAS,
-    SynthSpec,
-    ensure_synthetic,
-    present_cameras,
-    render_person,
-    write_llcm,
-    write_regdb,
-    write_sysu,
-)
+from harness.data.registry import get_dataset
+from harness.data.synthetic import SynthSpec, ensure_synthetic, present_cameras, render_person
 from harness.errors import HarnessError
+
+SYSU, REGDB, LLCM = (get_dataset(name) for name in ("sysu", "regdb", "llcm"))
+SYSU_CAMERAS, LLCM_CAMERAS = SYSU.sensors, LLCM.sensors
+write_sysu, write_regdb, write_llcm = SYSU.write_synthetic, REGDB.write_synthetic, LLCM.write_synthetic
 
 LAYOUT_SPEC = SynthSpec(num_identities=10, images_per_camera=2, height=64, width=32, seed=3)
 
@@ -165,13 +160,13 @@ def test_llcm_layout(llcm_root: Path) -> None:
 def test_missing_cameras_keep_both_modalities() -> None:
     spec = SynthSpec(num_identities=12, missing_camera_rate=0.8, seed=5)
     for layout, cameras in (("sysu", SYSU_CAMERAS), ("llcm", LLCM_CAMERAS)):
-        present = present_cameras(spec, layout)
+        present = present_cameras(spec, get_dataset(layout))
         for pid, cams in present.items():
             assert any(not c.infrared for c in cams) and any(c.infrared for c in cams), (layout, pid)
         dropped = sum(len(cameras) - len(c) for c in present.values())
         # the rate asks for more drops than possible: every identity ends at one camera per modality
         assert dropped == min(round(0.8 * 12 * len(cameras)), 12 * (len(cameras) - 2))
-    assert present_cameras(SynthSpec(num_identities=12, missing_camera_rate=0.0), "sysu")[1] == SYSU_CAMERAS
+    assert present_cameras(SynthSpec(num_identities=12, missing_camera_rate=0.0), SYSU)[1] == SYSU_CAMERAS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,11 +182,11 @@ def test_generation_is_byte_identical(sysu_root: Path, tmp_path: Path) -> None:
 
 def test_image_does_not_depend_on_generation_order(sysu_root: Path) -> None:
     # Render one image alone, after unrelated ones, then in the writer's order: same JPEG bytes.
-    render_person(LAYOUT_SPEC, "llcm", 2, LLCM_CAMERAS[4], 1)
+    render_person(LAYOUT_SPEC, LLCM, 2, LLCM_CAMERAS[4], 1)
     camera = SYSU_CAMERAS[5]
     folder = sysu_root / "cam6"
     pid = int(sorted(p.name for p in folder.iterdir())[-1])
-    alone = render_person(LAYOUT_SPEC, "sysu", pid, camera, 1)
+    alone = render_person(LAYOUT_SPEC, SYSU, pid, camera, 1)
     buffer = io.BytesIO()
     Image.fromarray(alone, mode="L").save(buffer, format="JPEG", quality=synthetic.JPEG_QUALITY)
     assert buffer.getvalue() == (folder / f"{pid:04d}" / "0002.jpg").read_bytes()
@@ -217,7 +212,7 @@ def _gap_images() -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray], np.nd
     for pid in range(1, GAP_SPEC.num_identities + 1):
         for camera in SYSU_CAMERAS:
             for k in range(GAP_SPEC.images_per_camera):
-                image = render_person(GAP_SPEC, "sysu", pid, camera, k).astype(np.float64) / 255.0
+                image = render_person(GAP_SPEC, SYSU, pid, camera, k).astype(np.float64) / 255.0
                 (infrared if camera.infrared else visible).append(image)
                 (infrared_ids if camera.infrared else visible_ids).append(pid)
     return visible, np.array(visible_ids), infrared, np.array(infrared_ids)
@@ -339,11 +334,11 @@ def test_bad_spec_values_name_the_field(field: str, value: object) -> None:
 
 
 def test_equal_specs_share_a_cache_key() -> None:
-    assert synthetic.cache_key("sysu", SynthSpec(seed=np.int64(2), missing_camera_rate=0)) == synthetic.cache_key(
-        "sysu", SynthSpec(seed=2, missing_camera_rate=0.0)
+    assert synthetic.cache_key(SYSU, SynthSpec(seed=np.int64(2), missing_camera_rate=0)) == synthetic.cache_key(
+        SYSU, SynthSpec(seed=2, missing_camera_rate=0.0)
     )
-    keys = {synthetic.cache_key(layout, SynthSpec()) for layout in ("sysu", "regdb", "llcm")}
-    keys.add(synthetic.cache_key("sysu", SynthSpec(images_per_camera=5)))
+    keys = {synthetic.cache_key(get_dataset(layout), SynthSpec()) for layout in ("sysu", "regdb", "llcm")}
+    keys.add(synthetic.cache_key(SYSU, SynthSpec(images_per_camera=5)))
     assert len(keys) == 4
 
 
@@ -359,14 +354,14 @@ def test_too_few_identities_for_a_split(tmp_path: Path) -> None:
 
 def test_unknown_layout_lists_known_ones(tmp_path: Path) -> None:
     with pytest.raises(HarnessError) as error:
-        ensure_synthetic("market", LAYOUT_SPEC, tmp_path)
+        get_dataset("market")
     assert all(name in str(error.value) for name in ("sysu", "regdb", "llcm"))
 
 
 def test_smallest_images_render() -> None:
     spec = SynthSpec(num_identities=4, height=32, width=16)
     for camera in SYSU_CAMERAS:
-        image = render_person(spec, "sysu", 1, camera, 0)
+        image = render_person(spec, SYSU, 1, camera, 0)
         assert image.shape == ((32, 16) if camera.infrared else (32, 16, 3)) and image.dtype == np.uint8
 
 
@@ -378,35 +373,35 @@ CACHE_SPEC = SynthSpec(num_identities=5, images_per_camera=1, height=32, width=1
 
 
 def test_ensure_synthetic_reuses_a_complete_tree(tmp_path: Path) -> None:
-    first = ensure_synthetic("regdb", CACHE_SPEC, tmp_path)
+    first = ensure_synthetic(REGDB, CACHE_SPEC, tmp_path)
     marker = first / synthetic.MARKER_NAME
     image = next((first / "Thermal").rglob("*.bmp"))
     stamps = (marker.stat().st_mtime_ns, image.stat().st_mtime_ns)
-    second = ensure_synthetic("regdb", CACHE_SPEC, tmp_path)
+    second = ensure_synthetic(REGDB, CACHE_SPEC, tmp_path)
     assert second == first and (marker.stat().st_mtime_ns, image.stat().st_mtime_ns) == stamps
     assert [p.name for p in tmp_path.iterdir()] == [first.name], "temporary folders were left behind"
-    other = ensure_synthetic("regdb", SynthSpec(num_identities=5, images_per_camera=1, height=32, width=16, seed=2), tmp_path)
+    other = ensure_synthetic(REGDB, SynthSpec(num_identities=5, images_per_camera=1, height=32, width=16, seed=2), tmp_path)
     assert other != first and other.parent == first.parent
 
 
 def test_partial_tree_without_marker_is_regenerated(tmp_path: Path) -> None:
-    final = tmp_path / synthetic.cache_key("sysu", CACHE_SPEC)
+    final = tmp_path / synthetic.cache_key(SYSU, CACHE_SPEC)
     (final / "cam1" / "0001").mkdir(parents=True)
     (final / "cam1" / "0001" / "stale.jpg").write_bytes(b"half written")
-    root = ensure_synthetic("sysu", CACHE_SPEC, tmp_path)
+    root = ensure_synthetic(SYSU, CACHE_SPEC, tmp_path)
     assert root == final and (root / synthetic.MARKER_NAME).is_file()
     assert not (root / "cam1" / "0001" / "stale.jpg").exists()
     assert (root / "exp" / "test_id.txt").is_file()
 
 
 def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def write_half_then_fail(out: Path, spec: SynthSpec) -> Path:
+    def write_half_then_fail(self, out: Path, spec: SynthSpec) -> Path:
         (out / "cam1").mkdir()
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(synthetic._WRITERS, "llcm", write_half_then_fail)
+    monkeypatch.setattr(type(LLCM), "write_synthetic", write_half_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        ensure_synthetic("llcm", CACHE_SPEC, tmp_path)
+        ensure_synthetic(LLCM, CACHE_SPEC, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -16,6 +16,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.data.layout import (
     CameraTree,
@@ -25,6 +26,10 @@ from harness.data.layout import (
     read_labelled_list,
     scan_camera_tree,
 )
+from harness.data.registry import Dataset, register_dataset, split_draw_index
+from harness.data.report import CheckReport, count_images, verify_images
+from harness.data.synthetic.layouts import id_line, identity_order, prepare_output, present_cameras, test_count
+from harness.data.synthetic.layouts import write_identity_images
 from harness.data.splits import (
     MODALITY_INFRARED,
     MODALITY_VISIBLE,
@@ -32,13 +37,21 @@ from harness.data.splits import (
     DatasetBundle,
     EvalProtocol,
     ImageSplit,
+    Sensor,
     report_problem,
     sampled_gallery_protocol,
     sampled_query_protocol,
 )
-from harness.errors import HarnessError, check_int
+from harness.errors import HarnessError, InputError, check_int
 
-LLCM_CAMERAS = tuple(range(1, 10))
+if TYPE_CHECKING:
+    from harness.config import DataConfig
+    from harness.data.synthetic.spec import SynthSpec
+
+LLCM_SENSORS = tuple(Sensor(c, False, c) for c in range(1, 10)) + tuple(
+    Sensor(c, True, c) for c in (1, 2, 4, 5, 6, 7, 8, 9)  # the nine cameras; cam3 records no NIR test image
+)
+LLCM_CAMERAS = tuple(sorted({sensor.number for sensor in LLCM_SENSORS}))
 LLCM_FOLDERS = {"vis": ("test_vis", MODALITY_VISIBLE), "nir": ("test_nir", MODALITY_INFRARED)}
 # direction -> (modality whose test images are all used, modality sampled once per (id, camera))
 LLCM_DIRECTIONS = {"ir2vis": ("nir", "vis"), "vis2ir": ("vis", "nir")}
@@ -182,3 +195,92 @@ def load_llcm(root: str | os.PathLike[str], *, trials: int = 10) -> DatasetBundl
         protocols={d: llcm_protocol(layout, d, trials) for d in LLCM_DIRECTIONS},
         validation=None,
     )
+
+
+@register_dataset
+class LLCM(Dataset):
+    name = "llcm"
+    title = "LLCM"
+    sensors = LLCM_SENSORS
+    synthetic_code = 3
+    config_keys = {"gallery_trials": "seeded draws per direction (random.Random(t), t = 0..trials-1)"}
+    split_options = {"direction": "ir2vis | vis2ir (default ir2vis)", "trial": "draw t >= 0 (default 0)"}
+    splits = ("Train from idx/train_vis.txt and idx/train_nir.txt (labels relabelled 0..K-1); test ids "
+              "idx/test_id.txt under test_vis/ and test_nir/; ir2vis and vis2ir as the official test code.")
+    validation_metric = "regdb"
+
+    def load(self, root: Path, cfg: DataConfig) -> DatasetBundle:
+        return load_llcm(root, trials=cfg.gallery_trials)
+
+    def check(self, report: CheckReport) -> None:
+        layout = scan_llcm(report.root, report.problems)
+        if layout is None:
+            return
+        report.counts["train"] = count_images(
+            (label, f"cam{cam}", LLCM_FOLDERS[modality][1])
+            for modality, entries in layout.train.items()
+            for _, label, cam in entries
+        )
+        test_ids = set(layout.test_ids)
+        report.counts["test"] = count_images(
+            (pid, f"cam{cam}", LLCM_FOLDERS[modality][1])
+            for modality, tree in layout.trees.items()
+            for cam, by_pid in tree.folders.items()
+            for pid, folder in by_pid.items()
+            if pid in test_ids
+            for _ in folder.files
+        )
+        every_image = [path for entries in layout.train.values() for path, _, _ in entries]
+        every_image += [
+            path
+            for tree in layout.trees.values()
+            for by_pid in tree.folders.values()
+            for folder in by_pid.values()
+            for path in folder.file_paths()
+        ]
+        verify_images(every_image, report.problems)
+
+    def split_protocol(self, root: Path, options: dict[str, object]) -> tuple[EvalProtocol, int, int]:
+        direction = "ir2vis" if options["direction"] is None else options["direction"]
+        if direction not in LLCM_DIRECTIONS:
+            raise InputError(f"LLCM direction {direction!r}: expected one of {', '.join(LLCM_DIRECTIONS)}")
+        draw = split_draw_index(options["trial"])
+        layout = scan_llcm(root)
+        assert layout is not None  # a missing root raised already
+        return llcm_protocol(layout, direction, trials=draw + 1), draw, draw
+
+    def write_synthetic(self, out: Path, spec: SynthSpec) -> Path:
+        """vis/ and nir/ training folders with idx/train_{vis,nir}.txt, test_vis/ and test_nir/ camK
+        folders and idx/test_id.txt; training index labels are 0..K-1 in ascending identity order."""
+        n_test = test_count(spec, self)
+        if spec.num_identities - n_test < 2:
+            raise InputError(
+                f"SynthSpec: num_identities={spec.num_identities} leaves {spec.num_identities - n_test} LLCM train "
+                "identities; expected >= 2 (raise num_identities or lower test_fraction)"
+            )
+        order = identity_order(spec, self)
+        train, test = sorted(order[n_test:]), sorted(order[:n_test])
+        out = prepare_output(out)
+        train_label = {pid: label for label, pid in enumerate(train)}
+        index_lines: dict[bool, list[str]] = {False: [], True: []}
+        test_set = set(test)
+        for pid, cameras in present_cameras(spec, self).items():
+            for camera in cameras:
+                modality = "nir" if camera.infrared else "vis"
+                if pid in test_set:
+                    folder = out / f"test_{modality}" / f"cam{camera.number}" / f"{pid:04d}"
+                else:
+                    folder = out / modality / f"{pid:04d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                names = [
+                    f"{pid:04d}_c{camera.number:02d}_s000000_f{k:04d}_{modality}.jpg"
+                    for k in range(spec.images_per_camera)
+                ]
+                write_identity_images(folder, spec, self, pid, camera, names)
+                if pid not in test_set:
+                    index_lines[camera.infrared] += [f"{modality}/{pid:04d}/{name} {train_label[pid]}\n" for name in names]
+        (out / "idx").mkdir()
+        (out / "idx" / "train_vis.txt").write_text("".join(index_lines[False]))
+        (out / "idx" / "train_nir.txt").write_text("".join(index_lines[True]))
+        (out / "idx" / "test_id.txt").write_text(id_line(test))
+        return out

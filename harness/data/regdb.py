@@ -11,23 +11,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.data.layout import absolute_root, read_labelled_list
+from harness.data.registry import Dataset, register_dataset
+from harness.data.report import CheckReport, count_images, verify_images
 from harness.data.splits import (
-    MODALITY_INFRARED,
-    MODALITY_VISIBLE,
     DataProblem,
     DatasetBundle,
     EvalProtocol,
     ImageSplit,
+    Sensor,
     report_problem,
 )
-from harness.errors import HarnessError
+from harness.data.synthetic.layouts import identity_order, prepare_output, write_identity_images
+from harness.errors import HarnessError, InputError
+
+if TYPE_CHECKING:
+    from harness.config import DataConfig
+    from harness.data.synthetic.spec import SynthSpec
 
 REGDB_TRIALS = range(1, 11)
-REGDB_MODALITIES = {"visible": MODALITY_VISIBLE, "thermal": MODALITY_INFRARED}
+REGDB_SENSORS = {"visible": Sensor(1, False, 1), "thermal": Sensor(2, True, 1)}  # one co-located dual camera
+REGDB_MODALITIES = {name: sensor.modality for name, sensor in REGDB_SENSORS.items()}
+REGDB_FOLDERS = {"visible": "Visible", "thermal": "Thermal"}
 REGDB_DIRECTIONS = {"v2t": ("visible", "thermal"), "t2v": ("thermal", "visible")}
 
 
@@ -86,9 +95,10 @@ def _check_trial_lists(scan: RegdbTrial, problems: list[DataProblem] | None) -> 
 
 
 def _split(entries: list[tuple[str, int]], modality: str, labels: dict[int, int] | None = None) -> ImageSplit:
-    code = REGDB_MODALITIES[modality]
+    sensor = REGDB_SENSORS[modality]
     return ImageSplit.from_records(
-        [(path, label if labels is None else labels[label], code, code) for path, label in entries]
+        [(path, label if labels is None else labels[label], sensor.number - 1, sensor.modality)
+         for path, label in entries]
     )
 
 
@@ -133,7 +143,82 @@ def load_regdb(root: str | os.PathLike[str], *, trial: int) -> DatasetBundle:
         name="regdb",
         train=train,
         num_classes=num_classes,
-        num_cameras=2,
+        num_cameras=len(REGDB_SENSORS),
         protocols={direction: regdb_protocol(scan, direction) for direction in REGDB_DIRECTIONS},
         validation=None,
     )
+
+
+@register_dataset
+class RegDB(Dataset):
+    name = "regdb"
+    title = "RegDB"
+    sensors = tuple(REGDB_SENSORS.values())
+    synthetic_code = 2
+    config_keys = {"trial": "the split 1..10 (each split trains its own model)"}
+    split_options = {"trial": "split 1..10 (default 1)", "direction": "v2t | t2v (default v2t)"}
+    splits = ("Ten splits from idx/{train,test}_{visible,thermal}_<t>.txt; a split trains on its train "
+              "lists (labels relabelled 0..K-1) and tests v2t and t2v on all of its test images.")
+    validation_metric = "regdb"
+
+    def load(self, root: Path, cfg: DataConfig) -> DatasetBundle:
+        return load_regdb(root, trial=cfg.trial)
+
+    def check(self, report: CheckReport) -> None:
+        every_image: list[str] = []
+        for trial in REGDB_TRIALS:
+            scan = scan_regdb_trial(report.root, trial, report.problems)
+            if scan is None:
+                return
+            for part in ("train", "test"):
+                images = [
+                    (label, REGDB_FOLDERS[modality], REGDB_MODALITIES[modality])
+                    for modality in REGDB_SENSORS
+                    for _, label in scan.entries[(part, modality)]
+                ]
+                report.counts[f"trial {trial} {part}"] = count_images(images)
+                every_image.extend(path for modality in REGDB_SENSORS for path, _ in scan.entries[(part, modality)])
+        verify_images(every_image, report.problems)
+
+    def split_protocol(self, root: Path, options: dict[str, object]) -> tuple[EvalProtocol, int, int]:
+        trial = check_trial(1 if options["trial"] is None else options["trial"])
+        direction = "v2t" if options["direction"] is None else options["direction"]
+        if direction not in REGDB_DIRECTIONS:
+            raise InputError(f"RegDB direction {direction!r}: expected one of {', '.join(REGDB_DIRECTIONS)}")
+        scan = scan_regdb_trial(root, trial)
+        assert scan is not None  # a missing root raised already
+        return regdb_protocol(scan, direction), 0, trial
+
+    def write_synthetic(self, out: Path, spec: SynthSpec) -> Path:
+        """Visible/<id>/*.bmp, Thermal/<id>/*.bmp (single channel) and idx/*.txt for the ten splits.
+
+        Every identity has one visible and one thermal camera (no missing folders); split t is a
+        fresh random half of the ids for training; index labels are 0..K-1 in ascending identity
+        order within each file's identity set.
+        """
+        if spec.num_identities < 4:
+            raise InputError(f"SynthSpec.num_identities={spec.num_identities}: RegDB needs >= 4 (2 train + 2 test)")
+        out = prepare_output(out)
+        for pid in range(1, spec.num_identities + 1):
+            for modality, camera in REGDB_SENSORS.items():
+                folder = out / REGDB_FOLDERS[modality] / str(pid)
+                folder.mkdir(parents=True)
+                names = [_synthetic_file_name(pid, camera.infrared, k) for k in range(spec.images_per_camera)]
+                write_identity_images(folder, spec, self, pid, camera, names)
+        (out / "idx").mkdir()
+        half = spec.num_identities // 2
+        for trial in REGDB_TRIALS:
+            order = identity_order(spec, self, trial)
+            for part, ids in (("train", sorted(order[:half])), ("test", sorted(order[half:]))):
+                for modality, camera in REGDB_SENSORS.items():
+                    lines = [
+                        f"{REGDB_FOLDERS[modality]}/{pid}/{_synthetic_file_name(pid, camera.infrared, k)} {label}\n"
+                        for label, pid in enumerate(ids)
+                        for k in range(spec.images_per_camera)
+                    ]
+                    index_file(out, part, modality, trial).write_text("".join(lines))
+        return out
+
+
+def _synthetic_file_name(pid: int, infrared: bool, k: int) -> str:
+    return f"{'t' if infrared else 'v'}_{pid:05d}_{k + 1:02d}.bmp"

@@ -21,6 +21,24 @@ MODALITY_INFRARED = 1
 
 METRIC_PROTOCOLS = ("sysu", "regdb", "llcm")
 
+
+@dataclass(frozen=True)
+class Sensor:
+    """One camera recording one modality, as a dataset description states it.
+
+    `number` is the on-disk camera number (SYSU camN, LLCM camK, RegDB 1 = Visible, 2 = Thermal);
+    cameras that share a `scene` share background and viewpoint in the synthetic generator.
+    """
+
+    number: int
+    infrared: bool
+    scene: int
+
+    @property
+    def modality(self) -> int:
+        return MODALITY_INFRARED if self.infrared else MODALITY_VISIBLE
+
+
 # SYSU-MM01 cameras (0-based) by modality: cam3 and cam6 are the infrared ones.
 _SYSU_VISIBLE_CAMS = frozenset({0, 1, 3, 4})
 _SYSU_INFRARED_CAMS = frozenset({2, 5})

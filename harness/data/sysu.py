@@ -17,8 +17,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.data.layout import CameraTree, absolute_root, camera_pool, read_id_list, scan_camera_tree
+from harness.data.registry import Dataset, register_dataset, split_draw_index
+from harness.data.report import CheckReport, count_images, verify_images
+from harness.data.synthetic.layouts import id_line, identity_order, prepare_output, present_cameras, test_count
+from harness.data.synthetic.layouts import write_identity_images
 from harness.data.splits import (
     MODALITY_INFRARED,
     MODALITY_VISIBLE,
@@ -26,13 +31,26 @@ from harness.data.splits import (
     DatasetBundle,
     EvalProtocol,
     ImageSplit,
+    Sensor,
     report_problem,
     sampled_gallery_protocol,
 )
-from harness.errors import HarnessError, check_int
+from harness.errors import HarnessError, InputError, check_int
 
-SYSU_CAMERAS = (1, 2, 3, 4, 5, 6)
-SYSU_INFRARED_CAMERAS = frozenset({3, 6})
+if TYPE_CHECKING:
+    from harness.config import DataConfig
+    from harness.data.synthetic.spec import SynthSpec
+
+SYSU_SENSORS = (
+    Sensor(1, False, 1),
+    Sensor(2, False, 2),
+    Sensor(3, True, 2),  # infrared, in the same indoor room as cam2
+    Sensor(4, False, 4),
+    Sensor(5, False, 5),
+    Sensor(6, True, 6),  # infrared, outdoor
+)
+SYSU_CAMERAS = tuple(sensor.number for sensor in SYSU_SENSORS)
+SYSU_INFRARED_CAMERAS = frozenset(sensor.number for sensor in SYSU_SENSORS if sensor.infrared)
 SYSU_QUERY_CAMERAS = (3, 6)
 SYSU_GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 SYSU_SHOTS = {1: "single", 10: "multi"}
@@ -162,3 +180,90 @@ def load_sysu(
         protocols=protocols,
         validation=None,
     )
+
+
+SYNTHETIC_VAL_FRACTION = 0.25
+"""Synthetic trees: val ids as a share of the non-test ids, as SYSU's 99 val of 395 train+val."""
+
+
+@register_dataset
+class SysuMM01(Dataset):
+    name = "sysu"
+    title = "SYSU-MM01"
+    aliases = ("sysu-mm01", "sysu_mm01", "sysumm01")
+    sensors = SYSU_SENSORS
+    synthetic_code = 1
+    config_keys = {
+        "modes": "search modes evaluated: all (gallery cam1, cam2, cam4, cam5) and/or indoor (cam1, cam2)",
+        "shots": "gallery images per (id, camera): 1 single-shot, 10 multi-shot",
+        "gallery_trials": "seeded gallery draws per protocol (random.Random(t), t = 0..trials-1)",
+    }
+    split_options = {
+        "mode": "all | indoor (default all)",
+        "shots": "1 | 10 (default 1)",
+        "trial": "gallery draw t >= 0 (default 0)",
+    }
+    splits = ("Train on the ids of exp/train_id.txt and exp/val_id.txt (relabelled 0..K-1); test ids "
+              "exp/test_id.txt; queries every cam3/cam6 test image; protocols <mode>-<single|multi>.")
+    validation_metric = "sysu"
+
+    def load(self, root: Path, cfg: DataConfig) -> DatasetBundle:
+        return load_sysu(root, modes=tuple(cfg.modes), shots=tuple(cfg.shots), trials=cfg.gallery_trials)
+
+    def check(self, report: CheckReport) -> None:
+        layout = scan_sysu(report.root, report.problems)
+        if layout is None:
+            return
+        for split in SYSU_ID_FILES:
+            report.counts[split] = count_images(
+                (pid, f"cam{cam}", sysu_modality(cam))
+                for pid in layout.ids[split]
+                for cam in SYSU_CAMERAS
+                if (folder := layout.tree.get(cam, pid)) is not None
+                for _ in folder.files
+            )
+        every_image = [
+            path for by_pid in layout.tree.folders.values() for folder in by_pid.values() for path in folder.file_paths()
+        ]
+        verify_images(every_image, report.problems)
+
+    def split_protocol(self, root: Path, options: dict[str, object]) -> tuple[EvalProtocol, int, int]:
+        mode = "all" if options["mode"] is None else options["mode"]
+        shots = 1 if options["shots"] is None else options["shots"]
+        draw = split_draw_index(options["trial"])
+        if mode not in SYSU_GALLERY_CAMERAS:
+            raise InputError(f"SYSU-MM01 mode {mode!r}: expected one of {', '.join(SYSU_GALLERY_CAMERAS)}")
+        if shots not in SYSU_SHOTS:
+            raise InputError(f"SYSU-MM01 shots {shots!r}: expected 1 (single-shot) or 10 (multi-shot)")
+        layout = scan_sysu(root)
+        assert layout is not None  # a missing root raised already
+        return sysu_protocol(layout, mode, shots, trials=draw + 1), draw, draw
+
+    def write_synthetic(self, out: Path, spec: SynthSpec) -> Path:
+        """cam1..cam6/%04d/%04d.jpg (cam3, cam6 single-channel infrared) and exp/*_id.txt."""
+        train, val, test = self.identity_split(spec)
+        out = prepare_output(out)
+        for pid, cameras in present_cameras(spec, self).items():
+            for camera in cameras:
+                folder = out / f"cam{camera.number}" / f"{pid:04d}"
+                folder.mkdir(parents=True)
+                names = [f"{k + 1:04d}.jpg" for k in range(spec.images_per_camera)]
+                write_identity_images(folder, spec, self, pid, camera, names)
+        (out / "exp").mkdir()
+        for name, ids in (("train_id", train), ("val_id", val), ("test_id", test)):
+            (out / "exp" / f"{name}.txt").write_text(id_line(ids))
+        return out
+
+    def identity_split(self, spec: SynthSpec) -> tuple[list[int], list[int], list[int]]:
+        """Synthetic (train, val, test) identity lists, each ascending; ids are 1..num_identities."""
+        n_test = test_count(spec, self)
+        n_val = max(1, int(round((spec.num_identities - n_test) * SYNTHETIC_VAL_FRACTION)))
+        n_train = spec.num_identities - n_test - n_val
+        if n_train < 2:
+            raise InputError(
+                f"SynthSpec: num_identities={spec.num_identities} leaves {n_train} SYSU train identities "
+                f"after {n_test} test and {n_val} val; expected >= 2 (raise num_identities or lower test_fraction)"
+            )
+        order = identity_order(spec, self)
+        test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+        return sorted(train), sorted(val), sorted(test)
