@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,15 +15,13 @@ def _with_rerank(overrides: dict[str, Any], rerank: bool) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from harness.model_tools import evaluate_saved_model
-    from harness.results import write_report
+    from harness.results import print_report, write_report
 
     folder = Path(args.results_dir) / args.name
     evaluate_saved_model(args.model, overrides=_with_rerank(overrides, args.rerank), folder=folder,
                          quiet=args.quiet)
-    markdown, files = write_report(folder, protocol=args.protocol, group_by=["method", "dataset", "rerank"],
-                                   plots=False)
-    print(markdown)
-    print("written: " + ", ".join(str(f) for f in files), file=sys.stderr)
+    print_report(write_report(folder, protocols=[args.protocol] if args.protocol else None,
+                              group_by=["method", "dataset", "evaluation.rerank.enabled"], plots=False))
     return 0
 
 

@@ -1,0 +1,156 @@
+"""Saved models: weights as safetensors + card, reload without pickle, eval on other data, extract."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness.cli import main
+from harness.errors import ConfigError, InputError
+from harness.saved_models import TrainedModel, evaluation_config, load_method, model_files, read_model, save_model
+
+
+def _trained_like_method(cfg):
+    """A network whose weights and BN statistics are far from their initial values."""
+    from methods import create_method
+
+    torch.manual_seed(3)
+    method = create_method(cfg, 7, 4)
+    with torch.no_grad():
+        for p in method.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method.train()
+    with torch.no_grad():
+        for _ in range(2):
+            method.test_features(torch.randn(4, 3, 64, 32), torch.tensor([0, 1, 0, 1]))
+    return method.eval()
+
+
+def test_save_and_reload_gives_identical_test_features(tiny_config, tmp_path):
+    cfg = tiny_config(method="mclnet")
+    method = _trained_like_method(cfg)
+    weights = save_model(tmp_path, "abc123", TrainedModel(method, cfg, 7, 4, "synthetic"), info={"sweep": "s"})
+    card = json.loads(model_files(tmp_path, "abc123")[1].read_text())
+    assert card["trial_key"] == "abc123" and card["num_classes"] == 7 and card["num_cameras"] == 4
+    assert card["config"] == cfg.to_dict() and "torch" in card["versions"] and "safetensors" in card["versions"]
+    # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle opcodes)
+    raw = weights.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert header["__metadata__"]["trial_key"] == "abc123"
+
+    saved = read_model(weights.with_suffix(".json"))  # the card names the model as well
+    loaded = load_method(saved)
+    x = torch.randn(6, 3, 64, 32)
+    modality = torch.tensor([0, 0, 0, 1, 1, 1])
+    with torch.inference_mode():
+        assert torch.equal(method.test_features(x, modality), loaded.test_features(x, modality))
+    assert not any(p.is_set_to(q) for p, q in zip(method.parameters(), loaded.parameters()))
+
+
+def test_bad_model_paths_and_overrides_are_input_errors(tiny_config, tmp_path):
+    with pytest.raises(InputError, match="no saved model"):
+        read_model(tmp_path / "missing.safetensors")
+    cfg = tiny_config(method="agw")
+    save_model(tmp_path, "k", TrainedModel(_trained_like_method(cfg), cfg, 7, 4, "synthetic"))
+    saved = read_model(tmp_path / "k")
+    with pytest.raises(ConfigError, match="model.backbone"):
+        evaluation_config(saved, {"model.backbone": "resnet18"})
+    assert evaluation_config(saved, {"data.gallery_trials": 1}).data.gallery_trials == 1
+    (tmp_path / "k.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="unreadable safetensors"):
+        load_method(saved)
+
+
+@pytest.fixture(scope="module")
+def trained_sweep(tmp_path_factory):
+    """One tiny trial run through `vireid run`, which keeps its model."""
+    folder = tmp_path_factory.mktemp("runs")
+    args = ["run", "--results-dir", str(folder), "--name", "tiny", "--quiet",
+            "--set", "model.backbone=test_resnet", "--set", "model.non_local=false", "--set", "method=agw",
+            "--set", "data.height=64", "--set", "data.width=32", "--set", "data.modes=[all]",
+            "--set", "data.gallery_trials=2", "--set", "data.synthetic.num_identities=16",
+            "--set", "data.synthetic.images_per_camera=2", "--set", "data.synthetic.height=64",
+            "--set", "data.synthetic.width=32", "--set", "train.epochs=2", "--set", "train.iters_per_epoch=2",
+            "--set", "train.num_identities=4", "--set", "train.images_per_modality=2",
+            "--set", "train.warmup_epochs=1", "--set", "train.milestones=[1]", "--set", "train.device=cpu"]
+    assert main(args) == 0
+    return folder / "tiny"
+
+
+def test_run_keeps_the_final_model_and_eval_reproduces_its_records(trained_sweep, tmp_path):
+    from harness.results import ResultStore
+
+    models = sorted((trained_sweep / "models").glob("*.safetensors"))
+    assert len(models) == 1
+    trial = ResultStore(trained_sweep).dataframe()
+    assert models[0].stem == trial["trial_key"].iloc[0]
+    assert main(["eval", str(models[0]), "--results-dir", str(tmp_path), "--quiet"]) == 0
+    evaluated = ResultStore(tmp_path / "eval").dataframe()
+    assert list(evaluated["model_key"]) == [models[0].stem]
+    for metric in ("rank1", "mAP", "mINP"):  # same weights, same data: the trial's own numbers
+        assert evaluated[metric].iloc[0] == pytest.approx(trial[metric].iloc[0], abs=1e-9)
+
+
+def test_eval_on_another_dataset_layout_with_reranking(trained_sweep, tmp_path, monkeypatch):
+    import harness.trial
+    from harness.results import ResultStore
+
+    seen = []
+    evaluate = harness.trial.evaluate_trials
+
+    def spy(*args, rerank=None, **kwargs):
+        seen.append((rerank.enabled, rerank.k1))
+        return evaluate(*args, rerank=rerank, **kwargs)
+
+    monkeypatch.setattr(harness.trial, "evaluate_trials", spy)
+
+    model = next((trained_sweep / "models").glob("*.safetensors"))
+    regdb = tmp_path / "regdb"
+    assert main(["data", "synth", "--layout", "regdb", str(regdb), "--identities", "12",
+                 "--height", "64", "--width", "32"]) == 0
+    common = [str(model), "--results-dir", str(tmp_path), "--quiet", "--set", "data.dataset=regdb",
+              "--set", f"data.root={regdb}", "--set", "data.gallery_trials=1"]
+    assert main(["eval", *common]) == 0
+    assert main(["eval", *common, "--rerank", "--set", "evaluation.rerank.k1=5"]) == 0
+    df = ResultStore(tmp_path / "eval").dataframe()
+    assert set(df["dataset"]) == {"regdb"} and set(df["trained_on"]) == {"synthetic"}
+    assert sorted(df["rerank"].unique().tolist()) == [False, True]
+    assert df["trial_key"].nunique() == 2  # the re-ranked evaluation is its own entry
+    assert set(df["protocol"]) == {"v2t", "t2v"} and len(df) == 4  # RegDB's protocols, twice
+    assert seen == [(False, 20), (False, 20), (True, 5), (True, 5)]  # the keys reach the ranking
+    assert (tmp_path / "eval" / "table-v2t.md").is_file()
+
+
+def test_eval_refuses_network_overrides_with_exit_2(trained_sweep, capsys):
+    model = next((trained_sweep / "models").glob("*.safetensors"))
+    assert main(["eval", str(model), "--set", "method=mclnet", "--quiet"]) == 2
+    assert "method" in capsys.readouterr().err
+
+
+def test_extract_writes_features_of_every_image_under_a_folder(trained_sweep, tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for rel in ("a/1.png", "a/b/2.jpg", "3.bmp", "c/4.png", "c/5.png"):
+        path = images / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(path)
+    (images / "notes.txt").write_text("not an image")
+    model = next((trained_sweep / "models").glob("*.safetensors"))
+    out = tmp_path / "feats.npz"
+    assert main(["extract", str(model), str(images), "--modality", "infrared", "--out", str(out), "--quiet",
+                 "--set", "train.eval_batch_size=2"]) == 0
+    data = np.load(out, allow_pickle=False)
+    assert sorted(data.files) == ["features", "paths"]
+    assert data["paths"].tolist() == ["3.bmp", "a/1.png", "a/b/2.jpg", "c/4.png", "c/5.png"]
+    assert data["features"].dtype == np.float32 and data["features"].shape[0] == 5
+    assert np.isfinite(data["features"]).all()
+    assert not list(tmp_path.glob(".*vireid-tmp*"))
+    # batches of 2 give the features of one batch of all (eval mode: no batch statistics)
+    again = tmp_path / "again.npz"
+    assert main(["extract", str(model), str(images), "--modality", "infrared", "--out", str(again), "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(again)["features"], data["features"], rtol=1e-5, atol=1e-6)
+    assert main(["extract", str(model), str(images), "--modality", "infrared", "--out", str(tmp_path / "x.csv"),
+                 "--quiet"]) == 2
