@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise HarnessError(f"{args.config}: a trial config is a YAML mapping of config keys")
     source = str(args.config or "defaults")
     TrialConfig.from_dict(base, where=source)
-    spec = SweepSpec(name=args.name, base=base or {}, grid={}, source=source)
+    spec = SweepSpec(name=args.name, base=base or {}, grid={}, source=source, keep_models=not args.no_models)
     spec.trials(_overrides(args.overrides))  # validate before anything runs
     folder = run_sweep(spec, backend="local", overrides=_overrides(args.overrides), results_dir=args.results_dir,
                        retry_failed=True, quiet=args.quiet)
@@ -57,6 +58,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.dry_run:
         spec = spec.as_dry_run()
+    if args.no_models:
+        spec = dataclasses.replace(spec, keep_models=False)
     overrides = _overrides(args.overrides)
     spec.trials(overrides)
     folder = run_sweep(spec, backend=args.backend, overrides=overrides, results_dir=args.results_dir,
@@ -192,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", default="run", help="results sub-folder name (default: run)")
     run.add_argument("--results-dir", default="results", help="where sweep folders go (default: results)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--no-models", action="store_true", help="do not keep the final weights under <folder>/models")
     run.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="run a sweep spec (grid or search) and write its tables",
@@ -219,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "write to results/<name>-dry-run")
     sw.add_argument("--retry-failed", action="store_true", help="run failed trials again instead of skipping them")
     sw.add_argument("--quiet", action="store_true", help="no progress display")
+    sw.add_argument("--no-models", action="store_true",
+                    help="do not keep the trials' final weights under results/<sweep>/models (spec key keep_models)")
     sw.set_defaults(func=cmd_sweep)
 
     tb = sub.add_parser("table", help="rebuild tables and plots of a results folder without rerunning",

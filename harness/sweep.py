@@ -13,7 +13,7 @@ from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
 from harness.errors import ConfigError, HarnessError
 from harness.preflight import check_buildable
 
-SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "dry_run")
+SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "dry_run", "keep_models")
 SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
 SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "epochs_per_report",
                "objectives")
@@ -44,6 +44,8 @@ class SweepSpec:
     source: str = "<spec>"
     dry_run: dict[str, Any] = field(default_factory=dict)
     """Dotted overrides that turn a real-data spec into a quick run on synthetic data."""
+    keep_models: bool = True
+    """Keep each ok trial's final weights under results/<sweep>/models/ (harness.saved_models)."""
 
     def __post_init__(self) -> None:
         check_sweep_name(self.name, f"{self.source}: name")
@@ -55,7 +57,8 @@ class SweepSpec:
             self.dry_run, where=f"{self.source}: dry_run").to_dict()
         grid = {k: v for k, v in self.grid.items() if k not in self.dry_run}
         return SweepSpec(name=f"{self.name}-dry-run", base=base, grid=grid, backend=self.backend, search=self.search,
-                         table=self.table, description=self.description, source=self.source)
+                         table=self.table, description=self.description, source=self.source,
+                         keep_models=self.keep_models)
 
     def trials(self, overrides: dict[str, Any] | None = None) -> list[TrialConfig]:
         """Every grid point as a validated config (command-line overrides applied last)."""
@@ -154,6 +157,12 @@ def _check_table(where: str, table: dict[str, Any]) -> None:
             raise HarnessError(f"{where}.metrics: {exc}") from None
 
 
+def _keep_models(source: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise HarnessError(f"{source}: keep_models must be true or false, got {value!r}")
+    return value
+
+
 def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
     if not isinstance(data, dict):
         raise HarnessError(f"{source}: a sweep spec is a YAML mapping with keys {', '.join(SPEC_KEYS)}")
@@ -196,7 +205,8 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
     if not isinstance(dry_run, dict):
         raise HarnessError(f"{source}: dry_run must map dotted config keys to values")
     spec = SweepSpec(name=name, base=base, grid=grid, backend=backend, search=search, table=table,
-                     description=str(data.get("description", "")), source=source, dry_run=dry_run)
+                     description=str(data.get("description", "")), source=source, dry_run=dry_run,
+                     keep_models=_keep_models(source, data.get("keep_models", True)))
     if dry_run:
         spec.as_dry_run().trials()
     else:

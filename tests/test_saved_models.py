@@ -154,3 +154,36 @@ def test_extract_writes_features_of_every_image_under_a_folder(trained_sweep, tm
     np.testing.assert_allclose(np.load(again)["features"], data["features"], rtol=1e-5, atol=1e-6)
     assert main(["extract", str(model), str(images), "--modality", "infrared", "--out", str(tmp_path / "x.csv"),
                  "--quiet"]) == 2
+
+
+def test_keep_models_is_a_spec_key_and_a_flag(tiny_config, tmp_path):
+    from methods import create_method
+
+    from harness.cli import build_parser
+    from harness.errors import HarnessError
+    from harness.results import ResultStore
+    from harness.runner.common import execute_trial
+    from harness.sweep import parse_spec
+    from harness.trial import TrialResult, config_key
+
+    assert parse_spec({"name": "s"}).keep_models is True
+    assert parse_spec({"name": "s", "keep_models": False}).keep_models is False
+    with pytest.raises(HarnessError, match="keep_models"):
+        parse_spec({"name": "s", "keep_models": "no"})
+    assert build_parser().parse_args(["sweep", "spec.yaml", "--no-models"]).no_models
+    assert build_parser().parse_args(["run", "--no-models"]).no_models
+
+    cfg = tiny_config(method="agw")
+
+    def finished_trial(cfg, **_):
+        key = config_key(cfg)
+        record = {"trial_key": key, "status": "ok", "protocol": "all-single", "method": cfg.method}
+        return TrialResult(key=key, status="ok", records=[record],
+                           trained=TrainedModel(create_method(cfg, 5, 2), cfg, 5, 2, "synthetic"))
+
+    for keep, folder in ((False, tmp_path / "off"), (True, tmp_path / "on")):
+        execute_trial(cfg, ResultStore(folder), sweep="s", backend="local", trial_id="0", trial_fn=finished_trial,
+                      keep_model=keep)
+        kept = sorted(p.name for p in (folder / "models").glob("*")) if (folder / "models").exists() else []
+        key = config_key(cfg)
+        assert kept == ([f"{key}.json", f"{key}.safetensors"] if keep else [])

@@ -28,7 +28,7 @@ def run_local(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None
             label = f"{cfg.method} seed={cfg.seed}"
             progress.trial_started(label, epochs=cfg.train.epochs)
             result = execute_trial(cfg, store, sweep=spec.name, backend="local", trial_id=str(i),
-                                   on_iter=progress.iteration,
+                                   on_iter=progress.iteration, keep_model=spec.keep_models,
                                    on_epoch=lambda e, losses, validate: progress.epoch(e, losses))
             ok = [r for r in result.records if r.get("status") == "ok"]
             progress.trial_finished(result.status, score=ok[0].get("rank1") if ok else None,
