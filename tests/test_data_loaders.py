@@ -426,8 +426,8 @@ def test_llcm_errors(tmp_path):
 
 def test_validation_protocol_on_sysu(sysu_bundle):
     train = sysu_bundle.train
-    remaining, protocol = validation_protocol(train, 2, seed=3, trials=4)
-    remaining_again, protocol_again = validation_protocol(train, 2, seed=3, trials=4)
+    remaining, protocol = validation_protocol(train, 2, seed=3, metric_protocol="sysu", trials=4)
+    remaining_again, protocol_again = validation_protocol(train, 2, seed=3, metric_protocol="sysu", trials=4)
     assert list(protocol.gallery.paths) == list(protocol_again.gallery.paths)
     assert (protocol.trial_masks == protocol_again.trial_masks).all()
 
@@ -458,18 +458,18 @@ def test_validation_protocol_on_sysu(sysu_bundle):
 
 def test_validation_protocol_rules_and_errors(regdb):
     train = load_regdb(regdb.root, trial=1).train
-    remaining, protocol = validation_protocol(train, 1, seed=0)
+    remaining, protocol = validation_protocol(train, 1, seed=0, metric_protocol="regdb")
     assert protocol.metric_protocol == "regdb" and protocol.num_trials == 1
     assert sorted(set(remaining.pids.tolist())) == [0, 1]
     _, forced = validation_protocol(train, 1, seed=0, metric_protocol="llcm")
     assert forced.metric_protocol == "llcm"
     for bad in (0, 3, 2.0):
         with pytest.raises(HarnessError, match="num_ids"):
-            validation_protocol(train, bad, seed=0)
+            validation_protocol(train, bad, seed=0, metric_protocol="regdb")
     one_modality = ImageSplit(train.paths, train.pids, train.cams, np.zeros(len(train), np.int64))
     with pytest.raises(HarnessError, match="both visible and infrared"):
-        validation_protocol(one_modality, 1, seed=0)
-    held_by_seed = {int(validation_protocol(train, 1, seed=s)[1].query.pids[0]) for s in range(10)}
+        validation_protocol(one_modality, 1, seed=0, metric_protocol="regdb")
+    held_by_seed = {int(validation_protocol(train, 1, seed=s, metric_protocol="regdb")[1].query.pids[0]) for s in range(10)}
     assert len(held_by_seed) > 1  # the seed picks the held-out ids
 
 

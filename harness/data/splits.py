@@ -39,9 +39,6 @@ class Sensor:
         return MODALITY_INFRARED if self.infrared else MODALITY_VISIBLE
 
 
-# SYSU-MM01 cameras (0-based) by modality: cam3 and cam6 are the infrared ones.
-_SYSU_VISIBLE_CAMS = frozenset({0, 1, 3, 4})
-_SYSU_INFRARED_CAMS = frozenset({2, 5})
 
 
 def _as_int64_vector(values: object, field: str) -> np.ndarray:
@@ -327,8 +324,8 @@ def validation_protocol(
     num_ids: int,
     seed: int,
     *,
+    metric_protocol: str,
     trials: int = 1,
-    metric_protocol: str | None = None,
 ) -> tuple[ImageSplit, EvalProtocol]:
     """Hold out `num_ids` training identities for model selection without touching test ids.
 
@@ -339,10 +336,8 @@ def validation_protocol(
     `random.Random(f"validation:{seed}:{t}")` walking ids and cameras in ascending order.
     Protocol pids are the incoming training labels.
 
-    metric_protocol defaults to "sysu" (de-duplicated CMC, cam3 queries exclude the cam2 gallery)
-    only when the cameras are SYSU-MM01's (infrared cams within {2, 5}, visible within
-    {0, 1, 3, 4}, 0-based): that rule is about SYSU's camera placement and means nothing for
-    other datasets. Otherwise "regdb" (standard CMC, no exclusion).
+    metric_protocol is the dataset's rule (its description's `validation_metric`): "sysu" only
+    for SYSU-MM01's camera placement (cam3 queries exclude the cam2 gallery), else "regdb".
     """
     if isinstance(num_ids, bool) or not isinstance(num_ids, (int, np.integer)):
         raise HarnessError(f"validation num_ids: expected an integer, got {num_ids!r}")
@@ -372,12 +367,6 @@ def validation_protocol(
     remaining = ImageSplit(remaining.paths, relabelled.reshape(-1), remaining.cams, remaining.modalities)
 
     held = train.subset(in_validation)
-    if metric_protocol is None:
-        visible_cams = set(held.cams[held.modalities == MODALITY_VISIBLE].tolist())
-        infrared_cams = set(held.cams[held.modalities == MODALITY_INFRARED].tolist())
-        sysu_like = visible_cams <= _SYSU_VISIBLE_CAMS and infrared_cams <= _SYSU_INFRARED_CAMS
-        metric_protocol = "sysu" if sysu_like else "regdb"
-
     query_pool, _ = _candidates_by_identity_camera(
         held.subset(held.modalities == MODALITY_INFRARED), held_out
     )
