@@ -185,6 +185,8 @@ class ModelConfig(RangeChecked):
     """Inner channels of a non-local block as a fraction of its input channels."""
     last_stride_one: bool = True
     gem_p: float = ranged(3.0, above=0)
+    bnneck_init: Literal["ones", "normal"] = "ones"
+    """BNNeck BN weight at init: 1, or drawn from N(1, 0.01) as the AGW/MCLNet code (bias 0 either way)."""
     test_feature: Literal["bn", "pool"] = "bn"
     """Which feature is used at test time: BNNeck output or L2-normalised pooled feature."""
 

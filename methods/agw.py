@@ -79,7 +79,7 @@ def insert_non_local(
 
 
 class GeM(nn.Module):
-    """Generalised-mean pooling over H, W: (mean(clamp(x, eps)^p))^(1/p), computed in float32."""
+    """Generalised-mean pooling over H, W: (mean(clamp(x, eps)^p))^(1/p), in float32 or wider (float64 stays)."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = False) -> None:
         super().__init__()
@@ -93,20 +93,33 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # float32: x^p overflows half precision under autocast
-        p = self.p.float()
-        return x.float().clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+        # at least float32: x^p overflows half precision under autocast
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        p = self.p.to(dtype)
+        return x.to(dtype).clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+BNNECK_INITS = ("ones", "normal")
 
 
 class BNNeck(nn.Module):
-    """BatchNorm1d with a frozen zero bias, then a bias-free identity classifier on the BN feature."""
+    """BatchNorm1d with a frozen zero bias, then a bias-free identity classifier on the BN feature.
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    `init="ones"`: BN weight 1 (torch's default); `init="normal"`: BN weight drawn from N(1, 0.01)
+    as the AGW/MCLNet code's weights_init_kaiming does. The bias starts at 0 either way.
+    """
+
+    def __init__(self, dim: int, num_classes: int, *, init: str = "ones") -> None:
         super().__init__()
         if dim < 1 or num_classes < 1:
             raise HarnessError(f"BNNeck needs dim >= 1 and num_classes >= 1; got dim={dim}, num_classes={num_classes}")
+        if init not in BNNECK_INITS:
+            raise HarnessError(f"BNNeck init must be one of {', '.join(BNNECK_INITS)}; got {init!r}")
         self.bn = nn.BatchNorm1d(dim)
-        nn.init.ones_(self.bn.weight)
+        if init == "normal":
+            nn.init.normal_(self.bn.weight, mean=1.0, std=0.01)
+        else:
+            nn.init.ones_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
         self.bn.bias.requires_grad_(False)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
@@ -130,6 +143,7 @@ class ReIDNet(nn.Module):
         non_local_ratio: float = 0.5,
         gem_p: float = 3.0,
         last_stride_one: bool = True,
+        bnneck_init: str = "ones",
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -141,7 +155,7 @@ class ReIDNet(nn.Module):
         )
         self.pool = GeM(p=gem_p)
         self.feature_dim: int = self.backbone.num_features
-        self.neck = BNNeck(self.feature_dim, num_classes)
+        self.neck = BNNeck(self.feature_dim, num_classes, init=bnneck_init)
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
         """pool (B, C): GeM feature (metric losses); bn (B, C): BNNeck feature; logits (B, num_classes)."""

@@ -7,44 +7,48 @@ this space; any combination can also be written as `agw+mcm+ica+cca` etc.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.config import TrialConfig
+from harness.config import LossConfig, MCMConfig, ModelConfig, TrainConfig
 from harness.errors import ConfigError
 from methods.agw import ReIDNet
+from methods.base import ReIDMethod
 from methods.losses import center_loss, marginal_center_loss, wrt_loss
 from methods.mcm import ModalityConfusion
 from methods.registry import register_composer, register_method
 
 CENTER_TERMS = ("none", "center", "ica")
-_UNTIMED = nullcontext()
+MCLNET_CONFIGS = ("model", "loss", "mcm", "train")
+"""The config sections an MCLNet-family builder receives."""
 
 
-def untimed(phase: str) -> AbstractContextManager[Any]:
-    """The default phase timer: every section is a no-op."""
-    return _UNTIMED
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Losses run in float32 under autocast; a float64 network stays float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-class MCLNet(nn.Module):
-    def __init__(self, cfg: TrialConfig, *, num_classes: int, num_cameras: int, mcm: bool = True,
-                 center: str = "ica", cca: bool = True) -> None:
+class MCLNet(ReIDMethod):
+    """AGW network + the switchable MCLNet terms (see the module docstring)."""
+
+    def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, mcm_cfg: MCMConfig, train_cfg: TrainConfig, *,
+                 num_classes: int, num_cameras: int, mcm: bool = True, center: str = "ica", cca: bool = True) -> None:
         super().__init__()
         if center not in CENTER_TERMS:
             raise ConfigError(f"method switch center={center!r}: expected one of {', '.join(CENTER_TERMS)}")
-        self.cfg = cfg
+        self.model_cfg, self.loss_cfg, self.train_cfg = model_cfg, loss_cfg, train_cfg
         self.use_mcm, self.center_term, self.use_cca = mcm, center, cca
-        m = cfg.model
+        m = model_cfg
         self.net = ReIDNet(m.backbone, num_classes, pretrained_file=m.pretrained_file, non_local=m.non_local,
-                           non_local_ratio=m.non_local_ratio, gem_p=m.gem_p, last_stride_one=m.last_stride_one)
+                           non_local_ratio=m.non_local_ratio, gem_p=m.gem_p, last_stride_one=m.last_stride_one,
+                           bnneck_init=m.bnneck_init)
         dim = self.net.feature_dim
-        authors = cfg.loss.variant == "authors-code"
+        authors = loss_cfg.variant == "authors-code"
         if mcm:
-            c = cfg.mcm
+            c = mcm_cfg
             self.mcm = ModalityConfusion(dim, hidden=c.hidden, batchnorm_out=c.batchnorm_out, lr=c.lr,
                                          momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
         if center != "none":
@@ -53,8 +57,6 @@ class MCLNet(nn.Module):
             self.id_centers = nn.Parameter(torch.randn(num_classes, dim), requires_grad=learn)
         if cca:
             self.cam_centers = nn.Parameter(torch.randn(num_cameras, dim), requires_grad=not authors)
-        self.phase_timer: Callable[[str], AbstractContextManager[Any]] = untimed
-        """`phase_timer("forward")` wraps each part of training_losses (profiling; see harness.training.PhaseTimer)."""
         self._compiled_forward: Callable[..., dict[str, torch.Tensor]] | None = None
 
     def compile_network(self, **options: Any) -> None:
@@ -71,21 +73,21 @@ class MCLNet(nn.Module):
         return self.net(images, modality)
 
     def test_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        return self.net(images, modality)[self.cfg.model.test_feature]
+        return self.net(images, modality)[self.model_cfg.test_feature]
 
     def training_losses(self, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor,
                         cams: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted loss terms of one batch; the MCM discriminator is updated here, before L_e."""
-        L, phase = self.cfg.loss, self.phase_timer
+        L, phase = self.loss_cfg, self.phase_timer
         with phase("forward"):
             if self._compiled_forward is None:
                 out = self.net(images, modality)
             else:
                 out = self._compiled_forward(self.net, images, modality)
-            pool, bn = out["pool"].float(), out["bn"].float()
+            pool, bn = _at_least_float32(out["pool"]), _at_least_float32(out["bn"])
         losses = {}
         with phase("ce"):
-            losses["ce"] = L.ce_weight * F.cross_entropy(out["logits"].float(), pids, label_smoothing=L.label_smoothing)
+            losses["ce"] = L.ce_weight * F.cross_entropy(_at_least_float32(out["logits"]), pids, label_smoothing=L.label_smoothing)
         with phase("wrt"):
             losses["wrt"] = L.wrt_weight * wrt_loss(pool, pids, variant=L.wrt_variant)
         if self.use_mcm:
@@ -110,7 +112,7 @@ class MCLNet(nn.Module):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """SGD groups: backbone at train.lr, BNNeck/classifier and centers at their own rates."""
-        t = self.cfg.train
+        t = self.train_cfg
         groups = self.net.param_groups()
         out = [{"params": groups["backbone"], "lr": t.lr, "name": "backbone"},
                {"params": groups["head"], "lr": t.head_lr, "name": "head"}]
@@ -118,10 +120,6 @@ class MCLNet(nn.Module):
         if centers:
             out.append({"params": centers, "lr": t.center_lr, "name": "centers", "weight_decay": 0.0})
         return out
-
-
-def build_mclnet(cfg: TrialConfig, *, num_classes: int, num_cameras: int, **switches: Any) -> MCLNet:
-    return MCLNet(cfg, num_classes=num_classes, num_cameras=num_cameras, **switches)
 
 
 def parse_agw_tokens(tokens: list[str]) -> dict[str, Any]:
@@ -141,16 +139,28 @@ def parse_agw_tokens(tokens: list[str]) -> dict[str, Any]:
     return switches
 
 
-_PRESETS = [
-    ("agw", "AGW baseline: two-stream, non-local, GeM, BNNeck; CE + WRT", dict(mcm=False, center="none", cca=False)),
-    ("agw+mcm", "AGW + modality confusion module", dict(mcm=True, center="none", cca=False)),
-    ("agw+mcm+center", "AGW + MCM + center loss (ablation: center loss instead of ICA)",
-     dict(mcm=True, center="center", cca=False)),
-    ("agw+mcm+ica", "AGW + MCM + identity-aware marginal center aggregation",
-     dict(mcm=True, center="ica", cca=False)),
-    ("mclnet", "MCLNet: AGW + MCM + ICA + CCA (full method)", dict(mcm=True, center="ica", cca=True)),
-    ("mclnet-no-mcm", "MCLNet without MCM: AGW + ICA + CCA", dict(mcm=False, center="ica", cca=True)),
-]
-for _name, _desc, _switches in _PRESETS:
-    register_method(_name, builder=build_mclnet, description=_desc, **_switches)
-register_composer("agw", parse=parse_agw_tokens, builder=build_mclnet, tokens_help="mcm|center|ica|cca joined by +")
+_PRESET = dict(configs=MCLNET_CONFIGS)
+
+
+# decorators apply bottom-up: `vireid methods` lists agw first
+@register_method("mclnet-no-mcm", description="MCLNet without MCM: AGW + ICA + CCA", mcm=False, center="ica",
+                 cca=True, **_PRESET)
+@register_method("mclnet", description="MCLNet: AGW + MCM + ICA + CCA (full method)", mcm=True, center="ica",
+                 cca=True, **_PRESET)
+@register_method("agw+mcm+ica", description="AGW + MCM + identity-aware marginal center aggregation",
+                 mcm=True, center="ica", cca=False, **_PRESET)
+@register_method("agw+mcm+center", description="AGW + MCM + center loss (ablation: center loss instead of ICA)",
+                 mcm=True, center="center", cca=False, **_PRESET)
+@register_method("agw+mcm", description="AGW + modality confusion module", mcm=True, center="none", cca=False,
+                 **_PRESET)
+@register_method("agw", description="AGW baseline: two-stream, non-local, GeM, BNNeck; CE + WRT",
+                 mcm=False, center="none", cca=False, **_PRESET)
+def build_mclnet(*, model_cfg: ModelConfig, loss_cfg: LossConfig, mcm_cfg: MCMConfig, train_cfg: TrainConfig,
+                 num_classes: int, num_cameras: int, **switches: Any) -> MCLNet:
+    """An MCLNet-family method with the given switches (mcm, center, cca)."""
+    return MCLNet(model_cfg, loss_cfg, mcm_cfg, train_cfg, num_classes=num_classes, num_cameras=num_cameras,
+                  **switches)
+
+
+register_composer("agw", parse=parse_agw_tokens, builder=build_mclnet, tokens_help="mcm|center|ica|cca joined by +",
+                  configs=MCLNET_CONFIGS)

@@ -22,6 +22,11 @@ from harness.errors import HarnessError
 from methods.losses import modality_classification_loss, modality_confusion_loss
 
 
+def _at_least_float32(features: torch.Tensor) -> torch.Tensor:
+    """M runs outside autocast in float32, or float64 when the network is float64."""
+    return features.to(torch.promote_types(features.dtype, torch.float32))
+
+
 class ModalityClassifier(nn.Module):
     """Linear(in, hidden) -> Linear(hidden, 2) [-> BatchNorm1d(2)], no nonlinearity (as published)."""
 
@@ -80,7 +85,7 @@ class ModalityConfusion(nn.Module):
             raise HarnessError(f"modality must have shape ({features.shape[0]},); got {tuple(modality.shape)}")
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=features.device.type, enabled=False):
-            logits = self.classifier(features.detach().float())
+            logits = self.classifier(_at_least_float32(features.detach()))
             loss = modality_classification_loss(logits, modality.long())
         loss.backward()
         self.optimizer.step()
@@ -95,7 +100,7 @@ class ModalityConfusion(nn.Module):
         # scratch buffers: the second forward must not advance M's running statistics
         frozen.update({name: b.detach().clone() for name, b in self.classifier.named_buffers()})
         with torch.autocast(device_type=features.device.type, enabled=False):
-            logits = functional_call(self.classifier, frozen, (features.float(),))
+            logits = functional_call(self.classifier, frozen, (_at_least_float32(features),))
             return modality_confusion_loss(logits)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

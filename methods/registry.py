@@ -1,25 +1,29 @@
-"""Method registry: `@register_method` next to a method's definition, `create_method` to build one.
+"""Method registry: `@register_method` next to a method's builder, `create_method` to build one.
 
-A method is an `nn.Module` with `forward(images, modality) -> dict` (at least `pool`, `bn`) and
-`training_losses(images, modality, pids, cams) -> dict[str, Tensor]` (weighted loss terms),
-plus `param_groups(train_cfg) -> list[dict]` for the optimiser. Adding a method is one file in
-`methods/` that registers a builder, plus its import in `methods/__init__.py`.
+A builder returns a `methods.base.ReIDMethod` (the contract: training_losses, test_features,
+param_groups, optional compile_network, phase_timer). It receives only the config sections it
+declares in `configs` (each passed as `<section>_cfg`, e.g. `model_cfg=cfg.model`), the label
+space (`num_classes`, `num_cameras`) and the registration's switches. Every module in the
+`methods` package is imported on first use, so adding a method is one file in `methods/` whose
+builder carries `@register_method(...)`.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from harness.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
-
     from harness.config import TrialConfig
+    from methods.base import ReIDMethod
 
-Builder = Callable[..., "nn.Module"]
+Builder = Callable[..., "ReIDMethod"]
+CONFIG_SECTIONS = ("data", "model", "loss", "mcm", "train", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ class MethodInfo:
     builder: Builder
     description: str
     switches: dict[str, Any] = field(default_factory=dict)
+    configs: tuple[str, ...] = ()
+    """The TrialConfig sections the builder receives."""
 
 
 @dataclass(frozen=True)
@@ -38,32 +44,57 @@ class Composer:
     parse: Callable[[list[str]], dict[str, Any]]
     builder: Builder
     tokens_help: str
+    configs: tuple[str, ...] = ()
 
 
 _METHODS: dict[str, MethodInfo] = {}
 _COMPOSERS: dict[str, Composer] = {}
-BUILTIN_METHOD_MODULES = ("methods.mclnet",)
+_LOADED = False
 
 
 def _load_builtin() -> None:
-    """Import the built-in method files (they register themselves) on first use, not at import."""
-    import importlib
+    """Import every module of the `methods` package once (each registers its methods), on first use."""
+    global _LOADED
+    if _LOADED:
+        return
+    import methods
 
-    for module in BUILTIN_METHOD_MODULES:
-        importlib.import_module(module)
+    for module in pkgutil.iter_modules(methods.__path__):
+        importlib.import_module(f"methods.{module.name}")
+    _LOADED = True
 
 
-def register_method(name: str, *, builder: Builder, description: str, **switches: Any) -> MethodInfo:
-    if name in _METHODS:
-        raise ValueError(f"method {name!r} is registered twice")
-    info = MethodInfo(name=name, builder=builder, description=description, switches=dict(switches))
-    _METHODS[name] = info
-    return info
+def _check_sections(name: str, configs: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [c for c in configs if c not in CONFIG_SECTIONS]
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown config section(s) {unknown}; known: {', '.join(CONFIG_SECTIONS)}")
+    return tuple(configs)
+
+
+def register_method(name: str, *, description: str, configs: tuple[str, ...] = (), builder: Builder | None = None,
+                    **switches: Any) -> Any:
+    """Register `name`; as a decorator on the builder, or directly with `builder=`.
+
+    `configs` names the TrialConfig sections the builder receives; `switches` are passed to it
+    as keyword arguments (and listed by `vireid methods`).
+    """
+    def register(function: Builder) -> Builder:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        _METHODS[name] = MethodInfo(name=name, builder=function, description=description, switches=dict(switches),
+                                    configs=_check_sections(name, configs))
+        return function
+
+    if builder is not None:
+        return register(builder)
+    return register
 
 
 def register_composer(base: str, *, parse: Callable[[list[str]], dict[str, Any]], builder: Builder,
-                      tokens_help: str) -> None:
-    _COMPOSERS[base] = Composer(base=base, parse=parse, builder=builder, tokens_help=tokens_help)
+                      tokens_help: str, configs: tuple[str, ...] = ()) -> None:
+    """Accept `base+tok+tok` method names: `parse(tokens)` gives the builder's switches."""
+    _COMPOSERS[base] = Composer(base=base, parse=parse, builder=builder, tokens_help=tokens_help,
+                                configs=_check_sections(base, configs))
 
 
 def list_methods() -> list[MethodInfo]:
@@ -80,7 +111,8 @@ def resolve_method(name: str) -> MethodInfo:
     if base in _COMPOSERS:
         composer = _COMPOSERS[base]
         switches = composer.parse(tokens)  # raises ConfigError on an unknown token
-        return MethodInfo(name=name, builder=composer.builder, description="custom combination", switches=switches)
+        return MethodInfo(name=name, builder=composer.builder, description="custom combination", switches=switches,
+                          configs=composer.configs)
     close = difflib.get_close_matches(name, list(_METHODS), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in _COMPOSERS.values())
@@ -90,6 +122,8 @@ def resolve_method(name: str) -> MethodInfo:
     )
 
 
-def create_method(cfg: "TrialConfig", num_classes: int, num_cameras: int) -> "nn.Module":
+def create_method(cfg: "TrialConfig", num_classes: int, num_cameras: int) -> "ReIDMethod":
+    """Build `cfg.method` from the config sections its builder declares."""
     info = resolve_method(cfg.method)
-    return info.builder(cfg, num_classes=num_classes, num_cameras=num_cameras, **info.switches)
+    sections = {f"{section}_cfg": getattr(cfg, section) for section in info.configs}
+    return info.builder(**sections, num_classes=num_classes, num_cameras=num_cameras, **info.switches)

@@ -133,3 +133,41 @@ def test_log_uniform_aspect_draws_boxes_symmetric_in_log_ratio():
     log_ratio = (mask.any(dim=2).sum(dim=1).float() / mask.any(dim=1).sum(dim=1).float()).log()
     # log-uniform on [log 0.3, -log 0.3]: mean 0; a uniform aspect gives E[log r] of about +0.44
     assert abs(log_ratio.mean().item()) < 0.05
+
+
+def test_the_whole_network_runs_in_float64():
+    import torch
+
+    from harness.config import TrialConfig
+    from methods import create_method
+
+    cfg = TrialConfig.from_dict({"method": "mclnet", "model": {"backbone": "test_resnet", "non_local": True,
+                                                               "bnneck_init": "normal"}})
+    method = create_method(cfg, num_classes=4, num_cameras=3).double().train()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 64, 32, generator=generator, dtype=torch.float64)
+    modality = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    pids, cams = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1]), torch.tensor([0, 1, 0, 1, 2, 2, 2, 2])
+    out = method(images, modality)
+    assert {k: v.dtype for k, v in out.items()} == dict.fromkeys(out, torch.float64)
+    losses = method.training_losses(images, modality, pids, cams)
+    assert set(losses) == {"ce", "wrt", "mcm", "ica", "cca"}
+    assert all(v.dtype == torch.float64 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in method.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float64 and torch.isfinite(g).all() for g in grads)
+    assert method.test_features(images, modality).dtype == torch.float64
+
+
+def test_bnneck_normal_init_draws_weights_around_one():
+    import torch
+
+    from methods.agw import BNNeck
+
+    torch.manual_seed(0)
+    neck = BNNeck(4096, 3, init="normal")
+    weight = neck.bn.weight.detach()
+    assert abs(weight.mean().item() - 1.0) < 5 * 0.01 / 64  # N(1, 0.01): 5 standard errors of the mean
+    assert abs(weight.std().item() - 0.01) < 0.001
+    assert torch.count_nonzero(neck.bn.bias) == 0
+    assert torch.all(BNNeck(16, 3).bn.weight == 1)

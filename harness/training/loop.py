@@ -18,13 +18,14 @@ import torch
 
 from harness.config import TrainConfig
 from harness.data.splits import ImageSplit
-from harness.errors import ConfigError, TrialFailure
+from harness.errors import TrialFailure
 from harness.training.batches import BatchSource
 from harness.training.checkpoint import load_checkpoint, save_checkpoint
 from harness.training.device import autocast_context, synchronize
 from harness.training.optim import build_optimizer
 from harness.training.profiling import PhaseTimer
 from harness.training.seeding import global_rng_state, restore_global_rng_state
+from methods.base import ReIDMethod
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Trainer:
     `cfg.compile` is set.
     """
 
-    def __init__(self, method: Any, cfg: TrainConfig, train: ImageSplit, images: torch.Tensor, *,
+    def __init__(self, method: ReIDMethod, cfg: TrainConfig, train: ImageSplit, images: torch.Tensor, *,
                  device: torch.device, seed: int, checkpoint_path: Path | None = None,
                  epoch_callbacks: list[EpochCallback] | None = None,
                  iteration_callbacks: list[IterationCallback] | None = None,
@@ -60,8 +61,7 @@ class Trainer:
                  compile_backend: str = "inductor") -> None:
         self.method, self.cfg, self.device = method, cfg, device
         self.timer = timer or PhaseTimer(device)
-        if hasattr(method, "phase_timer"):
-            method.phase_timer = self.timer
+        method.phase_timer = self.timer
         self.batches = BatchSource(train, images, cfg, device=device, seed=seed, timer=self.timer)
         self.iters_per_epoch = self.batches.steps_per_epoch
         self.optimizer, self.scheduler = build_optimizer(method.param_groups(), cfg, device)
@@ -75,11 +75,7 @@ class Trainer:
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
         if cfg.compile:
-            compile_network = getattr(method, "compile_network", None)
-            if compile_network is None:
-                raise ConfigError(f"train.compile=true: method {type(method).__name__} has no compile_network(); "
-                                  "set train.compile to false")
-            compile_network(backend=compile_backend)
+            method.compile_network(backend=compile_backend)
 
     # the batch source's parts, as the bench and tests read them
     @property

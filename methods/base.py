@@ -1,0 +1,61 @@
+"""The method contract: what the trainer, the evaluation and the bench may call on a method.
+
+Every method is a `ReIDMethod`, an `nn.Module` that implements
+
+* `training_losses(images, modality, pids, cams) -> dict[str, Tensor]`: the weighted loss terms
+  of one training batch (the trainer sums them and runs backward; a method may update its own
+  auxiliary parts here, as MCLNet's modality discriminator does);
+* `test_features(images, modality) -> Tensor`: the (B, D) features evaluation ranks with;
+* `param_groups() -> list[dict]`: SGD parameter groups, each with its own "lr" (and a "name");
+* optionally `compile_network(**torch_compile_options)`: torch.compile what is worth compiling
+  (the default refuses, naming `train.compile`).
+
+and has a `phase_timer` attribute: a callable `phase_timer(name)` returning a context manager,
+which the trainer replaces by its `harness.training.PhaseTimer` so `vireid bench` can time each
+part of `training_losses` (the default times nothing).
+"""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigError
+
+PhaseTimerLike = Callable[[str], AbstractContextManager[Any]]
+_UNTIMED = nullcontext()
+
+
+def untimed(phase: str) -> AbstractContextManager[Any]:
+    """The default phase timer: every section is a no-op."""
+    return _UNTIMED
+
+
+class ReIDMethod(nn.Module, abc.ABC):
+    """Base class of every registered method (see the module docstring for the contract)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase_timer: PhaseTimerLike = untimed
+
+    @abc.abstractmethod
+    def training_losses(self, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor,
+                        cams: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one batch (modality 0 visible / 1 infrared, pids and cams 0-based)."""
+
+    @abc.abstractmethod
+    def test_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """(B, D) features that evaluation ranks with."""
+
+    @abc.abstractmethod
+    def param_groups(self) -> list[dict[str, Any]]:
+        """SGD parameter groups, each with "params", "lr" and "name" (optionally "weight_decay")."""
+
+    def compile_network(self, **options: Any) -> None:
+        """torch.compile the method's network; methods that support `train.compile` override this."""
+        raise ConfigError(f"train.compile=true: method {type(self).__name__} cannot be compiled; "
+                          "set train.compile to false")
