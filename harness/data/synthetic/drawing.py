@@ -7,10 +7,14 @@ Primitives are evaluated only inside their bounding window.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from harness.data.synthetic.attributes import (
     Garment,
+    Identity,
+    Scene,
     SensorResponse,
     background,
     identity_of,
@@ -174,8 +178,40 @@ def _on_window(values: np.ndarray | None, window: Window, height: int, width: in
     return full
 
 
+@dataclass
+class _Figure:
+    """Where one person stands in one image: the frame, body geometry in pixels, the garment
+    pattern and shading maps, and the looks (colour, heat) of skin, hair and bag."""
+
+    ident: Identity
+    frame: _Frame
+    cx: float
+    unit: float  # pixels per body height
+    ux: float  # horizontal pixels per body height (lens squeeze)
+    foot_y: float
+    head_cy: float
+    head_rx: float
+    head_ry: float
+    shoulder_y: float
+    hip_y: float
+    sw: float  # shoulder half-width
+    hw: float  # hip half-width
+    arm_r: float
+    leg_r: float
+    torso_shade: np.ndarray
+    upper_pattern: np.ndarray | None
+    lower_pattern: np.ndarray | None
+    skin: tuple
+    hair: tuple
+    bag: tuple
+
+
 def render_person(spec: SynthSpec, layout: SynthLayout, pid: int, camera: SynthCamera, index: int) -> np.ndarray:
-    """One image of identity `pid` seen by `camera`: uint8 (H, W, 3) visible or (H, W) infrared."""
+    """One image of identity `pid` seen by `camera`: uint8 (H, W, 3) visible or (H, W) infrared.
+
+    Layers are painted back to front; every random draw comes from one per-image generator in a
+    fixed order (placement, patterns, skin, legs, arms, occluder, sensor).
+    """
     layout_code = layout.synthetic_code
     H, W = spec.height, spec.width
     ident = identity_of(spec.seed, pid)
@@ -183,24 +219,30 @@ def render_person(spec: SynthSpec, layout: SynthLayout, pid: int, camera: SynthC
     sensor = sensor_of(spec.seed, layout_code, camera, W)
     rng = seeded_rng(spec.seed, TAG_SAMPLE, layout_code, pid, camera.number, int(camera.infrared), index)
     canvas = _Canvas(background(spec.seed, layout_code, camera.scene, H, W, camera.infrared), camera.infrared)
+    figure = _place(ident, scene, rng, H, W)
+    _paint_behind_body(canvas, figure)
+    _paint_legs(canvas, figure, rng)
+    _paint_torso(canvas, figure)
+    _paint_arms(canvas, figure, rng)
+    _paint_head(canvas, figure)
+    _paint_occluder(canvas, figure, scene, rng, H, W)
+    return _expose(canvas.image, sensor, rng, camera.infrared)
 
-    # Placement: scene viewpoint times per-sample jitter; walking direction mirrors the person.
+
+def _place(ident: Identity, scene: Scene, rng: np.random.Generator, H: int, W: int) -> _Figure:
+    """Placement: scene viewpoint times per-sample jitter; walking direction mirrors the person.
+    Garment patterns and shading move with the body and are evaluated on its window only."""
     mirrored = bool(rng.random() < 0.5)
     unit = scene.person_height * H * ident.stature * rng.uniform(0.92, 1.05)  # pixels per body height
     ux = unit * scene.squeeze * rng.uniform(0.94, 1.06)
     foot_y = scene.foot_y * H + rng.normal(0, 0.012 * H)
     cx = W * (0.5 + scene.x_offset + rng.uniform(-0.07, 0.07))
     frame = _Frame(H, W, cx, mirrored)
-    Y = frame.Y
     top = foot_y - unit
     head_ry = ident.head_radius * unit * ident.head_aspect
     head_rx = ident.head_radius * ux
-    head_cy = top + head_ry
     shoulder_y = top + 2 * head_ry + 0.03 * unit
-    hip_y = foot_y - ident.leg_fraction * unit
-    sw, hw = ident.shoulder_half_width * ux, ident.hip_half_width * ux
-    arm_r, leg_r = max(ident.arm_radius * ux, 1.0), max(ident.leg_radius * ux, 1.2)
-    # Garment patterns and shading move with the body; evaluated on the body's window only.
+    sw = ident.shoulder_half_width * ux
     body = frame.grid(cx - 0.45 * ux, cx + 0.45 * ux, shoulder_y - 0.05 * unit, foot_y + 0.05 * unit)
     torso_shade = np.ones((H, W))
     upper_pattern = lower_pattern = None
@@ -211,78 +253,99 @@ def render_person(spec: SynthSpec, layout: SynthLayout, pid: int, camera: SynthC
         upper_pattern = _on_window(_pattern(ident.upper, u, v, rng.uniform(-0.4, 0.4)), body_window, H, W)
         lower_pattern = _on_window(_pattern(ident.lower, u, v, rng.uniform(-0.4, 0.4)), body_window, H, W)
     skin_heat = min(ident.skin_heat * rng.uniform(0.95, 1.05), 1.0)
-    skin = (ident.skin_colour, skin_heat)
-    hair = (ident.hair_colour, ident.hair_heat)
-    bag = (ident.bag_colour, ident.bag_heat)
+    return _Figure(
+        ident=ident, frame=frame, cx=cx, unit=unit, ux=ux, foot_y=foot_y,
+        head_cy=top + head_ry, head_rx=head_rx, head_ry=head_ry, shoulder_y=shoulder_y,
+        hip_y=foot_y - ident.leg_fraction * unit, sw=sw, hw=ident.hip_half_width * ux,
+        arm_r=max(ident.arm_radius * ux, 1.0), leg_r=max(ident.leg_radius * ux, 1.2),
+        torso_shade=torso_shade, upper_pattern=upper_pattern, lower_pattern=lower_pattern,
+        skin=(ident.skin_colour, skin_heat), hair=(ident.hair_colour, ident.hair_heat),
+        bag=(ident.bag_colour, ident.bag_heat),
+    )
 
-    # Long hair and backpack sit behind the body.
-    if ident.hair_long > 0:
-        hair_bottom = shoulder_y + ident.hair_long * unit
-        canvas.paint(frame.box(cx, (head_cy + hair_bottom) / 2, head_rx * 1.1, (hair_bottom - head_cy) / 2, head_rx * 0.6), *hair)
-    if ident.bag == "backpack":
-        canvas.paint(frame.box(cx, (shoulder_y + hip_y) / 2, sw + 0.025 * ux, (hip_y - shoulder_y) * 0.4, 0.03 * ux), *bag)
 
-    # Legs: skin, lower garment over the top part, shoes.
+def _paint_behind_body(canvas: _Canvas, f: _Figure) -> None:
+    """Long hair and backpack sit behind the body."""
+    if f.ident.hair_long > 0:
+        hair_bottom = f.shoulder_y + f.ident.hair_long * f.unit
+        canvas.paint(f.frame.box(f.cx, (f.head_cy + hair_bottom) / 2, f.head_rx * 1.1, (hair_bottom - f.head_cy) / 2, f.head_rx * 0.6), *f.hair)
+    if f.ident.bag == "backpack":
+        canvas.paint(f.frame.box(f.cx, (f.shoulder_y + f.hip_y) / 2, f.sw + 0.025 * f.ux, (f.hip_y - f.shoulder_y) * 0.4, 0.03 * f.ux), *f.bag)
+
+
+def _paint_legs(canvas: _Canvas, f: _Figure, rng: np.random.Generator) -> None:
+    """Legs: skin, lower garment over the top part, shoes; then the waist band and a skirt."""
+    ident, frame, cx, unit, hw = f.ident, f.frame, f.cx, f.unit, f.hw
     stride = rng.uniform(-0.2, 0.2)
-    foot_r = leg_r * 1.15
+    foot_r = f.leg_r * 1.15
     covered = {"pants": 1.01, "shorts": 0.45, "skirt": 0.0}[ident.lower_kind]
     for side in (-1, 1):
-        hip = (cx + side * hw * 0.55, hip_y)
+        hip = (cx + side * hw * 0.55, f.hip_y)
         angle = side * 0.03 + side * stride
-        length = (foot_y - hip_y - foot_r * 0.6) / max(np.cos(angle), 0.5)
+        length = (f.foot_y - f.hip_y - foot_r * 0.6) / max(np.cos(angle), 0.5)
         foot = (hip[0] + np.sin(angle) * length, hip[1] + np.cos(angle) * length)
-        leg = frame.capsule(hip, foot, leg_r)
+        leg = frame.capsule(hip, foot, f.leg_r)
         if leg is not None:
-            canvas.paint(leg[:2], *skin)
+            canvas.paint(leg[:2], *f.skin)
             if covered > 0:
-                canvas.paint_garment(_masked(leg, lambda w, a, t: np.clip((covered - t) * length + 0.5, 0, 1)), ident.lower, lower_pattern, None)
+                canvas.paint_garment(_masked(leg, lambda w, a, t: np.clip((covered - t) * length + 0.5, 0, 1)), ident.lower, f.lower_pattern, None)
         canvas.paint(frame.ellipse(foot[0] + side * foot_r * 0.3, foot[1] + foot_r * 0.2, foot_r * 1.25, foot_r * 0.8), ident.shoe_colour, ident.shoe_heat)
-    canvas.paint_garment(frame.box(cx, hip_y + 0.01 * unit, hw, 0.04 * unit, 0.01 * unit), ident.lower, lower_pattern, torso_shade)
+    canvas.paint_garment(frame.box(cx, f.hip_y + 0.01 * unit, hw, 0.04 * unit, 0.01 * unit), ident.lower, f.lower_pattern, f.torso_shade)
     if ident.lower_kind == "skirt":
-        y0, y1 = hip_y - 0.03 * unit, hip_y + 0.2 * unit
+        y0, y1 = f.hip_y - 0.03 * unit, f.hip_y + 0.2 * unit
         g = frame.grid(cx - hw * 1.6, cx + hw * 1.6, y0, y1)
         if g is not None:
-            canvas.paint_garment((g[0], _trapezoid(g[1], g[2], cx, y0, y1, hw, hw * 1.6)), ident.lower, lower_pattern, torso_shade)
+            canvas.paint_garment((g[0], _trapezoid(g[1], g[2], cx, y0, y1, hw, hw * 1.6)), ident.lower, f.lower_pattern, f.torso_shade)
 
-    # Neck, torso with rounded shoulders.
-    canvas.paint(frame.box(cx, shoulder_y - 0.02 * unit, head_rx * 0.45, 0.04 * unit), *skin)
-    torso_bottom = hip_y + 0.015 * unit
+
+def _paint_torso(canvas: _Canvas, f: _Figure) -> None:
+    """Neck, torso with rounded shoulders, backpack straps."""
+    frame, cx, unit, sw, arm_r, shoulder_y = f.frame, f.cx, f.unit, f.sw, f.arm_r, f.shoulder_y
+    canvas.paint(frame.box(cx, shoulder_y - 0.02 * unit, f.head_rx * 0.45, 0.04 * unit), *f.skin)
+    torso_bottom = f.hip_y + 0.015 * unit
     g = frame.grid(cx - sw, cx + sw, shoulder_y, torso_bottom)
     if g is not None:
         window, gx, gy = g
-        torso = _trapezoid(gx, gy, cx, shoulder_y + arm_r * 0.6, torso_bottom, sw, hw * 1.05)
+        torso = _trapezoid(gx, gy, cx, shoulder_y + arm_r * 0.6, torso_bottom, sw, f.hw * 1.05)
         shoulders, _ = _capsule(gx, gy, (cx - sw + arm_r, shoulder_y + arm_r), (cx + sw - arm_r, shoulder_y + arm_r), arm_r)
-        canvas.paint_garment((window, np.maximum(torso, shoulders)), ident.upper, upper_pattern, torso_shade)
-    if ident.bag == "backpack":
+        canvas.paint_garment((window, np.maximum(torso, shoulders)), f.ident.upper, f.upper_pattern, f.torso_shade)
+    if f.ident.bag == "backpack":
         for side in (-1, 1):
-            canvas.paint(frame.box(cx + side * sw * 0.55, shoulder_y + 0.09 * unit, 0.012 * ux + 0.5, 0.09 * unit), *bag)
+            canvas.paint(frame.box(cx + side * sw * 0.55, shoulder_y + 0.09 * unit, 0.012 * f.ux + 0.5, 0.09 * unit), *f.bag)
 
-    # Arms: sleeve over the upper part, skin below, hand.
+
+def _paint_arms(canvas: _Canvas, f: _Figure, rng: np.random.Generator) -> None:
+    """Arms: sleeve over the upper part, skin below, hand; a handbag or a shoulder bag."""
+    ident, frame, cx, unit, ux, arm_r = f.ident, f.frame, f.cx, f.unit, f.ux, f.arm_r
     swing = rng.uniform(-0.25, 0.25)
     for side in (-1, 1):
-        shoulder = (cx + side * (sw - arm_r * 0.7), shoulder_y + arm_r)
+        shoulder = (cx + side * (f.sw - arm_r * 0.7), f.shoulder_y + arm_r)
         angle = side * (0.1 + rng.uniform(-0.04, 0.1))
         length = 0.4 * unit * np.cos(side * swing)
         hand = (shoulder[0] + np.sin(angle) * length, shoulder[1] + np.cos(angle) * length)
         arm = frame.capsule(shoulder, hand, arm_r)
         if arm is not None:
-            canvas.paint(arm[:2], *skin)
+            canvas.paint(arm[:2], *f.skin)
             sleeve = _masked(arm, lambda w, a, t: np.clip((ident.sleeve_fraction - t) * length + 0.5, 0, 1))
-            canvas.paint_garment(sleeve, ident.upper, upper_pattern, None)
-        canvas.paint(frame.ellipse(hand[0], hand[1] + arm_r * 0.4, arm_r * 1.1, arm_r * 1.35), *skin)
+            canvas.paint_garment(sleeve, ident.upper, f.upper_pattern, None)
+        canvas.paint(frame.ellipse(hand[0], hand[1] + arm_r * 0.4, arm_r * 1.1, arm_r * 1.35), *f.skin)
         if ident.bag == "handbag" and side == ident.bag_side:
-            canvas.paint(frame.box(hand[0], hand[1] + 0.06 * unit, 0.05 * ux, 0.045 * unit, 0.01 * unit), *bag)
+            canvas.paint(frame.box(hand[0], hand[1] + 0.06 * unit, 0.05 * ux, 0.045 * unit, 0.01 * unit), *f.bag)
     if ident.bag == "shoulder":
         side = ident.bag_side
-        strap = frame.capsule((cx - side * sw * 0.6, shoulder_y), (cx + side * hw * 1.1, hip_y - 0.02 * unit), 0.012 * ux + 0.4)
-        canvas.paint(None if strap is None else strap[:2], *bag)
-        canvas.paint(frame.box(cx + side * (hw + 0.035 * ux), hip_y + 0.02 * unit, 0.055 * ux, 0.05 * unit, 0.01 * unit), *bag)
+        strap = frame.capsule((cx - side * f.sw * 0.6, f.shoulder_y), (cx + side * f.hw * 1.1, f.hip_y - 0.02 * unit), 0.012 * ux + 0.4)
+        canvas.paint(None if strap is None else strap[:2], *f.bag)
+        canvas.paint(frame.box(cx + side * (f.hw + 0.035 * ux), f.hip_y + 0.02 * unit, 0.055 * ux, 0.05 * unit, 0.01 * unit), *f.bag)
 
-    # Head: face, hair cap with fringe, hat.
-    canvas.paint(frame.ellipse(cx, head_cy, head_rx, head_ry), *skin)
+
+def _paint_head(canvas: _Canvas, f: _Figure) -> None:
+    """Head: face, hair cap with fringe, hat."""
+    ident, frame, cx, Y = f.ident, f.frame, f.cx, f.frame.Y
+    head_cy, head_rx, head_ry = f.head_cy, f.head_rx, f.head_ry
+    canvas.paint(frame.ellipse(cx, head_cy, head_rx, head_ry), *f.skin)
     fringe_y = head_cy - head_ry * ident.hair_fringe
     hair_cap = frame.ellipse(cx, head_cy - head_ry * 0.05, head_rx * 1.08, head_ry * 1.04)
-    canvas.paint(_masked(hair_cap, lambda w, a: np.clip(fringe_y - Y[w] + 0.5, 0, 1)), *hair)
+    canvas.paint(_masked(hair_cap, lambda w, a: np.clip(fringe_y - Y[w] + 0.5, 0, 1)), *f.hair)
     hat = (ident.hat_colour, ident.hat_heat)
     if ident.hat == "cap":
         crown_y = head_cy - head_ry * 0.3
@@ -294,16 +357,16 @@ def render_person(spec: SynthSpec, layout: SynthLayout, pid: int, camera: SynthC
         crown = frame.ellipse(cx, crown_y, head_rx * 1.12, head_ry * 1.05)
         canvas.paint(_masked(crown, lambda w, a: np.clip(crown_y - Y[w] + 0.5, 0, 1)), *hat)
 
-    # Occluder: a pole or a low wall in front of the person, in image coordinates.
+
+def _paint_occluder(canvas: _Canvas, f: _Figure, scene: Scene, rng: np.random.Generator, H: int, W: int) -> None:
+    """Occluder: a pole or a low wall in front of the person, in image coordinates."""
     if rng.random() < 0.15:
-        scene_frame = _Frame(H, W, cx, mirrored=False)
+        scene_frame = _Frame(H, W, f.cx, mirrored=False)
         if rng.random() < 0.5:
             occluder = scene_frame.box(rng.uniform(0, W), H / 2, rng.uniform(0.04, 0.09) * W, H)
         else:
             occluder = scene_frame.box(W / 2, H, W, rng.uniform(0.1, 0.25) * H)
         canvas.paint(occluder, muted_colour_tuple(scene.occluder_colour), scene.occluder_heat)
-
-    return _expose(canvas.image, sensor, rng, camera.infrared)
 
 
 def _expose(image: np.ndarray, sensor: SensorResponse, rng: np.random.Generator, infrared: bool) -> np.ndarray:
