@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from harness.config import TrialConfig
+from harness.curves import CurveRecorder, curves_resume_file
 from harness.data.augment import normalize
 from harness.data.images import load_images
 from harness.data.registry import cache_root, load_dataset
@@ -141,6 +142,8 @@ class TrialResult:
     """The trial's last checkpoint; the runner deletes it once the records are stored."""
     trained: TrainedModel | None = None
     """The final network of an ok trial; the runner saves it (harness.saved_models) or drops it."""
+    curves: list[dict[str, float]] | None = None
+    """One row per trained epoch (harness.curves); the runner stores them with the records."""
 
 
 def protocol_records(cfg: TrialConfig, common: dict[str, Any], protocols: dict[str, EvalProtocol],
@@ -166,8 +169,8 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
 
     `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
     held-out training identities only) and may raise to stop the trial. A checkpoint in
-    `workdir` is resumed from. A successful result carries the final network (`trained`) for
-    the runner to keep.
+    `workdir` is resumed from. The result carries the per-epoch training curves and, when
+    successful, the final network (`trained`) for the runner to keep.
     """
     key = config_key(cfg)
     started = time.time()
@@ -190,12 +193,19 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
     method, trainer = parts.method, parts.trainer
     n_params = sum(p.numel() for p in method.parameters())
 
+    validated: dict[int, dict[str, float]] = {}
+
     def validate() -> dict[str, float]:
+        """Validation metrics of the current model, computed once per epoch (curves and pruning share them)."""
         if bundle.validation is None:
             raise TrialFailure("validation requested but data.val_identities is 0")
-        res, _ = evaluate_protocols(method, {"val": bundle.validation}, cfg, device, image_cache)
-        method.train()
-        return summarise(res["val"])
+        epoch = trainer.stats.epochs_run
+        if epoch not in validated:
+            res, _ = evaluate_protocols(method, {"val": bundle.validation}, cfg, device, image_cache)
+            method.train()
+            validated.clear()
+            validated[epoch] = summarise(res["val"])
+        return validated[epoch]
 
     if on_epoch:
         trainer.epoch_callbacks.append(lambda epoch, stats: on_epoch(epoch, stats.last_losses, validate))
@@ -204,13 +214,16 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         "num_params": n_params, "num_train_images": len(bundle.train.paths), "num_classes": bundle.num_classes,
         **(extra or {}),
     }
+    curves = CurveRecorder(trainer, validate=validate if bundle.validation is not None else None,
+                           resume_file=curves_resume_file(ckpt) if ckpt else None)
     try:
         trainer.maybe_resume()
+        curves.attach()
         stats = trainer.fit()
         results, infer_speed = evaluate_protocols(method, bundle.protocols, cfg, device, image_cache)
         val = validate() if bundle.validation is not None else {}
     except TrialFailure as exc:
-        return TrialResult(key=key, status="failed", failure=str(exc), checkpoint=ckpt, records=[
+        return TrialResult(key=key, status="failed", failure=str(exc), checkpoint=ckpt, curves=curves.rows, records=[
             TrialRecord.failed(cfg, str(exc), fields={**base, "wall_seconds": time.time() - started}).as_dict()])
     common = {
         **base, "epochs": stats.epochs_run,
@@ -220,5 +233,5 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         **{f"val_{k}": v for k, v in val.items()},
     }
     return TrialResult(key=key, status="ok", records=protocol_records(cfg, common, bundle.protocols, results),
-                       checkpoint=ckpt, trained=TrainedModel(method, cfg, bundle.num_classes, bundle.num_cameras,
-                                                             bundle.name))
+                       checkpoint=ckpt, curves=curves.rows,
+                       trained=TrainedModel(method, cfg, bundle.num_classes, bundle.num_cameras, bundle.name))

@@ -37,6 +37,8 @@ class MCLNet(ReIDMethod):
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, mcm_cfg: MCMConfig, train_cfg: TrainConfig, *,
                  num_classes: int, num_cameras: int, mcm: bool = True, center: str = "ica", cca: bool = True) -> None:
         super().__init__()
+        self.monitored: dict[str, torch.Tensor] = {}
+        """Detached values of the last step that are logged, not trained on (training curves)."""
         if center not in CENTER_TERMS:
             raise ConfigError(f"method switch center={center!r}: expected one of {', '.join(CENTER_TERMS)}")
         self.model_cfg, self.loss_cfg, self.train_cfg = model_cfg, loss_cfg, train_cfg
@@ -92,7 +94,7 @@ class MCLNet(ReIDMethod):
             losses["wrt"] = L.wrt_weight * wrt_loss(pool, pids, variant=L.wrt_variant)
         if self.use_mcm:
             with phase("mcm_update"):
-                self.mcm.discriminator_step(pool, modality)
+                self.monitored["mcm_discriminator"] = self.mcm.discriminator_step(pool, modality)
             with phase("mcm"):
                 losses["mcm"] = L.mcm_weight * self.mcm.confusion_loss(pool)
         if self.center_term == "center":

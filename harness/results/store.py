@@ -25,6 +25,9 @@ STORE_NAME = "records.sqlite"
 _SCHEMA = """CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT, trial_key TEXT NOT NULL, status TEXT NOT NULL,
     protocol TEXT, created REAL NOT NULL, record TEXT NOT NULL)"""
+_CURVES_SCHEMA = """CREATE TABLE IF NOT EXISTS curves (
+    trial_key TEXT NOT NULL, epoch INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (trial_key, epoch, name))"""
 
 
 class ResultStore:
@@ -40,6 +43,7 @@ class ResultStore:
         con = sqlite3.connect(self.path, timeout=60)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute(_SCHEMA)
+        con.execute(_CURVES_SCHEMA)
         con.execute("CREATE INDEX IF NOT EXISTS records_key ON records(trial_key)")
         return con
 
@@ -65,8 +69,12 @@ class ResultStore:
             except sqlite3.DatabaseError as exc:
                 raise EnvironmentFault(f"{self.path}: not a readable record store ({exc})") from None
 
-    def put_trial(self, trial_key: str, records: Sequence[TrialRecord | Mapping[str, Any]]) -> None:
-        """Replace every record of `trial_key` by `records`, atomically."""
+    def put_trial(self, trial_key: str, records: Sequence[TrialRecord | Mapping[str, Any]],
+                  curves: Sequence[Mapping[str, float]] | None = None) -> None:
+        """Replace every record of `trial_key` by `records` (and its training curves), atomically.
+
+        `curves`: one mapping per epoch, `epoch` and named values (harness.curves).
+        """
         rows = [(trial_key, as_record_dict(r)["status"], as_record_dict(r).get("protocol"), record_json(r))
                 for r in records]
         with closing(self._connect()) as con, con:
@@ -74,10 +82,24 @@ class ResultStore:
             now = time.time()
             con.executemany("INSERT INTO records (trial_key, status, protocol, created, record) VALUES (?, ?, ?, ?, ?)",
                             [(key, status, protocol, now, blob) for key, status, protocol, blob in rows])
+            if curves is not None:
+                con.execute("DELETE FROM curves WHERE trial_key = ?", (trial_key,))
+                con.executemany("INSERT INTO curves (trial_key, epoch, name, value) VALUES (?, ?, ?, ?)",
+                                [(trial_key, int(row["epoch"]), name, float(value))
+                                 for row in curves for name, value in row.items() if name != "epoch"])
 
     def statuses(self) -> dict[str, str]:
         """trial_key -> status of every stored trial."""
         return dict(self._read("SELECT trial_key, status FROM records GROUP BY trial_key"))
+
+    def curves(self) -> pd.DataFrame:
+        """Training curves: one row per (trial_key, epoch), one column per value (harness.curves)."""
+        rows = self._read("SELECT trial_key, epoch, name, value FROM curves")
+        if not rows:
+            return pd.DataFrame(columns=["trial_key", "epoch"])
+        long = pd.DataFrame(rows, columns=["trial_key", "epoch", "name", "value"])
+        wide = long.pivot(index=["trial_key", "epoch"], columns="name", values="value")
+        return wide.sort_index().reset_index().rename_axis(columns=None)
 
     def dataframe(self) -> pd.DataFrame:
         """Every stored record as one row (`record_id` in insertion order)."""

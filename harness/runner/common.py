@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -12,6 +13,7 @@ from harness.config import TrialConfig
 from harness.errors import HarnessError
 from harness.results import ResultStore
 from harness.saved_models import MODELS_FOLDER, save_model
+from harness.curves import TENSORBOARD_FOLDER, curves_resume_file, write_tensorboard
 from harness.sweep import SweepSpec
 from harness.trial import TrialResult, config_key, run_trial
 
@@ -32,7 +34,8 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
     propagates so the user sees it. KeyboardInterrupt propagates too, leaving the checkpoint
     for the resumed run, and so do the backend's own control-flow exceptions in `passthrough`
     (e.g. Optuna's TrialPruned). The final network of an ok trial is kept under
-    `<store>/models/` (harness.saved_models) unless `keep_model` is False.
+    `<store>/models/` (harness.saved_models) unless `keep_model` is False; the training curves
+    go into the store with the records and into `<store>/tensorboard/<label> [<key>]/`.
     """
     info = {"sweep": sweep, "backend": backend, "trial_id": trial_id, **(extra or {})}
     started = time.time()
@@ -52,9 +55,13 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
     if keep_model and result.trained is not None:
         save_model(store.folder / MODELS_FOLDER, result.key, result.trained, info={"sweep": sweep})
     result.trained = None  # the network is not needed past this point
-    store.put_trial(result.key, result.records)
-    if result.checkpoint is not None and result.checkpoint.exists():
-        result.checkpoint.unlink()
+    store.put_trial(result.key, result.records, curves=result.curves)
+    if result.curves:
+        label = str(info.get("label") or f"{cfg.method} seed={cfg.seed}").replace(os.sep, "_")
+        write_tensorboard(store.folder / TENSORBOARD_FOLDER / f"{label} [{result.key}]", result.curves)
+    if result.checkpoint is not None:
+        for leftover in (result.checkpoint, curves_resume_file(result.checkpoint)):
+            leftover.unlink(missing_ok=True)
     return result
 
 

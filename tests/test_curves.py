@@ -1,0 +1,83 @@
+"""Training curves: one row per epoch in the trial result, the store and TensorBoard event files."""
+
+import math
+
+import pytest
+
+from harness.trial import run_trial
+
+
+def expected_lr(base: float, epoch: int, warmup: int, milestones: list[int], gamma: float) -> float:
+    """The AGW schedule written out: linear warm-up, then x gamma at each milestone (0-based epochs)."""
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    return base * gamma ** sum(epoch >= m for m in milestones)
+
+
+def test_rows_hold_every_term_learning_rate_speed_and_validation(tiny_config):
+    cfg = tiny_config(method="mclnet", **{"train.epochs": 3, "train.warmup_epochs": 2, "train.milestones": [2],
+                                          "data.val_identities": 3})
+    result = run_trial(cfg)
+    assert result.status == "ok"
+    rows = result.curves
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        for tag in ("loss/ce", "loss/wrt", "loss/mcm", "loss/mcm_discriminator", "loss/ica", "loss/cca",
+                    "loss/total", "lr/backbone", "lr/head", "lr/centers", "lr/mcm", "train_img_per_s",
+                    "val/mAP", "val/rank1"):
+            assert tag in row and math.isfinite(row[tag]), tag
+        terms = sum(row[f"loss/{t}"] for t in ("ce", "wrt", "mcm", "ica", "cca"))
+        assert row["loss/total"] == pytest.approx(terms, rel=1e-6)  # the discriminator loss is not trained on
+        assert row["train_img_per_s"] > 0
+    t = cfg.train
+    for row in rows:
+        epoch = row["epoch"] - 1
+        assert row["lr/backbone"] == pytest.approx(expected_lr(t.lr, epoch, 2, [2], t.gamma))
+        assert row["lr/head"] == pytest.approx(expected_lr(t.head_lr, epoch, 2, [2], t.gamma))
+    assert rows[-1]["val/mAP"] == pytest.approx(result.records[0]["val_mAP"])  # the last validation is reused
+
+
+def test_rows_survive_a_resumed_trial(tiny_config, tmp_path):
+    cfg = tiny_config(method="agw", **{"train.epochs": 3})
+    whole = run_trial(cfg).curves
+
+    def stop_after_first_epoch(epoch, losses, validate):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, workdir=tmp_path, on_epoch=stop_after_first_epoch)
+    resumed = run_trial(cfg, workdir=tmp_path).curves
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(whole, resumed):
+        assert {k: v for k, v in a.items() if k != "train_img_per_s"} == \
+            {k: v for k, v in b.items() if k != "train_img_per_s"}
+
+
+def test_sweep_stores_curves_and_tensorboard_reads_them_back(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from harness.results import ResultStore
+    from harness.runner.common import execute_trial
+
+    store = ResultStore(tmp_path / "sweep")
+    cfgs = [tiny_config(method="agw+mcm", seed=seed) for seed in (0, 1)]
+    keys = [execute_trial(cfg, store, sweep="sweep", backend="local", trial_id=str(i), keep_model=False).key
+            for i, cfg in enumerate(cfgs)]
+    curves = store.curves()
+    assert sorted(curves["trial_key"].unique()) == sorted(keys)
+    assert curves.groupby("trial_key")["epoch"].apply(list).tolist() == [[1, 2], [1, 2]]
+    assert {"loss/ce", "loss/wrt", "loss/mcm", "loss/mcm_discriminator", "lr/backbone", "lr/mcm"} <= set(curves)
+    assert not list((tmp_path / "sweep" / "checkpoints").glob("*"))  # nothing left beside the checkpoints
+
+    folders = sorted((tmp_path / "sweep" / "tensorboard").iterdir())
+    assert [f.name for f in folders] == sorted(f"agw+mcm seed={c.seed} [{k}]" for c, k in zip(cfgs, keys))
+    for cfg, key in zip(cfgs, keys):
+        events = EventAccumulator(str(tmp_path / "sweep" / "tensorboard" / f"agw+mcm seed={cfg.seed} [{key}]"))
+        events.Reload()
+        assert {"loss/ce", "loss/mcm_discriminator", "loss/total", "lr/backbone", "lr/mcm",
+                "train_img_per_s"} <= set(events.Tags()["scalars"])
+        scalars = events.Scalars("loss/ce")
+        assert [s.step for s in scalars] == [1, 2]  # one point per epoch
+        mine = curves[curves["trial_key"] == key]
+        assert [s.value for s in scalars] == pytest.approx(mine["loss/ce"].tolist(), rel=1e-6)
