@@ -62,6 +62,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, keep_models=False)
     overrides = _overrides(args.overrides)
     spec.trials(overrides)
+    if (args.final or args.final_trial) and spec.search is None:
+        raise InputError(f"{args.spec}: --final needs a search spec (a 'search' block) whose best trial it retrains")
     folder = run_sweep(spec, backend=args.backend, overrides=overrides, results_dir=args.results_dir,
                        workers=args.workers, retry_failed=args.retry_failed, quiet=args.quiet, address=args.address,
                        storage=args.storage, gpus=args.gpus, trials_per_gpu=args.trials_per_gpu,
@@ -76,6 +78,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print_report(write_report(folder, protocols=protocols, baseline=table.get("baseline"),
                               group_by=table.get("group_by", ["method"]),
                               metrics=table.get("metrics", TABLE_METRICS), published=published))
+    if args.final or args.final_trial or spec.final:
+        from harness.final import run_final
+
+        _, report = run_final(spec, results_dir=args.results_dir, trial=args.final_trial, quiet=args.quiet)
+        print_report(report)
     return 0
 
 
@@ -222,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="apply the spec's dry_run overrides (synthetic data in the same layout, tiny model) and "
                          "write to results/<name>-dry-run")
     sw.add_argument("--retry-failed", action="store_true", help="run failed trials again instead of skipping them")
+    sw.add_argument("--final", action="store_true",
+                    help="search specs: after the search, retrain its best configuration on all training identities "
+                         "with the search's seeds (or the spec's final.seeds), evaluate on the test protocols and "
+                         "write results/<name>-final/ (table + chosen.yaml for vireid run --config)")
+    sw.add_argument("--final-trial", metavar="TRIAL",
+                    help="with --final: the trial (key or id, e.g. a Pareto choice) to retrain instead of the best")
     sw.add_argument("--quiet", action="store_true", help="no progress display")
     sw.add_argument("--no-models", action="store_true",
                     help="do not keep the trials' final weights under results/<sweep>/models (spec key keep_models)")

@@ -11,9 +11,10 @@ from typing import Any
 
 from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
 from harness.errors import ConfigError, HarnessError
+from harness.final import check_final_block
 from harness.preflight import check_buildable
 
-SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "dry_run", "keep_models")
+SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "dry_run", "keep_models", "final")
 SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
 SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "epochs_per_report",
                "objectives")
@@ -46,6 +47,8 @@ class SweepSpec:
     """Dotted overrides that turn a real-data spec into a quick run on synthetic data."""
     keep_models: bool = True
     """Keep each ok trial's final weights under results/<sweep>/models/ (harness.saved_models)."""
+    final: dict[str, Any] = field(default_factory=dict)
+    """The `final:` block of a search (harness.final): retrain the chosen configuration and test it."""
 
     def __post_init__(self) -> None:
         check_sweep_name(self.name, f"{self.source}: name")
@@ -58,7 +61,7 @@ class SweepSpec:
         grid = {k: v for k, v in self.grid.items() if k not in self.dry_run}
         return SweepSpec(name=f"{self.name}-dry-run", base=base, grid=grid, backend=self.backend, search=self.search,
                          table=self.table, description=self.description, source=self.source,
-                         keep_models=self.keep_models)
+                         keep_models=self.keep_models, final=self.final)
 
     def trials(self, overrides: dict[str, Any] | None = None) -> list[TrialConfig]:
         """Every grid point as a validated config (command-line overrides applied last)."""
@@ -206,7 +209,8 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
         raise HarnessError(f"{source}: dry_run must map dotted config keys to values")
     spec = SweepSpec(name=name, base=base, grid=grid, backend=backend, search=search, table=table,
                      description=str(data.get("description", "")), source=source, dry_run=dry_run,
-                     keep_models=_keep_models(source, data.get("keep_models", True)))
+                     keep_models=_keep_models(source, data.get("keep_models", True)),
+                     final=check_final_block(f"{source}: final", data.get("final"), search))
     if dry_run:
         spec.as_dry_run().trials()
     else:

@@ -138,12 +138,20 @@ def terminal_tables(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH) -
         frame = paper_frame(group, Markup(best="[bold]{}[/bold]", tied="{}" + TIED_MARK), with_std=False,
                             short=True)
         title = ", ".join(protocol_title(s.protocol) for s in group)
+        constant = [col for col in frame.columns[1:] if not col[0] and col[1] not in ("runs", *SWITCH_COLUMNS)
+                    and frame[col].nunique() == 1]
+        if constant:  # the same label on every row goes into the title, leaving the width to the numbers
+            title += "\n" + "; ".join(f"{name}: {frame[(top, name)].iloc[0]}" for top, name in constant)
+            frame = frame.drop(columns=constant)
         table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
-        for top, name in frame.columns:
+        for (top, name), cells in zip(frame.columns, frame.T.itertuples(index=False)):
             header = name if not top or len(group) == 1 else f"{name}\n{top}"
             label = {"ICA/center": "I/C", "runs": "n"}.get(name, name)
-            table.add_column(label if not top else header, justify="left" if not top else "right",
-                             no_wrap=not top or name != "method", overflow="fold")
+            numbers = bool(top) or name in ("runs", *SWITCH_COLUMNS) or name == frame.columns[0][1]
+            # numbers and row names are never cut: their columns keep their full width, other labels wrap
+            widest = max([len(str(c).replace("[bold]", "").replace("[/bold]", "")) for c in cells] + [3])
+            table.add_column(label if not top else header, justify="right" if top else "left",
+                             no_wrap=numbers, min_width=widest if numbers else None, overflow="fold")
         for row in frame.itertuples(index=False):
             table.add_row(*map(str, row))
         return table

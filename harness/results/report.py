@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -54,11 +55,13 @@ def _is_synthetic(folder: Path, summaries: Sequence[Summary]) -> bool:
 
 def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None = None, baseline: str | None = None,
                  group_by: Sequence[str] = ("method",), metrics: Sequence[str] = TABLE_METRICS,
-                 published: Published | None = None, plots: bool = True) -> Report:
+                 published: Published | None = None, plots: bool = True,
+                 label_columns: dict[str, str] | None = None, notes: Sequence[str] = ()) -> Report:
     """Tables (per protocol and one paper-style table across protocols) and figures of a sweep folder.
 
     `protocols` defaults to every recorded protocol. Published numbers are shown only beside rows
-    measured on real data.
+    measured on real data. `label_columns` adds constant label columns (e.g. which search chose a
+    configuration) and `notes` sentences to every caption.
     """
     folder = Path(folder)
     store = ResultStore(folder)
@@ -75,12 +78,15 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
         summary = summarise(df, protocol=protocol, group_by=group_by, metrics=metrics, records=records)
         if baseline:
             summary = add_deltas(summary, baseline)
+        for name, value in (label_columns or {}).items():
+            summary.rows.insert(len(summary.key_columns), name, value)
+            summary.key_columns.append(name)
         summaries.append(summary)
     if published and ANY_PROTOCOL in published and len(summaries) > 1:
         raise InputError("published rows given as one paper.setting entry fit a single protocol; choose one "
                          "protocol, or map each protocol to its entry (rows: {ROW: {PROTOCOL: paper.setting}})")
     warnings = consistency_warnings(records)
-    notes = [f"Warning: {w}." for w in warnings]
+    notes = [*notes, *(f"Warning: {w}." for w in warnings)]
     if published and _is_synthetic(folder, summaries):
         notes.append("Published numbers are not shown beside rows measured on synthetic or dry-run data.")
         published = None
@@ -120,7 +126,13 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
             files += save_figure(cmc_figure(summary), folder / f"cmc{suffix}.png")
             files += save_figure(ablation_figure(summary), folder / f"ablation{suffix}.png")
             files += save_figure(throughput_figure(summary), folder / f"accuracy_vs_throughput{suffix}.png")
-    footer = caption + "\n" + (f"Failed trials:\n{failed_text}" if failed_text else "")
+        curves = store.curves()
+        if not curves.empty:
+            from harness.figures.curves import loss_curves_figure
+
+            key = group_by[0] if group_by and group_by[0] in records.columns else "method"
+            files += save_figure(loss_curves_figure(curves, records, key=key), folder / "loss_curves.png")
+    footer = textwrap.fill(caption, TERMINAL_WIDTH) + "\n" + (f"Failed trials:\n{failed_text}" if failed_text else "")
     return Report(markdown=markdown, terminal=render_terminal(summaries) + footer, footer=footer, files=files,
                   warnings=warnings, summaries=summaries)
 
