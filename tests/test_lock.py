@@ -1,0 +1,43 @@
+"""The reference tables are reproducible: the README's first command installs from the lock file."""
+
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "lock.txt"
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"lock line without an exact pin: {line!r}"
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_readme_first_command_installs_from_the_lock():
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    first_command = first_block.strip().splitlines()[0]
+    assert "pip install -c requirements/lock.txt" in first_command
+    assert "vireid sweep benchmarks/ablation_synthetic.yaml" in first_command
+
+
+def test_lock_pins_the_stack_exactly_and_inside_the_install_ranges():
+    pins = _pins()
+    for name in ("torch", "torchvision", "timm", "numpy", "scipy", "pandas", "matplotlib"):
+        assert re.fullmatch(r"\d+(\.\d+)+(\.post\d+)?", pins[name]), (name, pins[name])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        req = Requirement(spec)
+        assert req.name.lower() in pins, f"{req.name} is not pinned in {LOCK.name}"
+        assert req.specifier.contains(pins[req.name.lower()]), f"{req.name}=={pins[req.name.lower()]} outside {spec}"
+    # ranges stay ranges: the preinstalled torch 2.11 stack of the GPU machines installs without the lock
+    torch = next(Requirement(s) for s in project["dependencies"] if Requirement(s).name == "torch")
+    assert torch.specifier.contains("2.11.0")
