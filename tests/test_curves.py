@@ -81,3 +81,26 @@ def test_sweep_stores_curves_and_tensorboard_reads_them_back(tiny_config, tmp_pa
         assert [s.step for s in scalars] == [1, 2]  # one point per epoch
         mine = curves[curves["trial_key"] == key]
         assert [s.value for s in scalars] == pytest.approx(mine["loss/ce"].tolist(), rel=1e-6)
+
+    from harness.results import write_report
+
+    files = write_report(tmp_path / "sweep").files
+    assert tmp_path / "sweep" / "loss_curves.png" in files and tmp_path / "sweep" / "loss_curves.pdf" in files
+
+
+def test_loss_curves_figure_draws_the_mean_over_seeds_per_method():
+    import numpy as np
+    import pandas as pd
+
+    from harness.figures.curves import loss_curves_figure
+
+    records = pd.DataFrame({"trial_key": ["a", "b", "c", "c"], "method": ["agw", "agw", "mclnet", "mclnet"]})
+    curves = pd.DataFrame({"trial_key": ["a", "a", "b", "b", "c", "c"], "epoch": [1, 2, 1, 2, 1, 2],
+                           "loss/ce": [4.0, 3.0, 2.0, 1.0, 5.0, 4.5], "loss/total": [6.0, 5.0, 4.0, 3.0, 9.0, 8.0],
+                           "loss/ica": [np.nan, np.nan, np.nan, np.nan, 0.5, 0.25], "lr/backbone": [0.1] * 6})
+    fig = loss_curves_figure(curves, records)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["ce", "ica", "total"]  # loss terms only, the sum last
+    ce = {line.get_label(): line.get_ydata().tolist() for line in panels[0].get_lines()}
+    assert ce == {"agw": [3.0, 2.0], "mclnet": [5.0, 4.5]}  # mean over the two agw seeds
+    assert [line.get_label() for line in panels[1].get_lines()] == ["mclnet"]

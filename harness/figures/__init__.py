@@ -1,19 +1,15 @@
-"""Figures drawn from saved models and stored records (matplotlib, written as PNG and PDF).
+"""Figures drawn from saved models and stored curves (matplotlib; written as PNG and PDF with
+`harness.results.plots.save_figure`).
 
     qualitative.py  ranked lists, t-SNE embedding, distance histograms of a saved model (`vireid show`)
     curves.py       per-epoch training curves of a sweep, mean over seeds per method (`vireid table`)
 
-Builders return matplotlib Figures (tests inspect them); `save_figure` writes one atomically.
+Builders return matplotlib Figures, so tests inspect their content.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
-
-from harness.atomic import atomic_path
-
-FIGURE_FORMATS = ("png", "pdf")
+from typing import Any
 
 
 def pyplot() -> Any:
@@ -24,15 +20,3 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def save_figure(fig: Any, stem: str | Path, formats: Sequence[str] = FIGURE_FORMATS) -> list[Path]:
-    """Write `fig` as `stem.png`, `stem.pdf` (atomically); close it; return the paths."""
-    written = []
-    for fmt in formats:
-        target = Path(f"{stem}.{fmt}")
-        with atomic_path(target) as temporary:
-            fig.savefig(temporary, format=fmt, dpi=120, bbox_inches="tight")
-        written.append(target)
-    pyplot().close(fig)
-    return written

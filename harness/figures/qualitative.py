@@ -18,7 +18,8 @@ import torch
 
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, ImageSplit
 from harness.errors import InputError
-from harness.figures import pyplot, save_figure
+from harness.figures import pyplot
+from harness.results.plots import save_figure
 
 MATCH_COLOUR = "#2ca02c"
 MISMATCH_COLOUR = "#d62728"
@@ -187,7 +188,7 @@ def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = No
     written = save_figure(ranked_list_figure(
         q_images[shown], [_label(p.query, query_rows[i], "query ") for i in shown], g_images[top],
         g_ids[top] == q_ids[shown][:, None],
-        [[_label(p.gallery, gallery_rows[j]) for j in row] for row in top]), out / f"{stem}-ranked")
+        [[_label(p.gallery, gallery_rows[j]) for j in row] for row in top]), out / f"{stem}-ranked.png")
 
     rng = np.random.default_rng(cfg.seed)
     sample = np.sort(rng.choice(len(feats), size=min(max_points, len(feats)), replace=False))
@@ -195,7 +196,7 @@ def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = No
     mods = modalities[sample]
     points = tsne_embedding(feats[sample].numpy(), seed=cfg.seed)
     written += save_figure(embedding_figure(points, ids, mods, title=f"t-SNE: {bundle.name} {name}"),
-                           out / f"{stem}-tsne")
+                           out / f"{stem}-tsne.png")
     written += save_figure(distance_histogram_figure(pair_distances(feats[sample].numpy(), ids, mods)),
-                           out / f"{stem}-distances")
+                           out / f"{stem}-distances.png")
     return written

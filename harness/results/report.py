@@ -132,6 +132,12 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
 
             key = group_by[0] if group_by and group_by[0] in records.columns else "method"
             files += save_figure(loss_curves_figure(curves, records, key=key), folder / "loss_curves.png")
+        curves = store.curves()
+        if not curves.empty:
+            from harness.figures.curves import loss_curves_figure
+
+            key = group_by[0] if group_by and group_by[0] in records.columns else "method"
+            files += save_figure(loss_curves_figure(curves, records, key=key), folder / "loss_curves.png")
     footer = textwrap.fill(caption, TERMINAL_WIDTH) + "\n" + (f"Failed trials:\n{failed_text}" if failed_text else "")
     return Report(markdown=markdown, terminal=render_terminal(summaries) + footer, footer=footer, files=files,
                   warnings=warnings, summaries=summaries)
