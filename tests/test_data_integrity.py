@@ -20,7 +20,12 @@ from harness.data.llcm import load_llcm
 from harness.data.regdb import load_regdb
 from harness.data.sysu import load_sysu
 from harness.errors import InputError
-from tests.conftest_trees import make_llcm_tree, make_regdb_tree, make_sysu_tree, regdb_index_name
+from tests.conftest_trees import (
+    make_llcm_tree,
+    make_regdb_tree,
+    make_sysu_tree,
+    regdb_index_name,
+)
 
 
 def _problems(report, text):
@@ -103,3 +108,18 @@ def test_sixteen_bit_and_thirty_two_bit_images_in_check(tmp_path):
     report = check_dataset("sysu", tree.root)
     assert [p.path for p in report.problems] == [str(floating)]
     assert "32-bit float" in report.problems[0].message
+
+
+def test_symbolic_link_loops_in_index_files_and_roots(tmp_path):
+    regdb = make_regdb_tree(tmp_path / "RegDB", trials=tuple(range(1, 11)))
+    index = regdb.root / "idx" / regdb_index_name("test", "thermal", 3)
+    os.symlink("loop.bmp", regdb.root / "Thermal" / "0" / "loop.bmp")
+    index.write_text(index.read_text() + "Thermal/0/loop.bmp 7\n")
+    line = f"{index}:{len(index.read_text().splitlines())}"
+    _check_and_load_agree("regdb", regdb.root, lambda root: load_regdb(root, trial=3), line, "symbolic link loop")
+    looped_root = tmp_path / "looped"
+    os.symlink("looped", looped_root)
+    report = check_dataset("llcm", looped_root)
+    assert [p.message for p in report.problems] == ["LLCM root folder does not exist (a symbolic link loop)"]
+    with pytest.raises(InputError, match="symbolic link loop"):
+        load_llcm(looped_root)

@@ -8,6 +8,7 @@ check / split / synth` and the synthetic generator then all accept.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -15,11 +16,21 @@ import pytest
 from harness.cli import main
 from harness.config import TrialConfig
 from harness.data import registry
-from harness.data.layout import absolute_root, camera_pool, read_id_list, scan_camera_tree
+from harness.data.layout import (
+    absolute_root,
+    camera_pool,
+    read_id_list,
+    scan_camera_tree,
+)
 from harness.data.registry import Dataset, get_dataset, load_dataset, register_dataset
 from harness.data.report import CheckReport, count_images, verify_images
 from harness.data.splits import DatasetBundle, EvalProtocol, Sensor
-from harness.data.synthetic.layouts import id_line, identity_order, prepare_output, write_identity_images
+from harness.data.synthetic.layouts import (
+    id_line,
+    identity_order,
+    prepare_output,
+    write_identity_images,
+)
 from harness.errors import ConfigError
 
 
@@ -59,8 +70,8 @@ class PairedCameras(Dataset):
     title = "Paired cameras"
     sensors = (Sensor(1, False, 1), Sensor(2, True, 1))
     synthetic_code = 90
-    config_keys = {}
-    split_options = {}
+    config_keys: ClassVar[dict[str, str]] = {}
+    split_options: ClassVar[dict[str, str]] = {}
     splits = "Train on the ids not in test_id.txt; protocol i2v: every infrared test image against every visible one."
     validation_metric = "regdb"
 
@@ -84,7 +95,7 @@ class PairedCameras(Dataset):
         return EvalProtocol("i2v", "regdb", query, gallery, np.ones((1, len(gallery)), dtype=bool))
 
     def check(self, report: CheckReport) -> None:
-        tree, test_ids = self._scan(report.root, report.problems)
+        tree, _ = self._scan(report.root, report.problems)
         report.counts["all"] = count_images(
             (pid, f"cam{cam}", int(cam == 2)) for cam, by_pid in tree.folders.items()
             for pid, folder in by_pid.items() for _ in folder.files

@@ -13,7 +13,12 @@ from PIL import Image
 
 from harness.data import synthetic
 from harness.data.registry import get_dataset
-from harness.data.synthetic import SynthSpec, ensure_synthetic, present_cameras, render_person
+from harness.data.synthetic import (
+    SynthSpec,
+    ensure_synthetic,
+    present_cameras,
+    render_person,
+)
 from harness.errors import HarnessError
 
 SYSU, REGDB, LLCM = (get_dataset(name) for name in ("sysu", "regdb", "llcm"))

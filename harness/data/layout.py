@@ -38,6 +38,16 @@ def _entry_is(entry: os.DirEntry[str], kind: str, problems: list[DataProblem] | 
         return False
 
 
+def loop_note(path: str | os.PathLike[str]) -> str:
+    """" (a symbolic link loop)" when `path` is one, else "": appended to "is missing" messages."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return " (a symbolic link loop)"
+    return ""
+
+
 def _list_folder(path: str | Path, problems: list[DataProblem] | None) -> list[os.DirEntry[str]] | None:
     try:
         return sorted(os.scandir(path), key=lambda e: e.name)
@@ -65,7 +75,7 @@ def is_image_file(entry: os.DirEntry[str], problems: list[DataProblem] | None = 
 def read_id_list(path: Path, problems: list[DataProblem] | None = None) -> list[int]:
     """Identity ids of a comma-separated id file (one line; blank lines and a trailing comma are fine)."""
     if not path.is_file():
-        report_problem(problems, path, "id file is missing (expected comma-separated integer ids)")
+        report_problem(problems, path, f"id file is missing{loop_note(path)} (expected comma-separated integer ids)")
         return []
     try:
         text = path.read_text(encoding="utf-8")
@@ -206,7 +216,7 @@ def read_labelled_list(
     The label is the last whitespace-separated token, so a path may itself contain spaces.
     """
     if not path.is_file():
-        report_problem(problems, path, f"index file is missing ({EXPECTED_INDEX_LINE} per line)")
+        report_problem(problems, path, f"index file is missing{loop_note(path)} ({EXPECTED_INDEX_LINE} per line)")
         return []
     try:
         text = path.read_text(encoding="utf-8")
@@ -235,7 +245,7 @@ def read_labelled_list(
             continue
         image = os.path.normpath(os.path.join(root, relative))
         if not os.path.isfile(image):
-            report_problem(problems, where, f"image {image} does not exist")
+            report_problem(problems, where, f"image {image} does not exist{loop_note(image)}")
             continue
         entries.append((image, label))
     if not entries:

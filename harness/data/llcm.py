@@ -16,20 +16,19 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.data.layout import (
     CameraTree,
     absolute_root,
     camera_pool,
+    loop_note,
     read_id_list,
     read_labelled_list,
     scan_camera_tree,
 )
 from harness.data.registry import Dataset, register_dataset, split_draw_index
 from harness.data.report import CheckReport, count_images, verify_images
-from harness.data.synthetic.layouts import id_line, identity_order, prepare_output, present_cameras, test_count
-from harness.data.synthetic.layouts import write_identity_images
 from harness.data.splits import (
     MODALITY_INFRARED,
     MODALITY_VISIBLE,
@@ -41,6 +40,14 @@ from harness.data.splits import (
     report_problem,
     sampled_gallery_protocol,
     sampled_query_protocol,
+)
+from harness.data.synthetic.layouts import (
+    id_line,
+    identity_order,
+    prepare_output,
+    present_cameras,
+    test_count,
+    write_identity_images,
 )
 from harness.errors import HarnessError, InputError, check_int
 
@@ -85,7 +92,7 @@ def scan_llcm(root: str | os.PathLike[str], problems: list[DataProblem] | None =
     """Read the index files and index the test folders; None when the root itself is missing."""
     base = absolute_root(root)
     if not base.is_dir():
-        report_problem(problems, base, "LLCM root folder does not exist")
+        report_problem(problems, base, f"LLCM root folder does not exist{loop_note(base)}")
         return None
     train: dict[str, list[tuple[str, int, int]]] = {}
     for modality in LLCM_FOLDERS:
@@ -165,17 +172,17 @@ def llcm_protocol(layout: LlcmLayout, direction: str, trials: int) -> EvalProtoc
         LLCM_CAMERAS,
         dict.fromkeys(LLCM_CAMERAS, LLCM_FOLDERS[sampled_modality][1]),
     )
-    draw = dict(
-        name=direction,
-        metric_protocol="llcm",
-        pool=pool,
-        candidates=candidates,
-        ids=layout.test_ids,
-        cams=LLCM_CAMERAS,
-        trials=trials,
-        shots=1,
-        rng_for_trial=random.Random,
-    )
+    draw = {
+        "name": direction,
+        "metric_protocol": "llcm",
+        "pool": pool,
+        "candidates": candidates,
+        "ids": layout.test_ids,
+        "cams": LLCM_CAMERAS,
+        "trials": trials,
+        "shots": 1,
+        "rng_for_trial": random.Random,
+    }
     if direction == "vis2ir":
         return sampled_query_protocol(gallery=full, **draw)
     return sampled_gallery_protocol(query=full, **draw)
@@ -203,8 +210,8 @@ class LLCM(Dataset):
     title = "LLCM"
     sensors = LLCM_SENSORS
     synthetic_code = 3
-    config_keys = {"gallery_trials": "seeded draws per direction (random.Random(t), t = 0..trials-1)"}
-    split_options = {"direction": "ir2vis | vis2ir (default ir2vis)", "trial": "draw t >= 0 (default 0)"}
+    config_keys: ClassVar[dict[str, str]] = {"gallery_trials": "seeded draws per direction (random.Random(t), t = 0..trials-1)"}
+    split_options: ClassVar[dict[str, str]] = {"direction": "ir2vis | vis2ir (default ir2vis)", "trial": "draw t >= 0 (default 0)"}
     splits = ("Train from idx/train_vis.txt and idx/train_nir.txt (labels relabelled 0..K-1); test ids "
               "idx/test_id.txt under test_vis/ and test_nir/; ir2vis and vis2ir as the official test code.")
     validation_metric = "regdb"

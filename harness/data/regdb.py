@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from harness.data.layout import absolute_root, read_labelled_list
+from harness.data.layout import absolute_root, loop_note, read_labelled_list
 from harness.data.registry import Dataset, register_dataset
 from harness.data.report import CheckReport, count_images, verify_images
 from harness.data.splits import (
@@ -26,7 +26,11 @@ from harness.data.splits import (
     Sensor,
     report_problem,
 )
-from harness.data.synthetic.layouts import identity_order, prepare_output, write_identity_images
+from harness.data.synthetic.layouts import (
+    identity_order,
+    prepare_output,
+    write_identity_images,
+)
 from harness.errors import HarnessError, InputError
 
 if TYPE_CHECKING:
@@ -65,7 +69,7 @@ def scan_regdb_trial(
     """Read one trial's index files; None when the root itself is missing."""
     base = absolute_root(root)
     if not base.is_dir():
-        report_problem(problems, base, "RegDB root folder does not exist")
+        report_problem(problems, base, f"RegDB root folder does not exist{loop_note(base)}")
         return None
     entries = {
         (part, modality): read_labelled_list(index_file(base, part, modality, trial), base, problems)
@@ -155,8 +159,8 @@ class RegDB(Dataset):
     title = "RegDB"
     sensors = tuple(REGDB_SENSORS.values())
     synthetic_code = 2
-    config_keys = {"trial": "the split 1..10 (each split trains its own model)"}
-    split_options = {"trial": "split 1..10 (default 1)", "direction": "v2t | t2v (default v2t)"}
+    config_keys: ClassVar[dict[str, str]] = {"trial": "the split 1..10 (each split trains its own model)"}
+    split_options: ClassVar[dict[str, str]] = {"trial": "split 1..10 (default 1)", "direction": "v2t | t2v (default v2t)"}
     splits = ("Ten splits from idx/{train,test}_{visible,thermal}_<t>.txt; a split trains on its train "
               "lists (labels relabelled 0..K-1) and tests v2t and t2v on all of its test images.")
     validation_metric = "regdb"

@@ -118,9 +118,12 @@ def _load_builtins() -> None:
 
 
 def dataset_names() -> tuple[str, ...]:
-    """Registered dataset names, in registration order."""
+    """Registered dataset names: the built-ins in BUILTIN_DATASET_MODULES order (whatever imported
+    them first), then the others in registration order."""
     _load_builtins()
-    return tuple(DATASETS)
+    rank = {module: index for index, module in enumerate(BUILTIN_DATASET_MODULES)}
+    ordered = sorted(DATASETS.values(), key=lambda d: rank.get(type(d).__module__, len(rank)))
+    return tuple(d.name for d in ordered)
 
 
 def get_dataset(name: str, where: str = "dataset") -> Dataset:
@@ -128,7 +131,7 @@ def get_dataset(name: str, where: str = "dataset") -> Dataset:
     _load_builtins()
     canonical = _ALIASES.get(str(name).strip().lower())
     if canonical is None:
-        raise ConfigError(f"{where}: unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+        raise ConfigError(f"{where}: unknown dataset {name!r}; accepted: {', '.join(dataset_names())}")
     return DATASETS[canonical]
 
 

@@ -17,13 +17,18 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from harness.data.layout import CameraTree, absolute_root, camera_pool, read_id_list, scan_camera_tree
+from harness.data.layout import (
+    CameraTree,
+    absolute_root,
+    camera_pool,
+    loop_note,
+    read_id_list,
+    scan_camera_tree,
+)
 from harness.data.registry import Dataset, register_dataset, split_draw_index
 from harness.data.report import CheckReport, count_images, verify_images
-from harness.data.synthetic.layouts import id_line, identity_order, prepare_output, present_cameras, test_count
-from harness.data.synthetic.layouts import write_identity_images
 from harness.data.splits import (
     MODALITY_INFRARED,
     MODALITY_VISIBLE,
@@ -34,6 +39,14 @@ from harness.data.splits import (
     Sensor,
     report_problem,
     sampled_gallery_protocol,
+)
+from harness.data.synthetic.layouts import (
+    id_line,
+    identity_order,
+    prepare_output,
+    present_cameras,
+    test_count,
+    write_identity_images,
 )
 from harness.errors import HarnessError, InputError, check_int
 
@@ -72,7 +85,7 @@ def scan_sysu(root: str | os.PathLike[str], problems: list[DataProblem] | None =
     """Read the id files and index the camera folders; None when the root itself is missing."""
     base = absolute_root(root)
     if not base.is_dir():
-        report_problem(problems, base, "SYSU-MM01 root folder does not exist")
+        report_problem(problems, base, f"SYSU-MM01 root folder does not exist{loop_note(base)}")
         return None
     ids = {split: read_id_list(base / "exp" / name, problems) for split, name in SYSU_ID_FILES.items()}
     tree = scan_camera_tree(base, SYSU_CAMERAS, problems)
@@ -193,12 +206,12 @@ class SysuMM01(Dataset):
     aliases = ("sysu-mm01", "sysu_mm01", "sysumm01")
     sensors = SYSU_SENSORS
     synthetic_code = 1
-    config_keys = {
+    config_keys: ClassVar[dict[str, str]] = {
         "modes": "search modes evaluated: all (gallery cam1, cam2, cam4, cam5) and/or indoor (cam1, cam2)",
         "shots": "gallery images per (id, camera): 1 single-shot, 10 multi-shot",
         "gallery_trials": "seeded gallery draws per protocol (random.Random(t), t = 0..trials-1)",
     }
-    split_options = {
+    split_options: ClassVar[dict[str, str]] = {
         "mode": "all | indoor (default all)",
         "shots": "1 | 10 (default 1)",
         "trial": "gallery draw t >= 0 (default 0)",
@@ -257,7 +270,7 @@ class SysuMM01(Dataset):
     def identity_split(self, spec: SynthSpec) -> tuple[list[int], list[int], list[int]]:
         """Synthetic (train, val, test) identity lists, each ascending; ids are 1..num_identities."""
         n_test = test_count(spec, self)
-        n_val = max(1, int(round((spec.num_identities - n_test) * SYNTHETIC_VAL_FRACTION)))
+        n_val = max(1, round((spec.num_identities - n_test) * SYNTHETIC_VAL_FRACTION))
         n_train = spec.num_identities - n_test - n_val
         if n_train < 2:
             raise InputError(

@@ -8,10 +8,21 @@ writers), `cache` (ensure_synthetic). Each dataset module writes its own layout
 (`Dataset.write_synthetic`, see harness.data.registry).
 """
 
-from harness.data.synthetic.cache import MARKER_NAME, cache_key, default_cache_dir, ensure_synthetic
+from harness.data.synthetic.cache import (
+    MARKER_NAME,
+    cache_key,
+    default_cache_dir,
+    ensure_synthetic,
+)
 from harness.data.synthetic.drawing import render_identity_images, render_person
 from harness.data.synthetic.layouts import present_cameras
-from harness.data.synthetic.spec import GENERATOR_VERSION, JPEG_QUALITY, SynthCamera, SynthLayout, SynthSpec
+from harness.data.synthetic.spec import (
+    GENERATOR_VERSION,
+    JPEG_QUALITY,
+    SynthCamera,
+    SynthLayout,
+    SynthSpec,
+)
 
 __all__ = [
     "GENERATOR_VERSION",

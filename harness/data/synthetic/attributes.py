@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.data.synthetic.spec import TAG_IDENTITY, TAG_SCENE, TAG_SENSOR, SynthCamera, seeded_rng
+from harness.data.synthetic.spec import (
+    TAG_IDENTITY,
+    TAG_SCENE,
+    TAG_SENSOR,
+    SynthCamera,
+    seeded_rng,
+)
 
 _PATTERNS = ("plain", "hstripes", "vstripes", "diagonal", "checks", "dots")
 

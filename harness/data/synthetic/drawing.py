@@ -23,7 +23,14 @@ from harness.data.synthetic.attributes import (
     scene_of,
     sensor_of,
 )
-from harness.data.synthetic.spec import TAG_SAMPLE, SynthCamera, SynthLayout, SynthSpec, seeded_rng
+from harness.data.synthetic.spec import (
+    TAG_SAMPLE,
+    SynthCamera,
+    SynthLayout,
+    SynthSpec,
+    seeded_rng,
+)
+
 
 def _coverage(signed_distance: np.ndarray) -> np.ndarray:
     return np.clip(0.5 - signed_distance, 0.0, 1.0)
@@ -288,7 +295,7 @@ def _paint_legs(canvas: _Canvas, f: _Figure, rng: np.random.Generator) -> None:
         if leg is not None:
             canvas.paint(leg[:2], *f.skin)
             if covered > 0:
-                canvas.paint_garment(_masked(leg, lambda w, a, t: np.clip((covered - t) * length + 0.5, 0, 1)), ident.lower, f.lower_pattern, None)
+                canvas.paint_garment(_masked(leg, lambda w, a, t, length=length: np.clip((covered - t) * length + 0.5, 0, 1)), ident.lower, f.lower_pattern, None)
         canvas.paint(frame.ellipse(foot[0] + side * foot_r * 0.3, foot[1] + foot_r * 0.2, foot_r * 1.25, foot_r * 0.8), ident.shoe_colour, ident.shoe_heat)
     canvas.paint_garment(frame.box(cx, f.hip_y + 0.01 * unit, hw, 0.04 * unit, 0.01 * unit), ident.lower, f.lower_pattern, f.torso_shade)
     if ident.lower_kind == "skirt":
@@ -326,7 +333,7 @@ def _paint_arms(canvas: _Canvas, f: _Figure, rng: np.random.Generator) -> None:
         arm = frame.capsule(shoulder, hand, arm_r)
         if arm is not None:
             canvas.paint(arm[:2], *f.skin)
-            sleeve = _masked(arm, lambda w, a, t: np.clip((ident.sleeve_fraction - t) * length + 0.5, 0, 1))
+            sleeve = _masked(arm, lambda w, a, t, length=length: np.clip((ident.sleeve_fraction - t) * length + 0.5, 0, 1))
             canvas.paint_garment(sleeve, ident.upper, f.upper_pattern, None)
         canvas.paint(frame.ellipse(hand[0], hand[1] + arm_r * 0.4, arm_r * 1.1, arm_r * 1.35), *f.skin)
         if ident.bag == "handbag" and side == ident.bag_side:

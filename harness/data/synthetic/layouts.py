@@ -42,7 +42,7 @@ def write_identity_images(folder: Path, spec: SynthSpec, layout: SynthLayout, pi
 
 
 def test_count(spec: SynthSpec, layout: SynthLayout) -> int:
-    n_test = int(round(spec.num_identities * spec.test_fraction))
+    n_test = round(spec.num_identities * spec.test_fraction)
     if n_test < 2:
         raise InputError(
             f"SynthSpec: num_identities={spec.num_identities} x test_fraction={spec.test_fraction} "
@@ -68,7 +68,7 @@ def present_cameras(spec: SynthSpec, layout: SynthLayout) -> dict[int, tuple[Syn
     cameras = layout.sensors
     pids = range(1, spec.num_identities + 1)
     pairs = [(pid, cam) for pid in pids for cam in cameras]
-    target = int(round(spec.missing_camera_rate * len(pairs)))
+    target = round(spec.missing_camera_rate * len(pairs))
     remaining = {(pid, ir): sum(c.infrared == ir for c in cameras) for pid in pids for ir in (False, True)}
     dropped: set[tuple[int, SynthCamera]] = set()
     order = seeded_rng(spec.seed, TAG_MISSING, layout.synthetic_code).permutation(len(pairs))
