@@ -138,6 +138,7 @@ class ReIDNet(nn.Module):
         backbone_name: str,
         num_classes: int,
         *,
+        pretrained: str | None = None,
         pretrained_file: str | None = None,
         non_local: bool = True,
         non_local_ratio: float = 0.5,
@@ -148,7 +149,8 @@ class ReIDNet(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = TwoStreamBackbone(
-            backbone_name, pretrained_file=pretrained_file, last_stride_one=last_stride_one, **timm_kwargs
+            backbone_name, pretrained=pretrained, pretrained_file=pretrained_file, last_stride_one=last_stride_one,
+            **timm_kwargs
         )
         self.non_local_positions: list[str] = (
             insert_non_local(self.backbone, ratio=non_local_ratio) if non_local else []

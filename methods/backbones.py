@@ -34,7 +34,7 @@ import timm
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError, InputError
 
 MODALITY_COUNT = 2  # 0 visible, 1 infrared
 
@@ -129,8 +129,53 @@ def _suggest_models(name: str) -> list[str]:
     return (close + contains)[:8]
 
 
-def create_timm_model(name: str, *, pretrained_file: str | None = None, **timm_kwargs: Any) -> nn.Module:
-    """Build a classifier-free timm model, offline: pretrained weights come only from a local file."""
+PRETRAINED_IMAGENET = "imagenet"
+
+
+def resolve_pretrained_tag(backbone: str, pretrained: str) -> str:
+    """`model.pretrained` -> a timm pretrained name `arch.tag`.
+
+    "imagenet" is timm's default weights of the backbone; "tv_in1k" or "resnet50.tv_in1k" name
+    one set of weights of the backbone's architecture (`timm.list_pretrained("resnet50.*")`).
+    """
+    arch = backbone.split(".")[0]
+    if pretrained == PRETRAINED_IMAGENET:
+        cfg = timm.models.get_pretrained_cfg(backbone)
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if not hub_id and (cfg is None or not getattr(cfg, "url", None)):
+            raise ConfigError(f"model.pretrained={pretrained!r}: timm has no pretrained weights for {backbone!r}")
+        return hub_id.split("/")[-1] if hub_id else backbone
+    tag = pretrained if "." in pretrained else f"{arch}.{pretrained}"
+    if tag.split(".")[0] != arch:
+        raise ConfigError(f"model.pretrained={pretrained!r}: weights of {tag.split('.')[0]!r} do not fit the backbone "
+                          f"{backbone!r}; expected {arch}.<tag>")
+    if tag not in timm.list_pretrained(f"{arch}.*"):
+        available = ", ".join(timm.list_pretrained(f"{arch}.*")) or "none"
+        raise ConfigError(f"model.pretrained={pretrained!r}: timm has no weights {tag!r}; available: {available}")
+    return tag
+
+
+def _weights_unavailable(tag: str, pretrained: str, error: BaseException) -> Exception:
+    """The InputError for pretrained weights that cannot be fetched (offline, hub unreachable, not cached)."""
+    from huggingface_hub import constants
+
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return InputError(
+        f"model.pretrained={pretrained!r}: cannot load timm weights {tag!r} ({type(error).__name__}: {reason}). "
+        f"timm fetches them through the Hugging Face hub cache ({constants.HF_HUB_CACHE}; torch hub downloads: "
+        f"{torch.hub.get_dir()}). On a machine without internet either pre-fetch them into that cache elsewhere "
+        f"(python -c \"import timm; timm.create_model('{tag}', pretrained=True)\") and copy the cache over, or "
+        "save the weights to a local file and set model.pretrained_file to it (the offline route).")
+
+
+def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_file: str | None = None,
+                      **timm_kwargs: Any) -> nn.Module:
+    """Build a classifier-free timm model; pretrained weights from a local file or through timm's hub cache.
+
+    `pretrained` ("imagenet" or a timm tag, see `resolve_pretrained_tag`) loads through timm's
+    normal download and cache; offline or with the hub unreachable, it raises InputError naming
+    the tag, the cache and `model.pretrained_file`. `pretrained_file` never touches the network.
+    """
     if not isinstance(name, str) or not timm.is_model(name):
         suggestions = _suggest_models(str(name))
         hint = f"; close matches: {', '.join(suggestions)}" if suggestions else "; see timm.list_models()"
@@ -140,18 +185,27 @@ def create_timm_model(name: str, *, pretrained_file: str | None = None, **timm_k
             raise HarnessError(
                 f"timm keyword {reserved!r} is set by the two-stream backbone and cannot be passed for {name!r}"
             )
+    if pretrained is not None and pretrained_file is not None:
+        raise ConfigError(f"model.pretrained={pretrained!r} and model.pretrained_file={pretrained_file!r}: "
+                          "set one of them")
     kwargs: dict[str, Any] = dict(timm_kwargs, num_classes=0)
+    model_name = name
+    if pretrained is not None:
+        model_name = resolve_pretrained_tag(name, pretrained)
+        kwargs.update(pretrained=True)
     if pretrained_file is not None:
         path = os.fspath(pretrained_file)
         if not os.path.isfile(path):
             raise HarnessError(f"pretrained weights file not found: {path} (backbone {name!r})")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
     try:
-        return timm.create_model(name, **kwargs)
+        return timm.create_model(model_name, **kwargs)
     except TypeError as error:
         raise HarnessError(f"timm rejected the keyword arguments {sorted(timm_kwargs)} for {name!r}: {error}") from error
-    except RuntimeError as error:
-        if pretrained_file is None:
+    except Exception as error:
+        if pretrained is not None:
+            raise _weights_unavailable(model_name, pretrained, error) from None
+        if pretrained_file is None or not isinstance(error, RuntimeError):
             raise
         raise HarnessError(f"could not load pretrained weights {pretrained_file} into {name!r}: {error}") from error
 
@@ -249,13 +303,14 @@ class TwoStreamBackbone(nn.Module):
         self,
         name: str,
         *,
+        pretrained: str | None = None,
         pretrained_file: str | None = None,
         last_stride_one: bool = True,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
         self.model_name = name
-        self.model = create_timm_model(name, pretrained_file=pretrained_file, **timm_kwargs)
+        self.model = create_timm_model(name, pretrained=pretrained, pretrained_file=pretrained_file, **timm_kwargs)
         candidates = find_stem_module_names(self.model)
         self.stem_module_names: tuple[str, ...] = tuple(c for c in candidates if _has_state(self.model.get_submodule(c)))
         for stem_name in self.stem_module_names:

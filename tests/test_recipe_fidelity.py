@@ -171,3 +171,66 @@ def test_bnneck_normal_init_draws_weights_around_one():
     assert abs(weight.std().item() - 0.01) < 0.001
     assert torch.count_nonzero(neck.bn.bias) == 0
     assert torch.all(BNNeck(16, 3).bn.weight == 1)
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Offline hub with an empty cache, and any socket connection refused: the test cannot download."""
+    import socket
+
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return tmp_path
+
+
+def test_pretrained_weights_offline_fail_fast_with_the_offline_route(no_network):
+    import time
+
+    from harness.errors import InputError
+    from methods.backbones import create_timm_model
+
+    started = time.monotonic()
+    with pytest.raises(InputError) as info:
+        create_timm_model("test_resnet", pretrained="imagenet")
+    message = str(info.value)
+    assert time.monotonic() - started < 10
+    assert "test_resnet.r160_in1k" in message and str(no_network / "hub") in message
+    assert "model.pretrained_file" in message
+
+
+def test_pretrained_tags_are_checked_before_any_download(no_network):
+    from harness.errors import ConfigError
+    from methods.backbones import resolve_pretrained_tag
+
+    assert resolve_pretrained_tag("resnet50", "tv_in1k") == "resnet50.tv_in1k"
+    assert resolve_pretrained_tag("resnet50", "resnet50.tv_in1k") == "resnet50.tv_in1k"
+    with pytest.raises(ConfigError, match="do not fit the backbone"):
+        resolve_pretrained_tag("resnet50", "resnet18.tv_in1k")
+    with pytest.raises(ConfigError, match="has no weights 'resnet50.nope_in1k'; available: .*tv_in1k"):
+        resolve_pretrained_tag("resnet50", "nope_in1k")
+
+
+def test_local_weights_file_loads_without_the_network(no_network):
+    import torch
+
+    from harness.errors import ConfigError
+    from methods.backbones import create_timm_model
+
+    source = create_timm_model("test_resnet")
+    path = no_network / "weights.pth"
+    torch.save({k: v + 1 for k, v in source.state_dict().items()}, path)
+    loaded = create_timm_model("test_resnet", pretrained_file=str(path))
+    for key, value in loaded.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, source.state_dict()[key] + 1)
+    with pytest.raises(ConfigError, match="set one of them"):
+        create_timm_model("test_resnet", pretrained="imagenet", pretrained_file=str(path))
