@@ -44,9 +44,9 @@ class MCLNet(ReIDMethod):
         self.model_cfg, self.loss_cfg, self.train_cfg = model_cfg, loss_cfg, train_cfg
         self.use_mcm, self.center_term, self.use_cca = mcm, center, cca
         m = model_cfg
-        self.net = ReIDNet(m.backbone, num_classes, pretrained=m.pretrained, pretrained_file=m.pretrained_file, non_local=m.non_local,
-                           non_local_ratio=m.non_local_ratio, gem_p=m.gem_p, last_stride_one=m.last_stride_one,
-                           bnneck_init=m.bnneck_init)
+        self.net = ReIDNet(m.backbone, num_classes, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
+                           non_local=m.non_local, non_local_ratio=m.non_local_ratio, gem_p=m.gem_p,
+                           last_stride_one=m.last_stride_one, bnneck_init=m.bnneck_init)
         dim = self.net.feature_dim
         authors = loss_cfg.variant == "authors-code"
         if mcm:
