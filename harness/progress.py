@@ -1,7 +1,9 @@
-"""Live sweep progress: trials done / running / failed / pruned, best so far, elapsed and ETA.
+"""Progress on the console: sweeps (trials done / failed / pruned, best so far), the epochs and
+steps of the running trial (loss, lr, images/s, ETA), and counted tasks such as feature extraction.
 
-Rendered with rich when it is installed; otherwise (e.g. a GPU machine with a preinstalled stack
-and no network) one plain line per trial event goes to stderr.
+On a terminal it is a live rich display. When stderr is not a terminal (a log file, a batch job)
+or rich is missing, it is plain timestamped lines at a bounded rate (`PlainLines`): every trial
+event, and at most one step line per interval, so a log shows where the sweep is.
 """
 
 from __future__ import annotations
@@ -17,17 +19,41 @@ try:
 except ImportError:  # pragma: no cover - exercised only where rich is missing
     Progress = None
 
+STEP_LINE_INTERVAL = 30.0
+"""Seconds between two plain step lines of a running trial."""
+
+
+def _step_text(fields: dict[str, Any]) -> str:
+    parts = []
+    if fields.get("loss") is not None:
+        parts.append(f"loss {fields['loss']:.4g}")
+    if fields.get("lr") is not None:
+        parts.append(f"lr {fields['lr']:.3g}")
+    if fields.get("img_per_s"):
+        parts.append(f"{fields['img_per_s']:.1f} img/s")
+    return " ".join(parts)
+
 
 class SweepProgress:
-    def __init__(self, total: int, title: str, *, quiet: bool = False, console: Any = None) -> None:
+    """Sweep-level progress plus the running trial's epoch and step (see the module docstring)."""
+
+    def __init__(self, total: int, title: str, *, quiet: bool = False, console: Any = None,
+                 plain: bool | None = None, lines: "PlainLines | None" = None) -> None:
         self.total, self.title, self.quiet = total, title, quiet
         self.counts = {"ok": 0, "failed": 0, "pruned": 0, "skipped": 0}
         self.best: float | None = None
         self.started = time.time()
         self.epoch_task: Any = None
-        self.epoch_label = ""
+        self.step_task: Any = None
+        self.label = ""
+        self.epochs = 0
+        self._trial_started = time.monotonic()
+        self._speed: tuple[float, int, float] | None = None  # (clock, images, seconds) of the previous step
+        if plain is None:
+            plain = Progress is None or not (console.is_terminal if console is not None else stderr_is_terminal())
         self.progress = None
-        if Progress is not None:
+        self.lines = (lines or PlainLines(interval=STEP_LINE_INTERVAL)) if plain and not quiet else None
+        if not plain:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(),
                                      console=console or Console(stderr=True), disable=quiet, transient=False)
@@ -39,11 +65,10 @@ class SweepProgress:
         return (f"{self.title} trials: {c['ok']} ok, {c['failed']} failed, {c['pruned']} pruned, "
                 f"{c['skipped']} resumed{best}")
 
-    def _plain(self, text: str) -> None:
-        if self.progress is None and not self.quiet:
+    def _plain(self, text: str, *, force: bool = True) -> None:
+        if self.lines is not None:
             done = sum(self.counts.values())
-            elapsed = time.time() - self.started
-            print(f"[{done}/{self.total} {elapsed:.0f}s] {text}", file=sys.stderr, flush=True)
+            self.lines.emit(f"[{done}/{self.total}] {text}", force=force)
 
     def __enter__(self) -> "SweepProgress":
         if self.progress is not None:
@@ -65,20 +90,42 @@ class SweepProgress:
         self._advance()
 
     def trial_started(self, label: str, *, epochs: int) -> None:
-        self.epoch_label = f"  {label}: epoch"
+        self.label, self.epochs = label, epochs
+        self._trial_started, self._speed = time.monotonic(), None
         if self.progress is None:
             self._plain(f"started {label}")
             return
-        if self.epoch_task is not None:
-            self.progress.remove_task(self.epoch_task)
-        self.epoch_task = self.progress.add_task(self.epoch_label, total=epochs)
+        for task in (self.epoch_task, self.step_task):
+            if task is not None:
+                self.progress.remove_task(task)
+        self.epoch_task = self.progress.add_task(f"  {label}: epoch", total=epochs)
+        self.step_task = self.progress.add_task("    step", total=None)
 
-    def iteration(self, epoch: int, it: int) -> None:
-        """Per-iteration hook (the display updates per epoch)."""
+    def iteration(self, epoch: int, step: int, fields: dict[str, Any] | None = None) -> None:
+        """After each training step: `fields` may hold steps (per epoch), loss, lr, images, seconds."""
+        fields = dict(fields or {})
+        if "images" in fields and "seconds" in fields:
+            if self._speed is not None and fields["seconds"] > self._speed[2]:
+                fields["img_per_s"] = (fields["images"] - self._speed[1]) / (fields["seconds"] - self._speed[2])
+            self._speed = (time.monotonic(), fields["images"], fields["seconds"])
+        steps = fields.get("steps")
+        text = _step_text(fields)
+        if self.progress is not None and self.step_task is not None:
+            self.progress.update(self.step_task, completed=step + 1, total=steps,
+                                 description=f"    epoch {epoch + 1}/{self.epochs} step" + (f" {text}" if text else ""))
+        elif self.lines is not None:
+            done_steps = epoch * steps + step + 1 if steps else None
+            eta = ""
+            if done_steps and self.epochs:
+                elapsed = time.monotonic() - self._trial_started
+                eta = f" ETA {format_duration(elapsed / done_steps * (self.epochs * steps - done_steps))}"
+            where = f"step {step + 1}/{steps}" if steps else f"step {step + 1}"
+            self._plain(f"{self.label} epoch {epoch + 1}/{self.epochs} {where}" + (f" {text}" if text else "") + eta,
+                        force=False)
 
     def epoch(self, epoch: int, losses: dict[str, float]) -> None:
         loss = losses.get("total")
-        text = self.epoch_label + (f" loss {loss:.3f}" if loss is not None else "")
+        text = f"  {self.label}: epoch" + (f" loss {loss:.3f}" if loss is not None else "")
         if self.progress is not None and self.epoch_task is not None:
             self.progress.update(self.epoch_task, completed=epoch + 1, description=text)
 

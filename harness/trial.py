@@ -146,6 +146,14 @@ class TrialResult:
     """One row per trained epoch (harness.curves); the runner stores them with the records."""
 
 
+def step_fields(trainer: Any) -> dict[str, Any]:
+    """What a progress display shows after a step: steps per epoch, loss, first group's lr, and the
+    images and seconds trained so far (their differences give images/s)."""
+    return {"steps": trainer.iters_per_epoch, "loss": trainer.last_step.get("total"),
+            "lr": trainer.optimizer.param_groups[0]["lr"], "images": trainer.stats.images_seen,
+            "seconds": trainer.stats.train_seconds}
+
+
 def protocol_records(cfg: TrialConfig, common: dict[str, Any], protocols: dict[str, EvalProtocol],
                      results: dict[str, dict[str, Any]], *, key: str | None = None) -> list[dict[str, Any]]:
     """One ok record (TrialRecord) per evaluated protocol: `common` fields plus the protocol's metrics."""
@@ -164,10 +172,12 @@ def protocol_records(cfg: TrialConfig, common: dict[str, Any], protocols: dict[s
 
 def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
               on_epoch: Callable[[int, dict[str, float], Callable[[], dict[str, float]]], None] | None = None,
-              on_iter: Callable[[int, int], None] | None = None, extra: dict[str, Any] | None = None) -> TrialResult:
+              on_iter: Callable[[int, int, dict[str, Any]], None] | None = None,
+              extra: dict[str, Any] | None = None) -> TrialResult:
     """Train `cfg` to its final epoch and evaluate that model on every test protocol.
 
-    `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
+    `on_iter(epoch, step, fields)` follows each training step (`step_fields`, for progress
+    displays). `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
     held-out training identities only) and may raise to stop the trial. A checkpoint in
     `workdir` is resumed from. The result carries the per-epoch training curves and, when
     successful, the final network (`trained`) for the runner to keep.
@@ -188,9 +198,10 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
     if ckpt:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
     parts = build_components(cfg, TrainData(bundle.train, train_images, bundle.num_classes, bundle.num_cameras),
-                             device, checkpoint_path=ckpt, before_trainer=reset_peak_memory,
-                             iteration_callbacks=[on_iter] if on_iter else None)
+                             device, checkpoint_path=ckpt, before_trainer=reset_peak_memory)
     method, trainer = parts.method, parts.trainer
+    if on_iter:
+        trainer.iteration_callbacks.append(lambda epoch, step: on_iter(epoch, step, step_fields(trainer)))
     n_params = sum(p.numel() for p in method.parameters())
 
     validated: dict[int, dict[str, float]] = {}

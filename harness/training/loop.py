@@ -72,6 +72,8 @@ class Trainer:
         self.warmup_iters = warmup_iters
         self.start_epoch = 0
         self.stats = TrainStats()
+        self.last_step: dict[str, float] = {}
+        """Loss values of the latest step (what iteration callbacks such as progress displays show)."""
         if cfg.channels_last:
             method.to(memory_format=torch.channels_last)
         if cfg.compile:
@@ -166,7 +168,7 @@ class Trainer:
                 indices = self.next_indices()
                 synchronize(self.device)
                 t0 = time.perf_counter()
-                values = self.train_step(indices)
+                values = self.last_step = self.train_step(indices)
                 synchronize(self.device)
                 dt = time.perf_counter() - t0
                 self.stats.train_seconds += dt
