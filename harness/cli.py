@@ -29,6 +29,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import TrialConfig, load_yaml
+    from harness.recipes import apply_recipe
     from harness.sweep import SweepSpec, check_sweep_name
     from harness.runner import run_sweep
     from harness.results import print_report, write_report
@@ -38,6 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if base is not None and not isinstance(base, dict):
         raise HarnessError(f"{args.config}: a trial config is a YAML mapping of config keys")
     source = str(args.config or "defaults")
+    base = apply_recipe(args.recipe, base or {}, where="--recipe")
     TrialConfig.from_dict(base, where=source)
     spec = SweepSpec(name=args.name, base=base or {}, grid={}, source=source, keep_models=not args.no_models)
     spec.trials(_overrides(args.overrides))  # validate before anything runs
@@ -198,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate one trial", description="Train one trial to its final epoch "
                          "and evaluate that model on every test protocol of its dataset.")
     run.add_argument("--config", help="YAML file of config keys (nested mapping); defaults otherwise")
+    run.add_argument("--recipe", help="named recipe under the --config values (e.g. mclnet-authors: the authors' "
+                     "training recipe; see harness/recipes/), or a recipe YAML path")
     _add_set(run)
     run.add_argument("--name", default="run", help="results sub-folder name (default: run)")
     run.add_argument("--results-dir", default="results", help="where sweep folders go (default: results)")

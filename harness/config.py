@@ -142,10 +142,10 @@ class SyntheticConfig(RangeChecked):
 
     layout: str = registered("sysu", names=_dataset_names(synthetic=False))
     """Which registered dataset's layout (and so protocols) the synthetic tree is written in."""
-    num_identities: int = ranged(60, minimum=2)
+    num_identities: int = ranged(60, minimum=4)
     images_per_camera: int = ranged(4, minimum=1)
-    height: int = ranged(128, minimum=8)
-    width: int = ranged(64, minimum=8)
+    height: int = ranged(128, minimum=32)
+    width: int = ranged(64, minimum=16)
     seed: int = ranged(0, minimum=0, maximum=SEED_MAX)
 
 

@@ -13,8 +13,9 @@ from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
 from harness.errors import ConfigError, HarnessError
 from harness.final import check_final_block
 from harness.preflight import check_buildable
+from harness.recipes import apply_recipe
 
-SPEC_KEYS = ("name", "description", "backend", "base", "grid", "search", "table", "dry_run", "keep_models", "final")
+SPEC_KEYS = ("name", "description", "recipe", "backend", "base", "grid", "search", "table", "dry_run", "keep_models", "final")
 SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
 SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "epochs_per_report",
                "objectives")
@@ -180,6 +181,7 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise HarnessError(f"{source}: base must be a mapping of config keys")
+    base = apply_recipe(data.get("recipe"), base, where=f"{source}: recipe")
     TrialConfig.from_dict(base, where=f"{source}: base")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
