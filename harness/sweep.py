@@ -67,6 +67,11 @@ class SweepSpec:
     def trials(self, overrides: dict[str, Any] | None = None) -> list[TrialConfig]:
         """Every grid point as a validated config (command-line overrides applied last)."""
         keys = list(self.grid)
+        points = math.prod(len(self.grid[k]) for k in keys)
+        if points > MAX_GRID_POINTS:
+            sizes = " x ".join(f"{len(self.grid[k])} ({k})" for k in keys)
+            raise ConfigError(f"{self.source}: grid has {points:,} points ({sizes}); the limit is "
+                              f"{MAX_GRID_POINTS:,} trials per sweep: split it into several specs")
         configs = []
         for values in itertools.product(*(self.grid[k] for k in keys)) if keys else [()]:
             tree = TrialConfig.from_dict(self.base, where=f"{self.source}: base").to_dict()
@@ -79,6 +84,9 @@ class SweepSpec:
             check_buildable(configs[-1], where)
         return configs
 
+
+MAX_GRID_POINTS = 10_000
+"""Most grid points one sweep may have (every point is validated before the first trial)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,127}$")
 

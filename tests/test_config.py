@@ -176,3 +176,59 @@ def test_buildable_configs_pass():
     for override in ({"model.backbone": "test_resnet", "data.height": 96, "data.width": 48},
                      {"model.backbone": "test_vit", "model.non_local": False, "data.height": 160, "data.width": 160}):
         check_buildable(TrialConfig().with_overrides(override))
+
+
+# ------------------------------------------------------------------ YAML: strict, bounded
+
+def _write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def test_duplicate_yaml_key_is_refused_with_key_and_line(tmp_path):
+    from harness.config import load_yaml
+
+    path = _write(tmp_path, "train:\n  epochs: 2\n  lr: 0.1\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: duplicate key 'epochs' \(line 4; first set on line 2\)"):
+        load_yaml(path)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    from harness.config import load_yaml
+
+    path = _write(tmp_path, "base: &d {a: 1, b: 2}\nother:\n  <<: *d\n  a: 3\n")
+    assert load_yaml(path)["other"] == {"a": 3, "b": 2}
+
+
+def test_alias_bomb_is_refused_within_a_second(tmp_path):
+    import time
+
+    from harness.config import load_yaml
+
+    levels = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]\n" for i in range(1, 10))
+    path = _write(tmp_path, "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + levels
+                  + "description: *l9\n")  # 10**10 strings once expanded
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="alias bomb"):
+        load_yaml(path)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    from harness.config import load_yaml
+
+    with pytest.raises(ConfigError, match="recursive alias"):
+        load_yaml(_write(tmp_path, "grid: &g {seed: [*g]}\n"))
+
+
+def test_non_utf8_yaml_is_refused_with_a_message(tmp_path):
+    from harness.config import load_yaml
+
+    with pytest.raises(ConfigError, match="c.yaml: not UTF-8"):
+        load_yaml(_write(tmp_path, "description: caf\xe9\n".encode("latin-1")))
+
+
+def test_override_values_use_the_strict_reader():
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        parse_override("train.milestones={a: 1, a: 2}")

@@ -10,6 +10,7 @@ import pickle
 import pytest
 import torch
 
+from harness.errors import ConfigError
 from harness.training.checkpoint import load_checkpoint, save_checkpoint
 from harness.trial import config_key, run_trial
 
@@ -92,3 +93,45 @@ def test_spec_name_outside_results_dir_is_refused(name, tmp_path, capsys):
     assert main(["sweep", str(spec), "--results-dir", str(tmp_path / "results"), "--quiet"]) == 2
     assert "sweep name" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+# ------------------------------------------------------------------ bad input refused before training
+
+def test_grid_of_a_billion_points_is_refused_within_a_second():
+    import time
+
+    from harness.sweep import MAX_GRID_POINTS, parse_spec
+
+    grid = {"seed": list(range(1000)), "train.epochs": list(range(1, 1001)), "train.pad": list(range(1000))}
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"grid has 1,000,000,000 points .* limit is {MAX_GRID_POINTS:,}"):
+        parse_spec({"name": "big", "grid": grid}, source="big.yaml")
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("grid, typo", [("{method: [agw, mclnet, mclnte]}", "mclnte"),
+                                        ("{model.backbone: [test_resnet, test_resnt]}", "test_resnt"),
+                                        ("{model.backbone: [test_convnext], data.height: [64, 8]}", "8x32")])
+def test_bad_last_grid_value_is_refused_before_any_trial(grid, typo, tmp_path, capsys):
+    from harness.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: typo\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
+                    f"data: {{height: 64, width: 32}}}}\ngrid: {grid}\n")
+    assert main(["sweep", str(spec), "--results-dir", str(tmp_path / "results"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert typo in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("train.num_identities=0", "train.num_identities"), ("train.epochs=0", "train.epochs"),
+    ("seed=-1", "seed"), ("data.modes=[]", "data.modes"), ("train.erasing_area=[0.5]", "train.erasing_area"),
+])
+def test_out_of_range_setting_exits_2_before_training(setting, key, tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["run", "--set", setting, "--results-dir", str(tmp_path / "results"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "expected" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
