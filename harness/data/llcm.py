@@ -49,7 +49,7 @@ from harness.data.synthetic.layouts import (
     test_count,
     write_identity_images,
 )
-from harness.errors import HarnessError, InputError, check_int
+from harness.errors import InputError, check_int
 
 if TYPE_CHECKING:
     from harness.config import DataConfig
@@ -158,7 +158,7 @@ def llcm_protocol(layout: LlcmLayout, direction: str, trials: int) -> EvalProtoc
     ranked against every visible test image as gallery.
     """
     if direction not in LLCM_DIRECTIONS:
-        raise HarnessError(f"LLCM direction {direction!r}: expected one of {', '.join(LLCM_DIRECTIONS)}")
+        raise InputError(f"LLCM direction {direction!r}: expected one of {', '.join(LLCM_DIRECTIONS)}")
     full_modality, sampled_modality = LLCM_DIRECTIONS[direction]
     full, _ = camera_pool(
         layout.trees[full_modality],

@@ -31,7 +31,7 @@ from harness.data.synthetic.layouts import (
     prepare_output,
     write_identity_images,
 )
-from harness.errors import HarnessError, InputError
+from harness.errors import InputError
 
 if TYPE_CHECKING:
     from harness.config import DataConfig
@@ -50,7 +50,7 @@ def index_file(root: Path, part: str, modality: str, trial: int) -> Path:
 
 def check_trial(trial: object) -> int:
     if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial not in REGDB_TRIALS:
-        raise HarnessError(f"RegDB trial: expected an integer in 1..10, got {trial!r}")
+        raise InputError(f"RegDB trial: expected an integer in 1..10, got {trial!r}")
     return int(trial)
 
 
@@ -125,7 +125,7 @@ def regdb_train_split(scan: RegdbTrial) -> tuple[ImageSplit, int]:
 def regdb_protocol(scan: RegdbTrial, direction: str) -> EvalProtocol:
     """All test images of one modality against all of the other (one trial, no sampling)."""
     if direction not in REGDB_DIRECTIONS:
-        raise HarnessError(f"RegDB direction {direction!r}: expected one of {', '.join(REGDB_DIRECTIONS)}")
+        raise InputError(f"RegDB direction {direction!r}: expected one of {', '.join(REGDB_DIRECTIONS)}")
     query_modality, gallery_modality = REGDB_DIRECTIONS[direction]
     gallery = _split(scan.entries[("test", gallery_modality)], gallery_modality)
     return EvalProtocol(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import HarnessError, InputError
+from harness.errors import InputError
 
 MODALITY_VISIBLE = 0
 MODALITY_INFRARED = 1
@@ -44,9 +44,9 @@ class Sensor:
 def _as_int64_vector(values: object, field: str) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1:
-        raise HarnessError(f"ImageSplit.{field}: expected a 1-D array, got shape {array.shape}")
+        raise InputError(f"ImageSplit.{field}: expected a 1-D array, got shape {array.shape}")
     if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise HarnessError(f"ImageSplit.{field}: expected integers, got dtype {array.dtype}")
+        raise InputError(f"ImageSplit.{field}: expected integers, got dtype {array.dtype}")
     return array.astype(np.int64, copy=False)
 
 
@@ -65,7 +65,7 @@ class ImageSplit:
             object.__setattr__(self, field, _as_int64_vector(getattr(self, field), field))
         lengths = {len(self.paths), len(self.pids), len(self.cams), len(self.modalities)}
         if len(lengths) != 1:
-            raise HarnessError(
+            raise InputError(
                 "ImageSplit: paths, pids, cams and modalities must have the same length, got "
                 f"{len(self.paths)}, {len(self.pids)}, {len(self.cams)}, {len(self.modalities)}"
             )
@@ -90,7 +90,7 @@ class ImageSplit:
         index = np.asarray(indices)
         if index.dtype == bool:
             if index.shape != (len(self),):
-                raise HarnessError(
+                raise InputError(
                     f"ImageSplit.subset: boolean mask of shape {index.shape} for {len(self)} images"
                 )
             index = np.flatnonzero(index)
@@ -126,13 +126,13 @@ class EvalProtocol:
 
     def __post_init__(self) -> None:
         if self.metric_protocol not in METRIC_PROTOCOLS:
-            raise HarnessError(
+            raise InputError(
                 f"EvalProtocol {self.name!r}: metric_protocol {self.metric_protocol!r} is not one "
                 f"of {', '.join(METRIC_PROTOCOLS)}"
             )
         masks = np.asarray(self.trial_masks, dtype=bool)
         if masks.ndim != 2 or masks.shape[1] != len(self.gallery) or masks.shape[0] < 1:
-            raise HarnessError(
+            raise InputError(
                 f"EvalProtocol {self.name!r}: trial_masks must have shape (T>=1, {len(self.gallery)}),"
                 f" got {masks.shape}"
             )
@@ -140,13 +140,13 @@ class EvalProtocol:
         if self.query_masks is not None:
             queries = np.asarray(self.query_masks, dtype=bool)
             if queries.shape != (masks.shape[0], len(self.query)):
-                raise HarnessError(
+                raise InputError(
                     f"EvalProtocol {self.name!r}: query_masks must have shape "
                     f"({masks.shape[0]}, {len(self.query)}), got {queries.shape}"
                 )
             empty = np.flatnonzero(~queries.any(axis=1)).tolist()
             if empty:
-                raise HarnessError(f"EvalProtocol {self.name!r}: query_masks selects no query in trial(s) {empty}")
+                raise InputError(f"EvalProtocol {self.name!r}: query_masks selects no query in trial(s) {empty}")
             object.__setattr__(self, "query_masks", queries)
 
     @property
@@ -155,7 +155,7 @@ class EvalProtocol:
 
     def _check_trial(self, trial: int) -> None:
         if not 0 <= trial < self.num_trials:
-            raise HarnessError(
+            raise InputError(
                 f"protocol {self.name!r}: trial {trial} is out of range 0..{self.num_trials - 1}"
             )
 
@@ -245,7 +245,7 @@ def sampled_gallery_protocol(
     """
     for role, split in (("query", query), ("gallery", pool)):
         if not len(split):
-            raise HarnessError(f"protocol {name!r}: the test identities have no {role} images")
+            raise InputError(f"protocol {name!r}: the test identities have no {role} images")
     drawn = _draw_masks(name, len(pool), candidates, ids, cams, trials, shots, rng_for_trial)
     used = drawn.any(axis=0)
     return EvalProtocol(
@@ -275,7 +275,7 @@ def sampled_query_protocol(
     order of `pool` and ``query_masks[t]`` selects trial t's draw."""
     for role, split in (("query", pool), ("gallery", gallery)):
         if not len(split):
-            raise HarnessError(f"protocol {name!r}: the test identities have no {role} images")
+            raise InputError(f"protocol {name!r}: the test identities have no {role} images")
     drawn = _draw_masks(name, len(pool), candidates, ids, cams, trials, shots, rng_for_trial)
     used = drawn.any(axis=0)
     return EvalProtocol(
@@ -300,7 +300,7 @@ def _draw_masks(
 ) -> np.ndarray:
     """(trials, size) bool: the images of a pool that each seeded draw picks."""
     if trials < 1:
-        raise HarnessError(f"protocol {name!r}: trials must be >= 1, got {trials}")
+        raise InputError(f"protocol {name!r}: trials must be >= 1, got {trials}")
     drawn = np.zeros((trials, size), dtype=bool)
     for trial in range(trials):
         picks = draw_per_identity_camera(candidates, ids, cams, rng_for_trial(trial), shots)
@@ -340,22 +340,22 @@ def validation_protocol(
     for SYSU-MM01's camera placement (cam3 queries exclude the cam2 gallery), else "regdb".
     """
     if isinstance(num_ids, bool) or not isinstance(num_ids, (int, np.integer)):
-        raise HarnessError(f"validation num_ids: expected an integer, got {num_ids!r}")
+        raise InputError(f"validation num_ids: expected an integer, got {num_ids!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise HarnessError(f"validation seed: expected an integer >= 0, got {seed!r}")
+        raise InputError(f"validation seed: expected an integer >= 0, got {seed!r}")
     if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
-        raise HarnessError(f"validation trials: expected an integer >= 1, got {trials!r}")
+        raise InputError(f"validation trials: expected an integer >= 1, got {trials!r}")
     all_ids = np.unique(train.pids)
     has_visible = np.isin(all_ids, train.pids[train.modalities == MODALITY_VISIBLE])
     has_infrared = np.isin(all_ids, train.pids[train.modalities == MODALITY_INFRARED])
     eligible = all_ids[has_visible & has_infrared]
     if not 1 <= num_ids < all_ids.size:
-        raise HarnessError(
+        raise InputError(
             f"validation num_ids: expected 1..{all_ids.size - 1} (the training split has "
             f"{all_ids.size} identities), got {num_ids}"
         )
     if num_ids > eligible.size:
-        raise HarnessError(
+        raise InputError(
             f"validation num_ids: {num_ids} requested but only {eligible.size} training identities "
             "have both visible and infrared images"
         )

@@ -48,7 +48,7 @@ from harness.data.synthetic.layouts import (
     test_count,
     write_identity_images,
 )
-from harness.errors import HarnessError, InputError, check_int
+from harness.errors import InputError, check_int
 
 if TYPE_CHECKING:
     from harness.config import DataConfig
@@ -137,9 +137,9 @@ def sysu_protocol(layout: SysuLayout, mode: str, shots: int, trials: int) -> Eva
     public code has none). A missing folder consumes no draw.
     """
     if mode not in SYSU_GALLERY_CAMERAS:
-        raise HarnessError(f"SYSU-MM01 mode {mode!r}: expected one of {', '.join(SYSU_GALLERY_CAMERAS)}")
+        raise InputError(f"SYSU-MM01 mode {mode!r}: expected one of {', '.join(SYSU_GALLERY_CAMERAS)}")
     if shots not in SYSU_SHOTS:
-        raise HarnessError(f"SYSU-MM01 shots {shots!r}: expected 1 (single-shot) or 10 (multi-shot)")
+        raise InputError(f"SYSU-MM01 shots {shots!r}: expected 1 (single-shot) or 10 (multi-shot)")
     test_ids = layout.ids["test"]
     modality = {cam: sysu_modality(cam) for cam in SYSU_CAMERAS}
     query, _ = camera_pool(layout.tree, test_ids, SYSU_QUERY_CAMERAS, modality)
@@ -170,13 +170,13 @@ def load_sysu(
     ``f"{mode}-{single|multi}"`` for each mode x shots (see sysu_protocol)."""
     trials = check_int(trials, "SYSU-MM01 trials", minimum=1)
     if isinstance(modes, str) or isinstance(shots, (int, str)):
-        raise HarnessError("SYSU-MM01 modes and shots: expected sequences, e.g. ('all',) and (1,)")
+        raise InputError("SYSU-MM01 modes and shots: expected sequences, e.g. ('all',) and (1,)")
     for mode in modes:
         if mode not in SYSU_GALLERY_CAMERAS:
-            raise HarnessError(f"SYSU-MM01 mode {mode!r}: expected one of {', '.join(SYSU_GALLERY_CAMERAS)}")
+            raise InputError(f"SYSU-MM01 mode {mode!r}: expected one of {', '.join(SYSU_GALLERY_CAMERAS)}")
     for shot in shots:
         if shot not in SYSU_SHOTS:
-            raise HarnessError(f"SYSU-MM01 shots {shot!r}: expected 1 (single-shot) or 10 (multi-shot)")
+            raise InputError(f"SYSU-MM01 shots {shot!r}: expected 1 (single-shot) or 10 (multi-shot)")
     layout = scan_sysu(root)
     assert layout is not None  # a missing root raised already
     train, num_classes = sysu_train_split(layout)
