@@ -1,9 +1,9 @@
 """The reference tables are reproducible: the README's first command installs from the lock file."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def _pins() -> dict[str, str]:
 
 def test_readme_first_command_installs_from_the_lock():
     readme = (ROOT / "README.md").read_text()
-    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.DOTALL).group(1)
     first_command = first_block.strip().splitlines()[0]
     assert "pip install -c requirements/lock.txt" in first_command
     assert "vireid sweep benchmarks/ablation_synthetic.yaml" in first_command

@@ -4,6 +4,7 @@ Expected values are computed here from the published formulas (t quantiles from 
 table, the t distribution's density integrated numerically, sign flips enumerated by hand).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,13 @@ import pandas as pd
 import pytest
 
 from harness.errors import ConfigError, HarnessError, InputError
-from harness.results import ResultStore, add_deltas, pareto_front, summarise, write_report
+from harness.results import (
+    ResultStore,
+    add_deltas,
+    pareto_front,
+    summarise,
+    write_report,
+)
 from harness.results.paper import paper_frame, render_terminal
 from harness.results.stats import mean_interval, paired_difference, sign_flip_p
 from harness.results.tables import best_marks, format_number, statistics_frame
@@ -152,8 +159,8 @@ def test_one_record_type_for_every_status():
     assert ok.as_dict()["rank1"] == 1.0 and failed.as_dict()["failure"] == "boom"
     with pytest.raises(ValueError, match="redefine status"):
         TrialRecord.ok(cfg, protocol="v2t", fields={"status": "failed"})
-    with pytest.raises(Exception):
-        ok.status = "failed"  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ok.status = "failed"
 
 
 # --------------------------------------------------------------------------- aggregation and deltas

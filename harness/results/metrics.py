@@ -44,6 +44,7 @@ register_metric(Metric("train_img_per_s", "train img/s", "tr/s", "max", 1, unit=
 register_metric(Metric("infer_img_per_s", "infer img/s", "inf/s", "max", 1, unit="img/s", accuracy=False))
 register_metric(Metric("peak_memory_mb", "peak memory (MiB)", "MiB", "min", 0, unit="MiB", accuracy=False))
 register_metric(Metric("wall_seconds", "wall time (s)", "s", "min", 0, unit="s", accuracy=False))
+register_metric(Metric("num_params", "parameters", "params", "min", 0, unit="", accuracy=False))
 
 ACCURACY_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS.values() if m.accuracy)
 """Every retrieval metric a trial records per protocol (each also with its gallery-trial std)."""

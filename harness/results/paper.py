@@ -7,13 +7,25 @@ terminal, as rich tables no wider than 80 columns.
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
+from harness.errors import HarnessError
 from harness.results.metrics import metric
-from harness.results.tables import (LATEX, MARKDOWN, Markup, Summary, TIED_MARK, best_marks, format_cell,
-                                    format_number, protocol_title, runs_text)
+from harness.results.tables import (
+    LATEX,
+    MARKDOWN,
+    TIED_MARK,
+    Markup,
+    Summary,
+    best_marks,
+    format_cell,
+    format_number,
+    protocol_title,
+    runs_text,
+)
 
 ANY_PROTOCOL = "*"
 """Published rows given as one plain entry (harness.published): shown only in a single-protocol table."""
@@ -30,7 +42,7 @@ def method_switches(name: str) -> dict[str, Any] | None:
         from methods.registry import resolve_method
 
         switches = resolve_method(str(name)).switches
-    except Exception:  # a name no registered family knows (e.g. from an older store)
+    except HarnessError:  # a name no registered family knows (e.g. from an older store)
         return None
     return switches if {"mcm", "center", "cca"} <= set(switches) else None
 

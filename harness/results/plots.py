@@ -8,8 +8,9 @@ the axes as text.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def ablation_figure(summary: Summary, metrics: Sequence[str] = ("rank1", "mAP", 
     if not np.isfinite(rows[list(metrics)].to_numpy(float)).any():
         _missing(ax, "no finished run on this protocol")
     ax.set_xticks(x, _row_labels(summary), rotation=20, ha="right")
-    ns = sorted(set(int(n) for n in rows["n"]))
+    ns = sorted({int(n) for n in rows["n"]})
     ax.set_ylabel("%")
     ax.set_title(_title("Ablation", summary) + f"\nerror bars: ±1 sd over seeds (n={'/'.join(map(str, ns))})",
                  fontsize=10)

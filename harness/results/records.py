@@ -8,9 +8,10 @@ config in one place, so every status of one configuration lands in the same tabl
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -22,7 +23,7 @@ STATUSES: tuple[str, ...] = ("ok", "failed", "pruned")
 IDENTITY_FIELDS = ("trial_key", "status", "method", "backbone", "dataset", "seed", "config", "failure", "protocol")
 
 
-def dataset_label(data: "DataConfig") -> str:
+def dataset_label(data: DataConfig) -> str:
     """The dataset name a table shows: the real dataset, or `synthetic[-<layout>]` for generated data."""
     if data.dataset == "synthetic":
         layout = data.synthetic.layout
@@ -53,8 +54,8 @@ class TrialRecord:
             raise ValueError(f"record fields may not redefine {', '.join(sorted(clash))}")
 
     @classmethod
-    def _from_config(cls, cfg: "TrialConfig", status: Status, *, failure: str | None, protocol: str | None,
-                     fields: Mapping[str, Any] | None, key: str | None = None) -> "TrialRecord":
+    def _from_config(cls, cfg: TrialConfig, status: Status, *, failure: str | None, protocol: str | None,
+                     fields: Mapping[str, Any] | None, key: str | None = None) -> TrialRecord:
         from harness.trial import config_key
 
         return cls(trial_key=key or config_key(cfg), status=status, method=cfg.method, backbone=cfg.model.backbone,
@@ -63,18 +64,18 @@ class TrialRecord:
                    protocol=protocol, fields=dict(fields or {}))
 
     @classmethod
-    def ok(cls, cfg: "TrialConfig", *, protocol: str, fields: Mapping[str, Any], key: str | None = None) -> "TrialRecord":
+    def ok(cls, cfg: TrialConfig, *, protocol: str, fields: Mapping[str, Any], key: str | None = None) -> TrialRecord:
         """The result of a finished trial on one evaluation protocol (`key`: another record key than
         the config's, e.g. an evaluation of a saved model)."""
         return cls._from_config(cfg, "ok", failure=None, protocol=protocol, fields=fields, key=key)
 
     @classmethod
-    def failed(cls, cfg: "TrialConfig", reason: str, *, fields: Mapping[str, Any] | None = None) -> "TrialRecord":
+    def failed(cls, cfg: TrialConfig, reason: str, *, fields: Mapping[str, Any] | None = None) -> TrialRecord:
         """A trial that broke (non-finite loss, crash): counted in tables, never averaged."""
         return cls._from_config(cfg, "failed", failure=reason, protocol=None, fields=fields)
 
     @classmethod
-    def pruned(cls, cfg: "TrialConfig", reason: str, *, fields: Mapping[str, Any] | None = None) -> "TrialRecord":
+    def pruned(cls, cfg: TrialConfig, reason: str, *, fields: Mapping[str, Any] | None = None) -> TrialRecord:
         """A trial a search scheduler stopped early: counted apart from failures."""
         return cls._from_config(cfg, "pruned", failure=reason, protocol=None, fields=fields)
 
@@ -83,7 +84,7 @@ class TrialRecord:
         return {name: getattr(self, name) for name in IDENTITY_FIELDS} | dict(self.fields)
 
 
-def as_record_dict(record: "TrialRecord | Mapping[str, Any]") -> dict[str, Any]:
+def as_record_dict(record: TrialRecord | Mapping[str, Any]) -> dict[str, Any]:
     return record.as_dict() if isinstance(record, TrialRecord) else dict(record)
 
 
@@ -95,6 +96,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def record_json(record: "TrialRecord | Mapping[str, Any]") -> str:
+def record_json(record: TrialRecord | Mapping[str, Any]) -> str:
     """The stored form of a record (a TrialRecord, or the plain mapping a stored record was read as)."""
     return json.dumps(as_record_dict(record), default=_json_default)

@@ -5,21 +5,40 @@ from __future__ import annotations
 import importlib.util
 import json
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
 from harness.atomic import atomic_write_text
 from harness.errors import InputError
 from harness.results.metrics import TABLE_METRICS
-from harness.results.paper import (ANY_PROTOCOL, TERMINAL_WIDTH, Published, flat_columns, paper_frame, paper_latex, paper_markdown,
-                                   render_terminal, terminal_tables)
-from harness.results.store import STORE_NAME, ResultStore
-from harness.results.tables import (PLAIN, Summary, add_deltas, csv_frame, expand_records, statistics_frame,
-                                    summarise, summary_caption, to_latex, to_markdown)
+from harness.results.paper import (
+    ANY_PROTOCOL,
+    TERMINAL_WIDTH,
+    Published,
+    flat_columns,
+    paper_frame,
+    paper_latex,
+    paper_markdown,
+    render_terminal,
+    terminal_tables,
+)
 from harness.results.stats import significance_caption
+from harness.results.store import STORE_NAME, ResultStore
+from harness.results.tables import (
+    PLAIN,
+    Summary,
+    add_deltas,
+    csv_frame,
+    expand_records,
+    statistics_frame,
+    summarise,
+    summary_caption,
+    to_latex,
+    to_markdown,
+)
 
 
 @dataclass
@@ -119,7 +138,12 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
         plots = False
         markdown += "\n(plots skipped: matplotlib is not installed)\n"
     if plots:
-        from harness.results.plots import ablation_figure, cmc_figure, save_figure, throughput_figure
+        from harness.results.plots import (
+            ablation_figure,
+            cmc_figure,
+            save_figure,
+            throughput_figure,
+        )
 
         for summary in summaries:
             suffix = f"-{summary.protocol}" if summary.protocol else ""
@@ -132,20 +156,14 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
 
             key = group_by[0] if group_by and group_by[0] in records.columns else "method"
             files += save_figure(loss_curves_figure(curves, records, key=key), folder / "loss_curves.png")
-        curves = store.curves()
-        if not curves.empty:
-            from harness.figures.curves import loss_curves_figure
-
-            key = group_by[0] if group_by and group_by[0] in records.columns else "method"
-            files += save_figure(loss_curves_figure(curves, records, key=key), folder / "loss_curves.png")
     footer = textwrap.fill(caption, TERMINAL_WIDTH) + "\n" + (f"Failed trials:\n{failed_text}" if failed_text else "")
     return Report(markdown=markdown, terminal=render_terminal(summaries) + footer, footer=footer, files=files,
                   warnings=warnings, summaries=summaries)
 
 
 def _paper_caption(summaries: Sequence[Summary], baseline: str | None, notes: list[str]) -> str:
-    parts = ["Mean ± sd over seeds (n in the runs column). Bold: best, significantly better than the runner-up "
-             "(paired by seed); † : best not significantly better than these rows (tied)."]
+    parts = [("Mean ± sd over seeds (n in the runs column). Bold: best, significantly better than the runner-up "
+              "(paired by seed); † : best not significantly better than these rows (tied).")]
     if baseline:
         parts.append(f"Deltas to {baseline} with CI and p in table-<protocol>.md/csv; " + significance_caption())
     if min((s.min_n for s in summaries), default=0) < 2:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from harness.errors import ConfigError, InputError
-from harness.results.metrics import ACCURACY_METRICS, COST_METRICS, TABLE_METRICS, metric
+from harness.results.metrics import (
+    ACCURACY_METRICS,
+    COST_METRICS,
+    TABLE_METRICS,
+    metric,
+)
 from harness.results.stats import mean_interval, paired_difference, significance_caption
 
 REPLICATE_KEYS = ("seed", "data.trial")
@@ -157,7 +163,7 @@ def summarise(df: pd.DataFrame, *, protocol: str | None = None, group_by: Sequen
         values = ok[ok["configuration"] == configuration]
         row: dict[str, Any] = {k: first.get(k) for k in key_columns}
         row["configuration"] = configuration
-        row["n"] = int(len(values))
+        row["n"] = len(values)
         for status in ("failed", "pruned"):
             row[status] = int(counts.at[configuration, status]) if status in counts else 0
         for m in [*metrics, *(c for c in COST_METRICS if c in records and c not in metrics)]:
@@ -303,10 +309,10 @@ def statistics_frame(summary: Summary) -> pd.DataFrame:
 
 
 def summary_caption(summary: Summary) -> str:
-    parts = [f"Protocol {protocol_title(summary.protocol)} ({summary.protocol}); "
-             f"datasets: {', '.join(summary.datasets) or '-'}. Mean over seeds; sd (seeds) is the spread over "
-             f"seeds, sd (gallery) the mean spread over one run's gallery draws; 95% CI of the mean from the t "
-             f"distribution."]
+    parts = [(f"Protocol {protocol_title(summary.protocol)} ({summary.protocol}); "
+              f"datasets: {', '.join(summary.datasets) or '-'}. Mean over seeds; sd (seeds) is the spread over "
+              f"seeds, sd (gallery) the mean spread over one run's gallery draws; 95% CI of the mean from the t "
+              f"distribution.")]
     if summary.baseline is not None:
         parts.append(f"Baseline: {summary.baseline}. " + significance_caption())
     if summary.min_n < 2:
