@@ -27,7 +27,7 @@ FINAL_KEYS = ("seeds", "objective", "trial", "backend")
 CHOSEN_CONFIG = "chosen.yaml"
 
 
-def check_final_block(where: str, block: Any, search: "SearchSpace | None") -> dict[str, Any]:
+def check_final_block(where: str, block: Any, search: SearchSpace | None) -> dict[str, Any]:
     """The `final:` block of a spec, validated (unknown keys, types, objective names)."""
     from harness.errors import check_int
     from harness.results.metrics import metric
@@ -75,7 +75,7 @@ class FinalChoice:
                 f"({self.value:.2f}, trial {self.trial_key}, of {self.candidates} finished)")
 
 
-def choose(spec: "SweepSpec", folder: Path, *, trial: str | None = None) -> FinalChoice:
+def choose(spec: SweepSpec, folder: Path, *, trial: str | None = None) -> FinalChoice:
     """The configuration a finished search chose: its best trial, or the trial `trial` names."""
     from harness.results import ResultStore, metric
     from harness.results.stats import pareto_front
@@ -117,7 +117,7 @@ def choose(spec: "SweepSpec", folder: Path, *, trial: str | None = None) -> Fina
                        seeds=tuple(int(s) for s in seeds))
 
 
-def final_spec(spec: "SweepSpec", choice: FinalChoice) -> "SweepSpec":
+def final_spec(spec: SweepSpec, choice: FinalChoice) -> SweepSpec:
     """The final sweep: the chosen configuration on all training identities, one trial per seed."""
     from harness.config import TrialConfig
     from harness.sweep import SweepSpec
@@ -146,8 +146,8 @@ def export_config(choice: FinalChoice, path: Path) -> Path:
     return path
 
 
-def run_final(spec: "SweepSpec", *, results_dir: str | Path = "results", trial: str | None = None,
-              backend: str | None = None, quiet: bool = False) -> tuple[Path, "Report"]:
+def run_final(spec: SweepSpec, *, results_dir: str | Path = "results", trial: str | None = None,
+              backend: str | None = None, quiet: bool = False) -> tuple[Path, Report]:
     """Choose, retrain on all training identities, evaluate on the test protocols, tabulate."""
     from harness.results import TABLE_METRICS, write_report
     from harness.runner import run_sweep
@@ -162,6 +162,6 @@ def run_final(spec: "SweepSpec", *, results_dir: str | Path = "results", trial: 
     protocols = table.get("protocols") or ([table["protocol"]] if table.get("protocol") else None)
     report = write_report(folder, protocols=protocols, metrics=table.get("metrics") or TABLE_METRICS,
                           label_columns={"chosen by": f"{choice.search} on {choice.objective}"},
-                          notes=[f"Configuration chosen by {choice.describe()}; retrained on all training "
-                                 f"identities; exported as {exported.name}."])
+                          notes=[(f"Configuration chosen by {choice.describe()}; retrained on all training "
+                                  f"identities; exported as {exported.name}.")])
     return folder, report

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.errors import HarnessError, InputError
+from harness.config import load_yaml
+from harness.errors import InputError
 from harness.results.metrics import ACCURACY_METRICS
 from harness.results.paper import ANY_PROTOCOL
 
@@ -21,24 +20,19 @@ BUILTIN = Path(__file__).with_name("published_results.yaml")
 
 def load_published(path: str | Path | None = None) -> dict[str, Any]:
     path = Path(path) if path and path != "builtin" else BUILTIN
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise HarnessError(f"{path}: cannot read published results ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise HarnessError(f"{path}: malformed YAML ({exc})") from None
+    data = load_yaml(path)
     if not isinstance(data, dict):
-        raise HarnessError(f"{path}: expected a mapping paper -> setting -> metrics")
+        raise InputError(f"{path}: expected a mapping paper -> setting -> metrics")
     return data
 
 
 def lookup(data: dict[str, Any], entry: str, *, source: str = "published results") -> dict[str, float]:
     paper, _, setting = entry.partition(".")
     if paper not in data:
-        raise HarnessError(f"{source}: no paper {paper!r}; known: {', '.join(data)}")
+        raise InputError(f"{source}: no paper {paper!r}; known: {', '.join(data)}")
     settings = {k: v for k, v in data[paper].items() if isinstance(v, dict) and k != "unverified"}
     if setting not in settings:
-        raise HarnessError(f"{source}: {paper!r} has no setting {setting!r}; known: {', '.join(settings)}")
+        raise InputError(f"{source}: {paper!r} has no setting {setting!r}; known: {', '.join(settings)}")
     numbers = settings[setting]
     unknown = [k for k in numbers if k not in ACCURACY_METRICS]
     if unknown:
