@@ -1,0 +1,61 @@
+"""Named recipes: loading, precedence under specs and `vireid run`, and the paper specs that use them."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.errors import ConfigError
+from harness.recipes import apply_recipe, load_recipe, recipe_names
+from harness.sweep import load_spec, parse_spec
+
+
+def test_the_authors_recipe_holds_the_facts_of_their_code():
+    config = load_recipe("mclnet-authors").config
+    train, mcm = config["train"], config["mcm"]
+    # train.py of the MCLNet code: `for epoch in range(start_epoch, 201 - start_epoch)`; d_optimizer nesterov=True
+    assert train["epochs"] == 201 and mcm["nesterov"] is True and mcm["lr"] == 0.1
+    # its RandomErasing(probability=0.8, sl=0.1, sh=0.8, r1=0.3), 100 attempts, mean fill after Normalize
+    assert (train["erasing_p"], train["erasing_area"], train["erasing_attempts"]) == (0.8, [0.1, 0.8], 100)
+    assert train["erasing_ratio"] == pytest.approx([0.3, 1 / 0.3]) and train["erasing_aspect"] == "uniform"
+    assert config["model"]["pretrained"] == "resnet50.tv_in1k" and config["model"]["bnneck_init"] == "normal"
+    assert config["loss"]["wrt_variant"] == "authors-code" and train["iters_per_epoch"] is None
+
+
+def test_spec_base_wins_over_the_recipe_and_the_rest_comes_from_it():
+    spec = parse_spec({"name": "r", "recipe": "mclnet-authors", "base": {
+        "model": {"backbone": "test_resnet", "pretrained": None}, "train": {"epochs": 3}}})
+    (cfg,) = spec.trials({"train.erasing_p": 0.25})
+    assert (cfg.model.backbone, cfg.model.pretrained, cfg.train.epochs) == ("test_resnet", None, 3)
+    assert cfg.train.erasing_p == 0.25  # --set wins over both
+    assert (cfg.train.erasing_fill, cfg.mcm.batchnorm_out, cfg.model.bnneck_init) == ("constant", True, "normal")
+
+
+def test_unknown_recipe_is_refused_with_the_available_names():
+    with pytest.raises(ConfigError, match="unknown recipe 'mclnet-author'.*mclnet-authors"):
+        apply_recipe("mclnet-author", {})
+    assert "mclnet-authors" in recipe_names()
+
+
+def test_a_recipe_file_by_path_is_validated(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"description": "x", "config": {"train": {"epochs": "many"}}}))
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_recipe(str(path))
+    path.write_text(yaml.safe_dump({"description": "x", "config": {"train": {"epochs": 7}}}))
+    assert apply_recipe(str(path), {"seed": 1}) == {"train": {"epochs": 7}, "seed": 1}
+
+
+def test_vireid_run_refuses_an_unknown_recipe_with_exit_2(tmp_path, capsys):
+    assert main(["run", "--recipe", "nope", "--results-dir", str(tmp_path), "--quiet"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["paper_main_sysu", "paper_ablation_sysu", "paper_main_regdb"])
+def test_paper_specs_use_the_authors_recipe_and_their_dry_runs_stay_offline(name):
+    spec = load_spec(f"benchmarks/{name}.yaml")
+    real = spec.trials()[0]
+    assert real.train.epochs == 201 and real.model.pretrained == "resnet50.tv_in1k"
+    dry = spec.as_dry_run().trials()[0]
+    assert dry.model.pretrained is None and dry.model.backbone == "test_resnet" and dry.data.dataset == "synthetic"
