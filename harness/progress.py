@@ -182,6 +182,7 @@ class TaskProgress:
         self.description, self.total, self.unit, self.quiet = description, total, unit, quiet
         self.clock = clock
         self.done = 0
+        self._reported = -1  # the count of the last plain line
         self.fields: dict[str, Any] = {}
         self.started = clock()
         plain = (not stderr_is_terminal() or Progress is None) if plain is None else plain
@@ -201,7 +202,7 @@ class TaskProgress:
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
-        elif self.lines is not None and exc[0] is None:
+        elif self.lines is not None and exc[0] is None and self._reported != self.done:
             self.lines.emit(self.status(), force=True)
 
     def status(self) -> str:
@@ -218,5 +219,5 @@ class TaskProgress:
         if self.progress is not None:
             extra = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items())
             self.progress.update(self.task, advance=n, extra=extra)
-        elif self.lines is not None:
-            self.lines.emit(self.status())
+        elif self.lines is not None and self.lines.emit(self.status()):
+            self._reported = self.done
