@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MODEL_HELP = "a saved model: results/<sweep>/models/<trial key>.safetensors (or its .json card)"
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ class CurveRecorder:
         self._steps = 0
         self._seen = (0, 0.0)  # images seen and seconds trained when the epoch started
 
-    def attach(self) -> "CurveRecorder":
+    def attach(self) -> CurveRecorder:
         """Register on the trainer; call after `maybe_resume` so resumed rows are kept."""
         self.trainer.iteration_callbacks.append(self._on_iteration)
         self.trainer.epoch_callbacks.insert(0, self._on_epoch)  # before callbacks that may stop the trial

@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,13 @@ def evaluate_saved_model(model: str | Path, *, overrides: dict[str, Any] | None 
     earlier evaluation with the same key.
     """
     from harness.results import ResultStore
-    from harness.trial import device_name, evaluate_protocols, library_versions, peak_memory_mb, protocol_records
+    from harness.trial import (
+        device_name,
+        evaluate_protocols,
+        library_versions,
+        peak_memory_mb,
+        protocol_records,
+    )
 
     started = time.time()
     saved, cfg, method, device, bundle = prepare_saved_model(model, overrides)
@@ -133,7 +140,6 @@ def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out:
     method = load_method(saved, cfg, device=device)
     features = extract_paths(method, files, MODALITIES[modality], cfg, device, quiet=quiet)
     names = np.array([str(p.relative_to(Path(folder))) for p in files])
-    with atomic_path(out) as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, features=features.numpy().astype(np.float32), paths=names)
+    with atomic_path(out) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, features=features.numpy().astype(np.float32), paths=names)
     return out

@@ -14,8 +14,14 @@ from typing import Any
 
 try:
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 except ImportError:  # pragma: no cover - exercised only where rich is missing
     Progress = None
 
@@ -38,7 +44,7 @@ class SweepProgress:
     """Sweep-level progress plus the running trial's epoch and step (see the module docstring)."""
 
     def __init__(self, total: int, title: str, *, quiet: bool = False, console: Any = None,
-                 plain: bool | None = None, lines: "PlainLines | None" = None) -> None:
+                 plain: bool | None = None, lines: PlainLines | None = None) -> None:
         self.total, self.title, self.quiet = total, title, quiet
         self.counts = {"ok": 0, "failed": 0, "pruned": 0, "skipped": 0}
         self.best: float | None = None
@@ -70,12 +76,12 @@ class SweepProgress:
             done = sum(self.counts.values())
             self.lines.emit(f"[{done}/{self.total}] {text}", force=force)
 
-    def __enter__(self) -> "SweepProgress":
+    def __enter__(self) -> SweepProgress:
         if self.progress is not None:
             self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
@@ -165,7 +171,7 @@ class PlainLines:
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
@@ -194,12 +200,12 @@ class TaskProgress:
                                      console=Console(stderr=True), transient=True)
             self.task = self.progress.add_task(description, total=total, extra="")
 
-    def __enter__(self) -> "TaskProgress":
+    def __enter__(self) -> TaskProgress:
         if self.progress is not None:
             self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
         elif self.lines is not None and exc[0] is None and self._reported != self.done:

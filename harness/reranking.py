@@ -51,7 +51,7 @@ def rerank_distance(dist: torch.Tensor, num_query: int, *, k1: int = 20, k2: int
                          f"{tuple(dist.shape)} and num_query={num_query}")
     dist = dist / dist.max(dim=1, keepdim=True).values.clamp(min=torch.finfo(dist.dtype).tiny)
     order = torch.sort(dist, dim=1, stable=True).indices
-    half = min(int(round(k1 / 2)), n - 1)
+    half = min(round(k1 / 2), n - 1)
     k1 = min(k1, n - 1)
 
     forward = _neighbour_mask(order, k1)

@@ -1,11 +1,18 @@
 """Qualitative figures: panel counts, frame colours from ground truth, histogram counts, files."""
 
 import numpy as np
-import pytest
 from matplotlib.colors import to_rgba
 
-from harness.figures.qualitative import (MATCH_COLOUR, MISMATCH_COLOUR, distance_histogram_figure, embedding_figure,
-                                         excluded_pairs, pair_distances, ranked_list_figure, top_k_gallery)
+from harness.figures.qualitative import (
+    MATCH_COLOUR,
+    MISMATCH_COLOUR,
+    distance_histogram_figure,
+    embedding_figure,
+    excluded_pairs,
+    pair_distances,
+    ranked_list_figure,
+    top_k_gallery,
+)
 
 
 def test_ranked_list_frames_follow_ground_truth():
@@ -70,18 +77,17 @@ def test_embedding_marks_modality_and_colours_identity():
     fig = embedding_figure(points, ids, mods)
     collections = fig.axes[0].collections
     assert [c.get_label() for c in collections] == ["visible", "infrared"]
-    visible, infrared = collections
+    visible, _infrared = collections
     np.testing.assert_array_equal(visible.get_offsets(), points[mods == 0])
     colours = visible.get_facecolors()
     assert np.allclose(colours[0], colours[2]) and not np.allclose(colours[0], colours[1])  # ids 4, 9, 4
 
 
 def test_show_writes_every_figure_as_png_and_pdf(tiny_config, tmp_path):
-    from methods import create_method
-
     from harness.cli import main
     from harness.data.registry import load_dataset
     from harness.saved_models import TrainedModel, save_model
+    from methods import create_method
 
     cfg = tiny_config(method="agw")
     bundle = load_dataset(cfg.data, seed=0)

@@ -22,7 +22,7 @@ def reference_rerank(dist: np.ndarray, num_query: int, k1: int, k2: int, lam: fl
     def reciprocal(i: int, k: int) -> set[int]:
         return {j for j in neighbours(i, k) if i in neighbours(j, k)}
 
-    half = int(round(k1 / 2))
+    half = round(k1 / 2)
     v = np.zeros((n, n))
     for i in range(n):
         r = reciprocal(i, k1)

@@ -8,7 +8,14 @@ import torch
 
 from harness.cli import main
 from harness.errors import ConfigError, InputError
-from harness.saved_models import TrainedModel, evaluation_config, load_method, model_files, read_model, save_model
+from harness.saved_models import (
+    TrainedModel,
+    evaluation_config,
+    load_method,
+    model_files,
+    read_model,
+    save_model,
+)
 
 
 def _trained_like_method(cfg):
@@ -157,14 +164,13 @@ def test_extract_writes_features_of_every_image_under_a_folder(trained_sweep, tm
 
 
 def test_keep_models_is_a_spec_key_and_a_flag(tiny_config, tmp_path):
-    from methods import create_method
-
     from harness.cli import build_parser
     from harness.errors import HarnessError
     from harness.results import ResultStore
     from harness.runner.common import execute_trial
     from harness.sweep import parse_spec
     from harness.trial import TrialResult, config_key
+    from methods import create_method
 
     assert parse_spec({"name": "s"}).keep_models is True
     assert parse_spec({"name": "s", "keep_models": False}).keep_models is False
