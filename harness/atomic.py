@@ -85,3 +85,22 @@ def remove_stale_temporaries(folder: str | Path) -> int:
                 path.unlink()
                 removed += 1
     return removed
+
+
+def prepare_output_folder(folder: str | Path) -> Path:
+    """Create `folder`, prove that files can be created in it and remove stale temporaries.
+
+    Called before anything trains, so an unwritable results folder ends the command with a
+    message instead of losing a finished trial's records.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".write-probe.{os.getpid()}{TEMP_MARKER}")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EnvironmentFault(f"{folder}: cannot write results here ({exc.strerror or exc}); choose another "
+                               "--results-dir or free space") from None
+    remove_stale_temporaries(folder)
+    return folder

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.errors import HarnessError
+from harness.errors import InputError
 from harness.results import atomic_write_text, to_markdown
 
 
@@ -58,20 +58,20 @@ def load_benchmarks(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise HarnessError(f"{path}: no such file (write one with pytest benchmarks --benchmark-only "
+        raise InputError(f"{path}: no such file (write one with pytest benchmarks --benchmark-only "
                            f"--benchmark-json={path})") from None
     except json.JSONDecodeError as err:
-        raise HarnessError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+        raise InputError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
     benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
     if not isinstance(benchmarks, list):
-        raise HarnessError(f"{path}: expected pytest-benchmark JSON with a 'benchmarks' list")
+        raise InputError(f"{path}: expected pytest-benchmark JSON with a 'benchmarks' list")
     if not benchmarks:
-        raise HarnessError(f"{path}: holds no benchmarks (were they all skipped or deselected? run pytest with "
+        raise InputError(f"{path}: holds no benchmarks (were they all skipped or deselected? run pytest with "
                            "--benchmark-only and without -k filters that match nothing)")
     for i, bench in enumerate(benchmarks):
         stats = bench.get("stats") if isinstance(bench, dict) else None
         if not isinstance(stats, dict) or not all(k in stats for k in ("min", "median", "mean", "rounds")):
-            raise HarnessError(f"{path}: benchmarks[{i}] has no stats with min, median, mean and rounds "
+            raise InputError(f"{path}: benchmarks[{i}] has no stats with min, median, mean and rounds "
                                "(was the file written with --benchmark-disable?)")
     return data
 

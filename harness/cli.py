@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.errors import HarnessError, InputError
+from harness.errors import ConfigError, HarnessError, InputError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 EXIT_ALL_FAILED = 1
 
 
@@ -37,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_sweep_name(args.name, "--name")
     base = load_yaml(args.config) if args.config else {}
     if base is not None and not isinstance(base, dict):
-        raise HarnessError(f"{args.config}: a trial config is a YAML mapping of config keys")
+        raise ConfigError(f"{args.config}: a trial config is a YAML mapping of config keys")
     source = str(args.config or "defaults")
     base = apply_recipe(args.recipe, base or {}, where="--recipe")
     TrialConfig.from_dict(base, where=source)
@@ -95,13 +98,15 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     protocols = args.protocol or None
     published = None
+    rows = {}
+    for pair in args.published_row or []:
+        row, sep, entry = pair.partition("=")
+        if not sep or not row or not entry:
+            raise InputError(f"--published-row: expected ROW=PAPER.SETTING, got {pair!r}")
+        rows[row] = entry
+    if rows and not args.published:
+        raise InputError("--published-row needs --published FILE (or --published builtin)")
     if args.published:
-        rows = {}
-        for pair in args.published_row or []:
-            row, sep, entry = pair.partition("=")
-            if not sep or not row or not entry:
-                raise InputError(f"--published-row: expected ROW=PAPER.SETTING, got {pair!r}")
-            rows[row] = entry
         published = published_by_protocol({"file": args.published, "rows": rows}, protocols)
     print_report(write_report(args.folder, protocols=protocols, baseline=args.baseline,
                               group_by=args.group_by or ["method"], metrics=args.metrics or TABLE_METRICS,
@@ -350,8 +355,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except HarnessError as exc:
+    except InputError as exc:
         print(f"vireid: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except HarnessError as exc:  # a run-time failure of a command that runs no sweep (e.g. bench)
+        print(f"vireid: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # the reader closed our output early (`vireid methods --json | head`): stop without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("vireid: error: output closed before it was all written (broken pipe)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # the environment refused a read or write no check foresaw
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vireid: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except sqlite3.DatabaseError as exc:
+        print(f"vireid: error: a results store is not a readable SQLite database ({exc}); move it away and rerun",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("vireid: interrupted; finished trials are stored, rerun the same command to resume", file=sys.stderr)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import RerankConfig
-from harness.errors import HarnessError
+from harness.errors import InputError, TrialFailure
 from harness.reranking import original_distance, rerank_distance
 
 PROTOCOLS = ("sysu", "regdb", "llcm")
@@ -87,20 +87,20 @@ def rank_metrics(
 
     ``dist`` is (Q, G), smaller = more similar. Cameras are only read by the ``"sysu"`` (SYSU
     camera numbers 1..6) and ``"llcm"`` rules. Returns ``{"cmc": float64 array (max_rank,),
-    "mAP": float, "mINP": float, "num_valid_queries": int}``; raises HarnessError when no
+    "mAP": float, "mINP": float, "num_valid_queries": int}``; raises TrialFailure when no
     query has a true match in the gallery.
     """
     where = "rank_metrics"
     _check_protocol(protocol, max_rank, where)
     dist_t = _as_tensor(dist, "dist", None, where)
     if dist_t.ndim != 2:
-        raise HarnessError(f"{where}: dist must be a 2-D (queries x gallery) matrix, got shape {tuple(dist_t.shape)}")
+        raise InputError(f"{where}: dist must be a 2-D (queries x gallery) matrix, got shape {tuple(dist_t.shape)}")
     if dist_t.dtype == torch.bool or dist_t.is_complex():
-        raise HarnessError(f"{where}: dist must hold real numbers, got dtype {dist_t.dtype}")
+        raise InputError(f"{where}: dist must hold real numbers, got dtype {dist_t.dtype}")
     num_queries, num_gallery = dist_t.shape
     labels = _Labels.build(q_ids, g_ids, q_cams, g_cams, num_queries, num_gallery, protocol, dist_t.device, where)
     if torch.isnan(dist_t).any():
-        raise HarnessError(f"{where}: dist contains NaN (check the features for NaN/inf)")
+        raise TrialFailure(f"{where}: dist contains NaN (check the features for NaN/inf)")
 
     results = _QueryResults(num_queries, dist_t.device)
     for rows, view in _query_groups(labels, protocol):
@@ -168,7 +168,7 @@ def evaluate_trials(
     if query_masks is not None:
         selected = _as_tensor(query_masks, "query_masks", device, where)
         if selected.dtype != torch.bool or tuple(selected.shape) != (masks.shape[0], num_queries):
-            raise HarnessError(
+            raise InputError(
                 f"{where}: query_masks must be a bool array of shape ({masks.shape[0]}, {num_queries}),"
                 f" got {selected.dtype} {tuple(selected.shape)}"
             )
@@ -199,9 +199,9 @@ def _reranked_trial_distance(
 
 def _check_protocol(protocol: str, max_rank: int, where: str) -> None:
     if protocol not in PROTOCOLS:
-        raise HarnessError(f"{where}: unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+        raise InputError(f"{where}: unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise HarnessError(f"{where}: max_rank must be an integer >= 1, got {max_rank!r}")
+        raise InputError(f"{where}: max_rank must be an integer >= 1, got {max_rank!r}")
 
 
 def _as_tensor(value: ArrayLike, name: str, device: torch.device | None, where: str) -> torch.Tensor:
@@ -210,7 +210,7 @@ def _as_tensor(value: ArrayLike, name: str, device: torch.device | None, where: 
     else:
         array = np.asarray(value)
         if array.dtype == object or array.dtype.kind not in "biuf":
-            raise HarnessError(f"{where}: {name} must be a numeric array, got dtype {array.dtype}")
+            raise InputError(f"{where}: {name} must be a numeric array, got dtype {array.dtype}")
         if not array.flags.writeable or not array.flags.c_contiguous:
             array = np.ascontiguousarray(array).copy()
         tensor = torch.from_numpy(array)
@@ -222,11 +222,11 @@ def _integer_vector(
 ) -> torch.Tensor:
     tensor = _as_tensor(value, name, device, where)
     if tensor.ndim != 1:
-        raise HarnessError(f"{where}: {name} must be 1-D, got shape {tuple(tensor.shape)}")
+        raise InputError(f"{where}: {name} must be 1-D, got shape {tuple(tensor.shape)}")
     if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
-        raise HarnessError(f"{where}: {name} must hold integers, got dtype {tensor.dtype}")
+        raise InputError(f"{where}: {name} must hold integers, got dtype {tensor.dtype}")
     if tensor.shape[0] != length:
-        raise HarnessError(f"{where}: {name} has {tensor.shape[0]} entries but {length_of} has {length}")
+        raise InputError(f"{where}: {name} has {tensor.shape[0]} entries but {length_of} has {length}")
     return tensor.to(torch.int64)
 
 
@@ -237,13 +237,13 @@ def _features_pair(
     gallery = _as_tensor(gallery_features, "gallery_features", query.device, where)
     for name, features in (("query_features", query), ("gallery_features", gallery)):
         if features.ndim != 2:
-            raise HarnessError(f"{where}: {name} must be 2-D (samples x dim), got shape {tuple(features.shape)}")
+            raise InputError(f"{where}: {name} must be 2-D (samples x dim), got shape {tuple(features.shape)}")
         if features.shape[0] == 0:
-            raise HarnessError(f"{where}: {name} is empty")
+            raise InputError(f"{where}: {name} is empty")
         if not torch.isfinite(features).all():
-            raise HarnessError(f"{where}: {name} contains NaN or inf")
+            raise TrialFailure(f"{where}: {name} contains NaN or inf")
     if query.shape[1] != gallery.shape[1]:
-        raise HarnessError(
+        raise InputError(
             f"{where}: query_features have dim {query.shape[1]} but gallery_features have dim {gallery.shape[1]}"
         )
     dtype = torch.float64 if torch.float64 in (query.dtype, gallery.dtype) else torch.float32
@@ -253,15 +253,15 @@ def _features_pair(
 def _trial_masks(trial_masks: ArrayLike, num_gallery: int, device: torch.device, where: str) -> torch.Tensor:
     masks = _as_tensor(trial_masks, "trial_masks", device, where)
     if masks.dtype != torch.bool:
-        raise HarnessError(f"{where}: trial_masks must be a bool array, got dtype {masks.dtype}")
+        raise InputError(f"{where}: trial_masks must be a bool array, got dtype {masks.dtype}")
     if masks.ndim != 2 or masks.shape[0] == 0 or masks.shape[1] != num_gallery:
-        raise HarnessError(
+        raise InputError(
             f"{where}: trial_masks must have shape (trials >= 1, {num_gallery} gallery entries), "
             f"got {tuple(masks.shape)}"
         )
     empty = (~masks.any(dim=1)).nonzero().flatten().tolist()
     if empty:
-        raise HarnessError(f"{where}: trial_masks selects no gallery entry for trial(s) {empty}")
+        raise InputError(f"{where}: trial_masks selects no gallery entry for trial(s) {empty}")
     return masks
 
 
@@ -288,7 +288,7 @@ class _Labels:
         where: str,
     ) -> "_Labels":
         if num_queries == 0 or num_gallery == 0:
-            raise HarnessError(
+            raise InputError(
                 f"{where}: needs at least one query and one gallery entry, got {num_queries} x {num_gallery}"
             )
         q_id = _integer_vector(q_ids, "q_ids", num_queries, "the query set", device, where)
@@ -300,7 +300,7 @@ class _Labels:
             for name, cams in (("q_cams", q_cam), ("g_cams", g_cam)):
                 bad = cams[~torch.isin(cams, allowed)]
                 if bad.numel():
-                    raise HarnessError(
+                    raise InputError(
                         f"{where}: {name} must be SYSU camera numbers 1..6 for protocol 'sysu' "
                         f"(0-based cameras + 1), found {sorted(set(bad.unique().tolist()))[:5]}"
                     )
@@ -542,7 +542,7 @@ class _QueryResults:
     def summary(self, max_rank: int, where: str) -> dict[str, Any]:
         num_valid = int(self.valid.sum())
         if num_valid == 0:
-            raise HarnessError(
+            raise TrialFailure(
                 f"{where}: no query has a true match in the gallery (after the camera exclusion "
                 f"of its protocol); check that query and gallery identities overlap"
             )

@@ -56,7 +56,7 @@ class SweepSpec:
 
     def as_dry_run(self) -> "SweepSpec":
         if not self.dry_run:
-            raise HarnessError(f"{self.source}: --dry-run needs a 'dry_run' mapping of config overrides in the spec")
+            raise ConfigError(f"{self.source}: --dry-run needs a 'dry_run' mapping of config overrides in the spec")
         base = TrialConfig.from_dict(self.base, where=f"{self.source}: base").with_overrides(
             self.dry_run, where=f"{self.source}: dry_run").to_dict()
         grid = {k: v for k, v in self.grid.items() if k not in self.dry_run}
@@ -102,12 +102,12 @@ def check_sweep_name(name: Any, where: str) -> str:
 def _check_keys(where: str, data: dict[str, Any], accepted: tuple[str, ...]) -> None:
     for k in data:
         if k not in accepted:
-            raise HarnessError(f"{where}: unknown key {k!r}; accepted keys: {', '.join(accepted)}")
+            raise ConfigError(f"{where}: unknown key {k!r}; accepted keys: {', '.join(accepted)}")
 
 
 def _parse_space(src: str, space: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(space, dict) or not space:
-        raise HarnessError(f"{src}: search.space must map config keys to distributions")
+        raise ConfigError(f"{src}: search.space must map config keys to distributions")
     paths = set(field_paths()) | {"method", "seed"}
     out = {}
     for key, dist in space.items():
@@ -116,28 +116,28 @@ def _parse_space(src: str, space: Any) -> dict[str, dict[str, Any]]:
             import difflib
 
             close = difflib.get_close_matches(key, sorted(paths), n=3)
-            raise HarnessError(f"{where}: unknown config key" + (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise ConfigError(f"{where}: unknown config key" + (f"; did you mean {', '.join(close)}?" if close else ""))
         if not isinstance(dist, dict) or "type" not in dist:
-            raise HarnessError(f"{where}: expected a mapping with 'type' (one of {', '.join(SPACE_TYPES)})")
+            raise ConfigError(f"{where}: expected a mapping with 'type' (one of {', '.join(SPACE_TYPES)})")
         kind = dist["type"]
         if kind not in SPACE_TYPES:
-            raise HarnessError(f"{where}.type: {kind!r} is not one of {', '.join(SPACE_TYPES)}")
+            raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(SPACE_TYPES)}")
         if kind == "categorical":
             if not isinstance(dist.get("choices"), list) or not dist["choices"]:
-                raise HarnessError(f"{where}: categorical needs a non-empty list 'choices'")
+                raise ConfigError(f"{where}: categorical needs a non-empty list 'choices'")
         else:
             for b in ("low", "high"):
                 if not isinstance(dist.get(b), (int, float)) or isinstance(dist.get(b), bool):
-                    raise HarnessError(f"{where}: {kind} needs numeric 'low' and 'high'")
+                    raise ConfigError(f"{where}: {kind} needs numeric 'low' and 'high'")
             if not dist["low"] < dist["high"]:
-                raise HarnessError(f"{where}: low ({dist['low']}) must be below high ({dist['high']})")
+                raise ConfigError(f"{where}: low ({dist['low']}) must be below high ({dist['high']})")
             if kind == "loguniform" and dist["low"] <= 0:
-                raise HarnessError(f"{where}: loguniform needs low > 0, got {dist['low']}")
+                raise ConfigError(f"{where}: loguniform needs low > 0, got {dist['low']}")
             if kind == "int" and not (float(dist["low"]).is_integer() and float(dist["high"]).is_integer()):
-                raise HarnessError(f"{where}: int needs integer bounds")
+                raise ConfigError(f"{where}: int needs integer bounds")
         extra = set(dist) - {"type", "low", "high", "choices", "step", "log"}
         if extra:
-            raise HarnessError(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
         out[key] = dict(dist)
     return out
 
@@ -151,14 +151,14 @@ def _check_table(where: str, table: dict[str, Any]) -> None:
         value = table.get(name)
         if value is not None and (not isinstance(value, list) or not value or
                                   not all(isinstance(v, str) for v in value)):
-            raise HarnessError(f"{where}.{name}: expected a non-empty list of names, got {value!r}")
+            raise ConfigError(f"{where}.{name}: expected a non-empty list of names, got {value!r}")
     valid = [*RECORD_KEYS, *(p for p in field_paths() if p not in REPLICATE_KEYS)]
     for key in table.get("group_by") or []:
         if key not in valid:
             import difflib
 
             close = difflib.get_close_matches(key, valid, n=3)
-            raise HarnessError(f"{where}.group_by: unknown key {key!r}" +
+            raise ConfigError(f"{where}.group_by: unknown key {key!r}" +
                                (f"; did you mean {', '.join(close)}?" if close else "") +
                                f" (valid: {', '.join(RECORD_KEYS)} or a dotted config key other than "
                                f"{', '.join(REPLICATE_KEYS)})")
@@ -166,18 +166,18 @@ def _check_table(where: str, table: dict[str, Any]) -> None:
         try:
             metric(name)
         except HarnessError as exc:
-            raise HarnessError(f"{where}.metrics: {exc}") from None
+            raise ConfigError(f"{where}.metrics: {exc}") from None
 
 
 def _keep_models(source: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise HarnessError(f"{source}: keep_models must be true or false, got {value!r}")
+        raise ConfigError(f"{source}: keep_models must be true or false, got {value!r}")
     return value
 
 
 def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
     if not isinstance(data, dict):
-        raise HarnessError(f"{source}: a sweep spec is a YAML mapping with keys {', '.join(SPEC_KEYS)}")
+        raise ConfigError(f"{source}: a sweep spec is a YAML mapping with keys {', '.join(SPEC_KEYS)}")
     _check_keys(source, data, SPEC_KEYS)
     name = data.get("name") or Path(source).stem
     check_sweep_name(name, f"{source}: name")
@@ -188,35 +188,35 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
         raise ConfigError(f"{source}: backend {backend!r} is not one of {', '.join(backend_names())}")
     base = data.get("base") or {}
     if not isinstance(base, dict):
-        raise HarnessError(f"{source}: base must be a mapping of config keys")
+        raise ConfigError(f"{source}: base must be a mapping of config keys")
     base = apply_recipe(data.get("recipe"), base, where=f"{source}: recipe")
     TrialConfig.from_dict(base, where=f"{source}: base")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
-        raise HarnessError(f"{source}: grid must map dotted config keys to lists of values")
+        raise ConfigError(f"{source}: grid must map dotted config keys to lists of values")
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
-            raise HarnessError(f"{source}: grid.{k} must be a non-empty list of values, got {v!r}")
+            raise ConfigError(f"{source}: grid.{k} must be a non-empty list of values, got {v!r}")
     search = None
     if data.get("search") is not None:
         s = data["search"]
         if not isinstance(s, dict):
-            raise HarnessError(f"{source}: search must be a mapping")
+            raise ConfigError(f"{source}: search must be a mapping")
         _check_keys(f"{source}: search", s, SEARCH_KEYS)
         search = SearchSpace(space=_parse_space(source, s.get("space")),
                              **{k: s[k] for k in SEARCH_KEYS if k in s and k != "space" and k != "epochs_per_report"})
         if search.direction not in ("maximize", "minimize"):
-            raise HarnessError(f"{source}: search.direction must be maximize or minimize")
+            raise ConfigError(f"{source}: search.direction must be maximize or minimize")
         if not isinstance(search.n_trials, int) or search.n_trials < 1:
-            raise HarnessError(f"{source}: search.n_trials must be a positive integer")
+            raise ConfigError(f"{source}: search.n_trials must be a positive integer")
     table = data.get("table") or {}
     if not isinstance(table, dict):
-        raise HarnessError(f"{source}: table must be a mapping")
+        raise ConfigError(f"{source}: table must be a mapping")
     _check_keys(f"{source}: table", table, TABLE_KEYS)
     _check_table(f"{source}: table", table)
     dry_run = data.get("dry_run") or {}
     if not isinstance(dry_run, dict):
-        raise HarnessError(f"{source}: dry_run must map dotted config keys to values")
+        raise ConfigError(f"{source}: dry_run must map dotted config keys to values")
     spec = SweepSpec(name=name, base=base, grid=grid, backend=backend, search=search, table=table,
                      description=str(data.get("description", "")), source=source, dry_run=dry_run,
                      keep_models=_keep_models(source, data.get("keep_models", True)),

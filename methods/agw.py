@@ -21,7 +21,7 @@ class NonLocalBlock(nn.Module):
     def __init__(self, in_channels: int, inner_channels: int) -> None:
         super().__init__()
         if in_channels < 1 or inner_channels < 1:
-            raise HarnessError(
+            raise ConfigError(
                 f"NonLocalBlock needs positive channel counts; got in_channels={in_channels}, inner_channels={inner_channels}"
             )
         self.in_channels = in_channels
@@ -63,9 +63,9 @@ def insert_non_local(
     blocks. Returns the positions, e.g. ``["layer2.2", "layer2.3", ...]``.
     """
     if not 0 < ratio <= 1:
-        raise HarnessError(f"non_local_ratio must be in (0, 1]; got {ratio}")
+        raise ConfigError(f"non_local_ratio must be in (0, 1]; got {ratio}")
     if layer2_blocks < 0 or layer3_blocks < 0:
-        raise HarnessError(f"non-local block counts must be >= 0; got layer2={layer2_blocks}, layer3={layer3_blocks}")
+        raise ConfigError(f"non-local block counts must be >= 0; got layer2={layer2_blocks}, layer3={layer3_blocks}")
     stages = backbone.blocks_for_nonlocal()
     positions: list[str] = []
     for stage_name, wanted in (("layer2", layer2_blocks), ("layer3", layer3_blocks)):
@@ -84,7 +84,7 @@ class GeM(nn.Module):
     def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = False) -> None:
         super().__init__()
         if p <= 0:
-            raise HarnessError(f"GeM power p must be > 0; got {p}")
+            raise ConfigError(f"GeM power p must be > 0; got {p}")
         value = torch.tensor(float(p))
         if learnable:
             self.p = nn.Parameter(value)
@@ -112,9 +112,9 @@ class BNNeck(nn.Module):
     def __init__(self, dim: int, num_classes: int, *, init: str = "ones") -> None:
         super().__init__()
         if dim < 1 or num_classes < 1:
-            raise HarnessError(f"BNNeck needs dim >= 1 and num_classes >= 1; got dim={dim}, num_classes={num_classes}")
+            raise ConfigError(f"BNNeck needs dim >= 1 and num_classes >= 1; got dim={dim}, num_classes={num_classes}")
         if init not in BNNECK_INITS:
-            raise HarnessError(f"BNNeck init must be one of {', '.join(BNNECK_INITS)}; got {init!r}")
+            raise ConfigError(f"BNNeck init must be one of {', '.join(BNNECK_INITS)}; got {init!r}")
         self.bn = nn.BatchNorm1d(dim)
         if init == "normal":
             nn.init.normal_(self.bn.weight, mean=1.0, std=0.01)

@@ -34,7 +34,7 @@ import timm
 import torch
 from torch import nn
 
-from harness.errors import ConfigError, HarnessError, InputError
+from harness.errors import ConfigError, InputError
 
 MODALITY_COUNT = 2  # 0 visible, 1 infrared
 
@@ -61,11 +61,11 @@ class ModalityRouting:
     def from_modality(modality: torch.Tensor, batch_size: int) -> "ModalityRouting":
         if not isinstance(modality, torch.Tensor) or modality.dim() != 1 or modality.shape[0] != batch_size:
             shape = tuple(modality.shape) if isinstance(modality, torch.Tensor) else type(modality).__name__
-            raise HarnessError(
+            raise InputError(
                 f"modality must be an int64 tensor of shape ({batch_size},) matching the image batch; got {shape}"
             )
         if modality.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise HarnessError(f"modality must be an integer tensor (0 visible, 1 infrared); got dtype {modality.dtype}")
+            raise InputError(f"modality must be an integer tensor (0 visible, 1 infrared); got dtype {modality.dtype}")
         modality = modality.long()
         if batch_size == 0:
             return ModalityRouting(0, None, None, (0,) * MODALITY_COUNT)
@@ -73,7 +73,7 @@ class ModalityRouting:
         # one host sync for validation and the split sizes together
         low_value, high_value, visible = torch.stack([low, high, (modality == 0).sum()]).tolist()
         if low_value < 0 or high_value >= MODALITY_COUNT:
-            raise HarnessError(f"modality values must be 0 (visible) or 1 (infrared); got values in [{low_value}, {high_value}]")
+            raise InputError(f"modality values must be 0 (visible) or 1 (infrared); got values in [{low_value}, {high_value}]")
         counts = (visible, batch_size - visible)
         if 0 in counts:
             return ModalityRouting(batch_size, None, None, counts)
@@ -110,7 +110,7 @@ class ModalitySwitch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = self.routing
         if routing is None or routing.batch_size != x.shape[0]:
-            raise HarnessError(
+            raise InputError(
                 "a modality-specific stem was called without the modality of the batch; "
                 "call TwoStreamBackbone.forward(images, modality) instead of the timm model directly"
             )
@@ -179,10 +179,10 @@ def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_fi
     if not isinstance(name, str) or not timm.is_model(name):
         suggestions = _suggest_models(str(name))
         hint = f"; close matches: {', '.join(suggestions)}" if suggestions else "; see timm.list_models()"
-        raise HarnessError(f"unknown timm backbone {name!r}{hint}")
+        raise ConfigError(f"unknown timm backbone {name!r}{hint}")
     for reserved in ("num_classes", "pretrained", "pretrained_cfg_overlay", "features_only"):
         if reserved in timm_kwargs:
-            raise HarnessError(
+            raise ConfigError(
                 f"timm keyword {reserved!r} is set by the two-stream backbone and cannot be passed for {name!r}"
             )
     if pretrained is not None and pretrained_file is not None:
@@ -196,18 +196,18 @@ def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_fi
     if pretrained_file is not None:
         path = os.fspath(pretrained_file)
         if not os.path.isfile(path):
-            raise HarnessError(f"pretrained weights file not found: {path} (backbone {name!r})")
+            raise ConfigError(f"pretrained weights file not found: {path} (backbone {name!r})")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
     try:
         return timm.create_model(model_name, **kwargs)
     except TypeError as error:
-        raise HarnessError(f"timm rejected the keyword arguments {sorted(timm_kwargs)} for {name!r}: {error}") from error
+        raise ConfigError(f"timm rejected the keyword arguments {sorted(timm_kwargs)} for {name!r}: {error}") from error
     except Exception as error:
         if pretrained is not None:
             raise _weights_unavailable(model_name, pretrained, error) from None
         if pretrained_file is None or not isinstance(error, RuntimeError):
             raise
-        raise HarnessError(f"could not load pretrained weights {pretrained_file} into {name!r}: {error}") from error
+        raise ConfigError(f"could not load pretrained weights {pretrained_file} into {name!r}: {error}") from error
 
 
 def _has_state(module: nn.Module) -> bool:
@@ -221,10 +221,10 @@ def find_stem_module_names(model: nn.Module) -> tuple[str, ...]:
         if all(attribute in children for attribute in family_attributes):
             return stem
     if not hasattr(model, "group_matcher"):
-        raise HarnessError(f"{type(model).__name__} has no group_matcher: cannot find its stem for the two-stream split")
+        raise InputError(f"{type(model).__name__} has no group_matcher: cannot find its stem for the two-stream split")
     spec = model.group_matcher(coarse=True).get("stem")
     if spec is None:
-        raise HarnessError(f"{type(model).__name__}.group_matcher names no 'stem': cannot build a two-stream backbone")
+        raise InputError(f"{type(model).__name__}.group_matcher names no 'stem': cannot build a two-stream backbone")
     patterns = [spec] if isinstance(spec, str) else [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in spec]
     compiled = [re.compile(pattern) for pattern in patterns]
     matched = [name for name, _ in model.named_parameters() if any(p.match(name) for p in compiled)]
@@ -240,7 +240,7 @@ def find_stem_module_names(model: nn.Module) -> tuple[str, ...]:
     order = list(children)
     owners.sort(key=order.index)
     if not owners:
-        raise HarnessError(f"the stem of {type(model).__name__} owns no module with parameters: cannot split it per modality")
+        raise InputError(f"the stem of {type(model).__name__} owns no module with parameters: cannot split it per modality")
     if bare_parameters:
         # tokens / position embeddings are added after the patch embedding: only that stays per modality
         owners = owners[:1]
@@ -267,13 +267,13 @@ def set_last_stride_one(model: nn.Module) -> None:
     anti-aliasing layers become identities, as timm builds them for stride 1.
     """
     if not is_resnet_family(model):
-        raise HarnessError(f"last_stride_one applies to ResNet-family backbones (layer1..layer4); got {type(model).__name__}")
+        raise InputError(f"last_stride_one applies to ResNet-family backbones (layer1..layer4); got {type(model).__name__}")
     first_block = model.layer4[0]
     replacements: list[str] = []
     for name, module in first_block.named_modules():
         if isinstance(module, nn.Conv2d):
             if any(d != 1 for d in module.dilation):
-                raise HarnessError(f"layer4.0.{name} uses dilation {module.dilation}; last_stride_one expects an undilated layer4")
+                raise InputError(f"layer4.0.{name} uses dilation {module.dilation}; last_stride_one expects an undilated layer4")
             if any(s != 1 for s in module.stride):
                 module.stride = (1, 1)
         elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)) or name.rpartition(".")[2] == "aa":
@@ -281,7 +281,7 @@ def set_last_stride_one(model: nn.Module) -> None:
             if _stride_of(module) != 1:
                 replacements.append(name)
         elif name and _stride_of(module) != 1:
-            raise HarnessError(
+            raise InputError(
                 f"layer4.0.{name} ({type(module).__name__}) has stride {module.stride}; last_stride_one cannot remove it"
             )
     if hasattr(first_block, "stride"):
@@ -339,12 +339,12 @@ class TwoStreamBackbone(nn.Module):
         for info in getattr(self.model, "feature_info", []) or []:
             if isinstance(info, dict) and info.get("module") == module_name:
                 return int(info["num_chs"])
-        raise HarnessError(f"{self.model_name!r} has no feature stage named {module_name!r}")
+        raise InputError(f"{self.model_name!r} has no feature stage named {module_name!r}")
 
     def blocks_for_nonlocal(self) -> dict[str, nn.Sequential]:
         """ResNet layer2 / layer3 block sequences, where AGW places its non-local blocks."""
         if not is_resnet_family(self.model):
-            raise HarnessError(
+            raise InputError(
                 f"non-local positions are defined for ResNet stages (layer2/layer3) only; backbone {self.model_name!r} "
                 "has none: set the config key model.non_local to false"
             )
@@ -366,7 +366,7 @@ class TwoStreamBackbone(nn.Module):
             if grid is not None and grid[0] * grid[1] == count:
                 return tokens.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
             return tokens.transpose(1, 2).unsqueeze(-1)
-        raise HarnessError(f"{self.model_name!r} forward_features returned shape {tuple(features.shape)}; expected 3 or 4 dims")
+        raise InputError(f"{self.model_name!r} forward_features returned shape {tuple(features.shape)}; expected 3 or 4 dims")
 
     def _token_grid(self, image_size: tuple[int, int]) -> tuple[int, int] | None:
         patch_embed = getattr(self.model, "patch_embed", None)
@@ -382,7 +382,7 @@ class TwoStreamBackbone(nn.Module):
     def forward(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Feature map (B, C, H, W) of images x (B, 3, H, W); modality (B,) int64, 0 visible 1 infrared."""
         if x.dim() != 4:
-            raise HarnessError(f"images must be a (B, C, H, W) tensor; got shape {tuple(x.shape)}")
+            raise InputError(f"images must be a (B, C, H, W) tensor; got shape {tuple(x.shape)}")
         self._set_routing(ModalityRouting.from_modality(modality, x.shape[0]))
         features = self.model.forward_features(x)
         return self._to_map(features, (x.shape[-2], x.shape[-1]))

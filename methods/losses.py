@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.errors import HarnessError
+from harness.errors import InputError
 
 MARGINAL_VARIANTS: tuple[str, ...] = ("paper", "authors-code")
 WRT_VARIANTS: tuple[str, ...] = ("paper", "authors-code")
@@ -56,12 +56,12 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 def _check_features(loss_name: str, features: Tensor) -> None:
     if not isinstance(features, Tensor) or features.dim() != 2 or not features.is_floating_point():
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: features must be a 2-D floating tensor (N, D); got "
             f"{_describe(features)}"
         )
     if features.shape[0] == 0:
-        raise HarnessError(f"{loss_name}: features is an empty batch (shape {tuple(features.shape)})")
+        raise InputError(f"{loss_name}: features is an empty batch (shape {tuple(features.shape)})")
 
 
 def _check_labels(loss_name: str, labels: Tensor, values: Tensor, field: str = "labels") -> None:
@@ -74,34 +74,34 @@ def _check_labels(loss_name: str, labels: Tensor, values: Tensor, field: str = "
         or labels.is_complex()
         or labels.dtype == torch.bool
     ):
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: {field} must be a 1-D integer tensor (N,); got {_describe(labels)}"
         )
     if labels.shape[0] != batch_size:
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: {field} has {labels.shape[0]} entries but the batch has {batch_size} samples"
         )
     if labels.device != values.device:
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: {field} are on {labels.device} but the batch is on {values.device}"
         )
 
 
 def _check_centers(loss_name: str, features: Tensor, labels: Tensor, centers: Tensor) -> None:
     if not isinstance(centers, Tensor) or centers.dim() != 2 or not centers.is_floating_point():
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: centers must be a 2-D floating tensor (num_classes, D); got "
             f"{_describe(centers)}"
         )
     if centers.shape[0] == 0:
-        raise HarnessError(f"{loss_name}: centers has no rows (shape {tuple(centers.shape)})")
+        raise InputError(f"{loss_name}: centers has no rows (shape {tuple(centers.shape)})")
     if centers.shape[1] != features.shape[1]:
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: centers have dimension {centers.shape[1]} but features have "
             f"dimension {features.shape[1]}"
         )
     if centers.device != features.device:
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: centers are on {centers.device} but features are on {features.device}"
         )
     _check_label_range(loss_name, labels, centers.shape[0])
@@ -119,7 +119,7 @@ def _check_label_range(loss_name: str, labels: Tensor, num_classes: int, field: 
     low, high = torch.aminmax(labels)
     low, high = int(low), int(high)
     if low < 0 or high >= num_classes:
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: {field} must lie in [0, {num_classes}) to index {num_classes} classes; "
             f"got values from {low} to {high}"
         )
@@ -133,7 +133,7 @@ def _describe(value: object) -> str:
 
 def _check_margin(loss_name: str, field: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise HarnessError(f"{loss_name}: {field} must be a finite number; got {value!r}")
+        raise InputError(f"{loss_name}: {field} must be a finite number; got {value!r}")
     return float(value)
 
 
@@ -168,7 +168,7 @@ def wrt_loss(features: Tensor, labels: Tensor, *, variant: str = "paper") -> Ten
     _check_features("wrt_loss", features)
     _check_labels("wrt_loss", labels, features)
     if variant not in WRT_VARIANTS:
-        raise HarnessError(f"wrt_loss: variant must be one of {', '.join(map(repr, WRT_VARIANTS))}; got {variant!r}")
+        raise InputError(f"wrt_loss: variant must be one of {', '.join(map(repr, WRT_VARIANTS))}; got {variant!r}")
     dtype = _compute_dtype(features)
     with _autocast_disabled(features.device):
         feats = features.to(dtype)
@@ -415,12 +415,12 @@ def marginal_center_loss(
     """
     name = "marginal_center_loss"
     if variant not in MARGINAL_VARIANTS:
-        raise HarnessError(
+        raise InputError(
             f"{name}: variant must be one of {', '.join(map(repr, MARGINAL_VARIANTS))}; "
             f"got {variant!r}"
         )
     if nearest_weighting not in NEAREST_WEIGHTINGS:
-        raise HarnessError(
+        raise InputError(
             f"{name}: nearest_weighting must be one of {', '.join(map(repr, NEAREST_WEIGHTINGS))}; "
             f"got {nearest_weighting!r}"
         )
@@ -443,12 +443,12 @@ def marginal_center_loss(
 
 def _check_logits(loss_name: str, logits: Tensor) -> None:
     if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: logits must be a 2-D floating tensor (N, num_modalities); got "
             f"{_describe(logits)}"
         )
     if logits.shape[0] == 0 or logits.shape[1] < 2:
-        raise HarnessError(
+        raise InputError(
             f"{loss_name}: logits need at least one sample and two modalities; got shape "
             f"{tuple(logits.shape)}"
         )

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, InputError
 from methods.losses import modality_classification_loss, modality_confusion_loss
 
 
@@ -33,7 +33,7 @@ class ModalityClassifier(nn.Module):
     def __init__(self, in_dim: int = 2048, hidden: int = 128, batchnorm_out: bool = False) -> None:
         super().__init__()
         if in_dim < 1 or hidden < 1:
-            raise HarnessError(f"ModalityClassifier needs in_dim >= 1 and hidden >= 1; got in_dim={in_dim}, hidden={hidden}")
+            raise ConfigError(f"ModalityClassifier needs in_dim >= 1 and hidden >= 1; got in_dim={in_dim}, hidden={hidden}")
         layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.Linear(hidden, 2)]
         if batchnorm_out:
             layers.append(nn.BatchNorm1d(2))
@@ -59,7 +59,7 @@ class ModalityConfusion(nn.Module):
     ) -> None:
         super().__init__()
         if lr <= 0 or momentum < 0 or weight_decay < 0:
-            raise HarnessError(
+            raise InputError(
                 f"MCM optimiser needs lr > 0, momentum >= 0, weight_decay >= 0; got lr={lr}, momentum={momentum}, "
                 f"weight_decay={weight_decay}"
             )
@@ -72,7 +72,7 @@ class ModalityConfusion(nn.Module):
 
     def _check(self, features: torch.Tensor) -> None:
         if features.dim() != 2 or features.shape[1] != self.in_dim:
-            raise HarnessError(f"MCM expects features of shape (N, {self.in_dim}); got {tuple(features.shape)}")
+            raise InputError(f"MCM expects features of shape (N, {self.in_dim}); got {tuple(features.shape)}")
 
     def discriminator_step(self, features: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """One update of M towards the true modality (0 visible, 1 infrared); returns the loss L_m.
@@ -82,7 +82,7 @@ class ModalityConfusion(nn.Module):
         """
         self._check(features)
         if modality.shape != features.shape[:1]:
-            raise HarnessError(f"modality must have shape ({features.shape[0]},); got {tuple(modality.shape)}")
+            raise InputError(f"modality must have shape ({features.shape[0]},); got {tuple(modality.shape)}")
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=features.device.type, enabled=False):
             logits = self.classifier(_at_least_float32(features.detach()))
@@ -112,5 +112,5 @@ class ModalityConfusion(nn.Module):
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or "optimizer" not in state:
-            raise HarnessError("MCM checkpoint state lacks its 'optimizer' entry")
+            raise InputError("MCM checkpoint state lacks its 'optimizer' entry")
         self.optimizer.load_state_dict(state["optimizer"])

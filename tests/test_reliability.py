@@ -135,3 +135,98 @@ def test_out_of_range_setting_exits_2_before_training(setting, key, tmp_path, ca
     err = capsys.readouterr().err
     assert key in err and "expected" in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------ faults of the environment: exit 2, a message
+
+def _failed_record():
+    from harness.config import TrialConfig
+    from harness.results.records import TrialRecord
+
+    return TrialRecord.failed(TrialConfig(), "planted")
+
+
+def _cli(args, capsys):
+    from harness.cli import main
+
+    code = main(args)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_results_dir_under_a_file_exits_2_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = _cli(["run", "--set", "model.backbone=test_resnet", "--results-dir", str(blocker / "results"),
+                      "--quiet"], capsys)
+    assert code == 2 and "cannot write results here" in err
+
+
+def test_corrupt_record_store_exits_2_before_training(tmp_path, capsys):
+    folder = tmp_path / "results" / "run"
+    folder.mkdir(parents=True)
+    (folder / "records.sqlite").write_bytes(b"this is not a database" * 100)
+    code, err = _cli(["run", "--set", "model.backbone=test_resnet", "--results-dir", str(tmp_path / "results"),
+                      "--quiet"], capsys)
+    assert code == 2 and "records.sqlite" in err
+    code, err = _cli(["table", str(folder)], capsys)
+    assert code == 2 and "records.sqlite" in err
+
+
+def test_truncated_record_store_is_reported(tmp_path, capsys):
+    from harness.results.store import ResultStore
+
+    folder = tmp_path / "sweep"
+    ResultStore(folder).put_trial("k", [_failed_record()])
+    data = (folder / "records.sqlite").read_bytes()
+    (folder / "records.sqlite").write_bytes(data[:200])
+    code, err = _cli(["table", str(folder)], capsys)
+    assert code == 2 and "records.sqlite" in err
+
+
+def test_non_utf8_spec_exits_2(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    code, err = _cli(["sweep", str(spec), "--results-dir", str(tmp_path / "r")], capsys)
+    assert code == 2 and "not UTF-8" in err
+
+
+def test_published_row_without_equals_exits_2(tmp_path, capsys):
+    from harness.results.store import ResultStore
+
+    ResultStore(tmp_path).put_trial("k", [_failed_record()])
+    code, err = _cli(["table", str(tmp_path), "--published-row", "mclnet"], capsys)
+    assert code == 2 and "--published-row" in err
+
+
+def test_data_synth_aimed_at_a_file_exits_2(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    code, err = _cli(["data", "synth", "--layout", "sysu", str(target)], capsys)
+    assert code == 2 and str(target) in err and target.read_text() == "keep me"
+
+
+def test_broken_pipe_ends_quietly_with_exit_2():
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before anything is written (`| head` that exited)
+    done = subprocess.run([sys.executable, "-c", "import sys; from harness.cli import main; "
+                           "sys.exit(main(['methods', '--json']))"], stdout=write_end, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    os.close(write_end)
+    assert done.returncode == 2, done.stderr
+    assert "broken pipe" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_symlink_loop_in_dataset_tree_exits_2(tmp_path, capsys):
+    root = tmp_path / "SYSU-MM01"
+    (root / "cam1").mkdir(parents=True)
+    (root / "cam1" / "0001").symlink_to(root / "cam1" / "0001")
+    from harness.cli import main
+
+    assert main(["data", "check", "--dataset", "sysu", str(root)]) == 2
+    captured = capsys.readouterr()
+    assert "symbolic link loop" in captured.out and "Traceback" not in captured.err

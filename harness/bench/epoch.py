@@ -10,7 +10,7 @@ from typing import Any
 from harness.bench.setup import BenchSettings, bench_config, bench_settings, build_step_setup, parse_image_counts, parse_size
 from harness.bench.trainsets import BENCH_NUM_CLASSES, SYSU_EVAL_IMAGES, SYSU_TRAIN_INFRARED, SYSU_TRAIN_VISIBLE
 from harness.config import TrialConfig
-from harness.errors import HarnessError, TrialFailure
+from harness.errors import ConfigError, TrialFailure
 from harness.training import synchronize
 
 @dataclass
@@ -52,7 +52,7 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
     from harness.trial import extract_features
 
     if warmup < 0 or estimate_epochs < 1 or eval_images < 0:
-        raise HarnessError(f"bench --epoch: expected --warmup >= 0, --estimate-epochs >= 1 and --eval-images >= 0; "
+        raise ConfigError(f"bench --epoch: expected --warmup >= 0, --estimate-epochs >= 1 and --eval-images >= 0; "
                            f"got {warmup}, {estimate_epochs}, {eval_images}")
     cfg = cfg.with_overrides({"train.epochs": 1}, where="bench --epoch")
     t = cfg.train
@@ -71,7 +71,7 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
     try:
         trainer.fit()
     except TrialFailure as failure:
-        raise HarnessError(
+        raise TrialFailure(
             f"bench --epoch: training diverged after {trainer.stats.images_seen // setup.batch} "
             f"steps, so the epoch cannot be timed ({failure}). Random images from a random init can make the MCM "
             f"adversary blow up at mcm.lr={cfg.mcm.lr:g}; time it with --set mcm.lr=0.01 (the from-scratch "

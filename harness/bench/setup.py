@@ -11,7 +11,7 @@ from torch import nn
 from harness.bench.trainsets import (BENCH_NUM_CAMERAS, BENCH_NUM_CLASSES, SYSU_TRAIN_INFRARED, SYSU_TRAIN_VISIBLE,
                                      sized_train_set, synthetic_train_set)
 from harness.config import TrialConfig
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 from harness.training import PhaseTimer, Trainer, TrainData, build_components, prepare_run
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -20,9 +20,9 @@ def parse_size(size: str) -> tuple[int, int]:
     try:
         height, width = (int(p) for p in parts)
     except ValueError:
-        raise HarnessError(f"bench --size {size!r}: expected HEIGHTxWIDTH in pixels, e.g. 288x144") from None
+        raise ConfigError(f"bench --size {size!r}: expected HEIGHTxWIDTH in pixels, e.g. 288x144") from None
     if height < 1 or width < 1:
-        raise HarnessError(f"bench --size {size!r}: height and width must be positive")
+        raise ConfigError(f"bench --size {size!r}: height and width must be positive")
     return height, width
 
 
@@ -33,7 +33,7 @@ def batch_layout(batch: int, images_per_modality: int) -> tuple[int, int]:
     (WRT and the center terms need more than one identity per batch).
     """
     if batch < 4 or batch % 2:
-        raise HarnessError(f"bench --batch {batch}: expected an even batch of at least 4 (2 identities x "
+        raise ConfigError(f"bench --batch {batch}: expected an even batch of at least 4 (2 identities x "
                            "1 visible + 1 infrared image)")
     for k in range(max(1, images_per_modality), 0, -1):
         if batch % (2 * k) == 0 and batch // (2 * k) >= 2:
@@ -48,7 +48,7 @@ def parse_image_counts(counts: str | None) -> tuple[int, int]:
     try:
         visible, infrared = (int(c) for c in str(counts).split(","))
     except ValueError:
-        raise HarnessError(f"bench --train-images {counts!r}: expected VISIBLE,INFRARED image counts, "
+        raise ConfigError(f"bench --train-images {counts!r}: expected VISIBLE,INFRARED image counts, "
                            "e.g. 22258,11909") from None
     return visible, infrared
 

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from harness.bench.peaks import compute_precision, device_peak_tflops
 from harness.bench.setup import BenchSettings, bench_config, bench_settings, build_step_setup, parse_size
 from harness.config import TrialConfig
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 from harness.training import PhaseTimer, autocast_context, resolve_device, synchronize
 
 def training_step_flops(method: nn.Module, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor,
@@ -64,7 +64,7 @@ def measure_step(cfg: TrialConfig, height: int, width: int, *, steps: int, warmu
     from harness.trial import peak_memory_mb
 
     if steps < 1 or warmup < 0:
-        raise HarnessError(f"bench: expected --steps >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
+        raise ConfigError(f"bench: expected --steps >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
     flops: dict[str, int] = {}
 
     def count_flops(method: nn.Module, device: torch.device) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, ImageSplit
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 
 BENCH_NUM_CLASSES = 395  # SYSU-MM01 training identities
 BENCH_NUM_CAMERAS = 6
@@ -33,7 +33,7 @@ def sized_train_set(num_identities: int, num_visible: int, num_infrared: int, he
     the GPU where it will live avoids a host copy).
     """
     if num_identities < 2 or num_visible < num_identities or num_infrared < num_identities:
-        raise HarnessError(
+        raise ConfigError(
             f"bench: a train set needs at least 2 identities and one visible and one infrared image per identity; "
             f"got {num_identities} identities, {num_visible} visible and {num_infrared} infrared images")
     generator = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE
-from harness.errors import HarnessError
+from harness.errors import ConfigError
 
 
 class IdentitySampler:
@@ -34,7 +34,7 @@ class IdentitySampler:
             usable = set(ids.tolist()) if usable is None else usable & set(ids.tolist())
         self.identities = np.array(sorted(usable or ()), dtype=np.int64)
         if len(self.identities) < self.P:
-            raise HarnessError(
+            raise ConfigError(
                 f"train.num_identities={self.P}: only {len(self.identities)} training identities have both "
                 f"visible and infrared images; lower train.num_identities")
         # Per identity and modality: (start, count) into the modality's sorted index table.

@@ -48,6 +48,18 @@ class ResultStore:
         con.execute("CREATE INDEX IF NOT EXISTS records_key ON records(trial_key)")
         return con
 
+    def check_writable(self) -> None:
+        """Raise EnvironmentFault unless records can be written here (run before a sweep trains)."""
+        try:
+            with closing(self._connect()) as con:
+                con.execute("BEGIN IMMEDIATE")
+                con.rollback()
+        except sqlite3.Error as exc:
+            raise EnvironmentFault(f"{self.path}: the record store cannot be written ({exc}); if the file is "
+                                   "damaged, move it away and rerun") from None
+        except OSError as exc:
+            raise EnvironmentFault(f"{self.folder}: cannot write the record store ({exc.strerror or exc})") from None
+
     def _read_connection(self) -> sqlite3.Connection:
         """A connection that cannot write and leaves no `-wal`/`-shm` file behind."""
         wal = self.path.with_name(self.path.name + "-wal")
