@@ -108,8 +108,12 @@ class SweepProgress:
         self.step_task = self.progress.add_task("    step", total=None)
 
     def iteration(self, epoch: int, step: int, fields: dict[str, Any] | None = None) -> None:
-        """After each training step: `fields` may hold steps (per epoch), loss, lr, images, seconds."""
+        """After each training step: `fields` may hold steps (per epoch), loss, lr, images, seconds;
+        with `phase: evaluating`, `step + 1` of `steps` test images are through the network."""
         fields = dict(fields or {})
+        if fields.get("phase") == "evaluating":
+            self._evaluating(step + 1, fields.get("steps"))
+            return
         if "images" in fields and "seconds" in fields:
             if self._speed is not None and fields["seconds"] > self._speed[2]:
                 fields["img_per_s"] = (fields["images"] - self._speed[1]) / (fields["seconds"] - self._speed[2])
@@ -128,6 +132,12 @@ class SweepProgress:
             where = f"step {step + 1}/{steps}" if steps else f"step {step + 1}"
             self._plain(f"{self.label} epoch {epoch + 1}/{self.epochs} {where}" + (f" {text}" if text else "") + eta,
                         force=False)
+
+    def _evaluating(self, done: int, total: int | None) -> None:
+        if self.progress is not None and self.step_task is not None:
+            self.progress.update(self.step_task, completed=done, total=total, description="    evaluating: images")
+        elif self.lines is not None:
+            self._plain(f"{self.label} evaluating {done}/{total} test images", force=False)
 
     def epoch(self, epoch: int, losses: dict[str, float]) -> None:
         loss = losses.get("total")

@@ -99,12 +99,14 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtocol], cfg: TrialConfig,
-                       device: torch.device, image_cache: Path | None, *, quiet: bool = True
+                       device: torch.device, image_cache: Path | None, *, quiet: bool = True,
+                       on_progress: Callable[[int, int], None] | None = None
                        ) -> tuple[dict[str, dict[str, Any]], float]:
     """Extract each distinct image once (queries shared by protocols), then score every protocol.
 
-    Distances are re-ranked when `cfg.evaluation.rerank` is enabled; `quiet=False` shows the
-    extraction's progress (standalone evaluation; a sweep shows its own display).
+    Distances are re-ranked when `cfg.evaluation.rerank` is enabled. `quiet=False` shows the
+    extraction's progress (standalone evaluation); a sweep passes `on_progress(done, total)`
+    instead, for its own display.
     """
     paths: dict[str, int] = {}
     mods: list[int] = []
@@ -117,9 +119,15 @@ def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtoco
     images = load_images(list(paths), cfg.data.height, cfg.data.width, cache_dir=image_cache,
                          resample=cfg.data.test_resize)
     with TaskProgress("extracting test features", len(images), unit="img", quiet=quiet) as progress:
+
+        def advance(n: int) -> None:
+            progress.advance(n)
+            if on_progress is not None:
+                on_progress(progress.done, len(images))
+
         feats, speed = extract_features(method, images, np.asarray(mods), device=device,
                                         batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp,
-                                        channels_last=cfg.train.channels_last, on_batch=progress.advance)
+                                        channels_last=cfg.train.channels_last, on_batch=advance)
     results = {}
     for name, p in protocols.items():
         qi = torch.as_tensor([paths[x] for x in p.query.paths])
@@ -176,8 +184,8 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
               extra: dict[str, Any] | None = None) -> TrialResult:
     """Train `cfg` to its final epoch and evaluate that model on every test protocol.
 
-    `on_iter(epoch, step, fields)` follows each training step (`step_fields`, for progress
-    displays). `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
+    `on_iter(epoch, step, fields)` follows each training step (`step_fields`) and each batch of
+    the final evaluation (`fields["phase"] == "evaluating"`), for progress displays. `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
     held-out training identities only) and may raise to stop the trial. A checkpoint in
     `workdir` is resumed from. The result carries the per-epoch training curves and, when
     successful, the final network (`trained`) for the runner to keep.
@@ -231,7 +239,11 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         trainer.maybe_resume()
         curves.attach()
         stats = trainer.fit()
-        results, infer_speed = evaluate_protocols(method, bundle.protocols, cfg, device, image_cache)
+        results, infer_speed = evaluate_protocols(
+            method, bundle.protocols, cfg, device, image_cache,
+            on_progress=(lambda done, total: on_iter(stats.epochs_run, done - 1, {"phase": "evaluating",
+                                                                                "steps": total}))
+            if on_iter else None)
         val = validate() if bundle.validation is not None else {}
     except TrialFailure as exc:
         return TrialResult(key=key, status="failed", failure=str(exc), checkpoint=ckpt, curves=curves.rows, records=[

@@ -73,3 +73,12 @@ def test_task_progress_writes_a_final_line_with_the_count():
     text = out.getvalue().splitlines()
     assert len(text) == 2  # the first batch, then the end (the rest fell within the interval)
     assert re.search(r"extracting 5/5 img 1\.0 img/s ETA 0:00$", text[-1])
+
+
+def test_evaluation_progress_in_a_log():
+    out, clock = io.StringIO(), Clock()
+    progress = SweepProgress(total=1, title="demo", plain=True, lines=PlainLines(interval=30.0, stream=out, clock=clock))
+    progress.trial_started("agw seed=0", epochs=1)
+    clock.now = 40.0
+    progress.iteration(1, 63, {"phase": "evaluating", "steps": 200})
+    assert out.getvalue().splitlines()[-1].endswith("agw seed=0 evaluating 64/200 test images")
