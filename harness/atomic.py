@@ -3,7 +3,8 @@
 A file appears whole or not at all: content goes to a hidden temporary file in the same folder,
 is flushed and fsynced, then renamed over the target. The temporary file is removed on every exit
 path (exception, KeyboardInterrupt, SystemExit); temporary files left by a process that was
-killed (SIGKILL) carry a recognisable name and are removed by `remove_stale_temporaries`.
+killed (SIGKILL) carry a recognisable name (target, machine, process id) and are removed by
+`remove_stale_temporaries` once their writer is gone. `atomic_directory` does the same for a tree.
 """
 
 from __future__ import annotations
@@ -11,17 +12,45 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator
 
 from harness.errors import EnvironmentFault
 
 TEMP_MARKER = ".vireid-tmp"
+STALE_AFTER_SECONDS = 24 * 3600
+"""A temporary whose writer cannot be checked (another machine) is stale after this long."""
+
+_HOST = socket.gethostname().replace(".", "-") or "host"
+_OWNER = re.compile(r"\.([^./]+)\.(\d+)" + re.escape(TEMP_MARKER))
 
 
 def _temporary_name(target: Path) -> str:
-    return f".{target.name}.{os.getpid()}{TEMP_MARKER}"
+    return f".{target.name}.{_HOST}.{os.getpid()}{TEMP_MARKER}"
+
+
+def _is_stale(path: Path, now: float) -> bool:
+    """Left by a dead process of this machine, or older than STALE_AFTER_SECONDS."""
+    owner = _OWNER.search(path.name)
+    if owner and owner.group(1) == _HOST:
+        pid = int(owner.group(2))
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass  # alive, owned by another user
+    try:
+        return now - path.lstat().st_mtime > STALE_AFTER_SECONDS
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -73,18 +102,52 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
         handle.write(data)
 
 
-def remove_stale_temporaries(folder: str | Path) -> int:
-    """Remove temporary files that killed processes left under `folder` (recursively)."""
+def remove_stale_temporaries(folder: str | Path, *, recursive: bool = True) -> int:
+    """Remove temporary files and folders that killed processes left in `folder`.
+
+    A temporary of a live writer (another worker of the same sweep) is kept.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    removed = 0
-    for path in folder.rglob(f"*{TEMP_MARKER}*"):
-        if path.is_file():
-            with contextlib.suppress(OSError):
+    removed, now = 0, time.time()
+    pattern = f"*{TEMP_MARKER}*"
+    for path in sorted(folder.rglob(pattern) if recursive else folder.glob(pattern)):
+        if not _is_stale(path, now):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
                 path.unlink()
-                removed += 1
+            removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success it is renamed onto `target`.
+
+    For trees that must appear complete or not at all (a generated dataset). The rename fails
+    with OSError when `target` exists and is not empty; the temporary folder is removed on every
+    exit path.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temporary_name(target) + "."))
+    except OSError as exc:
+        raise EnvironmentFault(f"{target}: cannot write here ({exc.strerror or exc})") from None
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise EnvironmentFault(f"{target}: cannot write ({exc.strerror}); nothing was left behind") from None
+        raise
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def prepare_output_folder(folder: str | Path) -> Path:
@@ -96,7 +159,7 @@ def prepare_output_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".write-probe.{os.getpid()}{TEMP_MARKER}")
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=_temporary_name(Path("write-probe")))
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:

@@ -230,3 +230,68 @@ def test_symlink_loop_in_dataset_tree_exits_2(tmp_path, capsys):
     assert main(["data", "check", "--dataset", "sysu", str(root)]) == 2
     captured = capsys.readouterr()
     assert "symbolic link loop" in captured.out and "Traceback" not in captured.err
+
+
+# ------------------------------------------------------------------ one atomic writer, no temporaries left
+
+def test_full_disk_leaves_neither_target_nor_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from harness.atomic import atomic_write_bytes
+    from harness.errors import EnvironmentFault
+
+    real_fsync = os.fsync
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(EnvironmentFault, match="No space left"):
+        atomic_write_bytes(tmp_path / "table.csv", b"a,b\n1,2\n")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    from harness.atomic import atomic_open
+
+    target = tmp_path / "records.csv"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(target) as handle:
+            handle.write("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from harness.atomic import _temporary_name, prepare_output_folder
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / "checkpoints").mkdir()
+    left = tmp_path / "checkpoints" / (_temporary_name(tmp_path / "k.ckpt").replace(str(os.getpid()), str(dead_pid))
+                                       + ".x1.ckpt")
+    left.write_bytes(b"partial")
+    left_tree = tmp_path / (_temporary_name(tmp_path / "tree").replace(str(os.getpid()), str(dead_pid)) + ".x2")
+    (left_tree / "cam1").mkdir(parents=True)
+    mine = tmp_path / (_temporary_name(tmp_path / "table.md") + ".x3.md")  # a live writer's (this process)
+    mine.write_text("in progress")
+    prepare_output_folder(tmp_path)
+    assert not left.exists() and not left_tree.exists() and mine.exists()
+
+
+def test_atomic_directory_appears_complete_or_not_at_all(tmp_path):
+    from harness.atomic import atomic_directory
+
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "tree") as temporary:
+            (temporary / "a.txt").write_text("1")
+            raise RuntimeError("generator crashed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(tmp_path / "tree") as temporary:
+        (temporary / "a.txt").write_text("1")
+    assert [p.name for p in tmp_path.iterdir()] == ["tree"] and (tmp_path / "tree" / "a.txt").read_text() == "1"
