@@ -111,7 +111,8 @@ def extract_paths(method: torch.nn.Module, paths: Sequence[str | Path], modality
     with TaskProgress("extracting features", len(paths), unit="img", quiet=quiet) as progress:
         for start in range(0, len(paths), batch):
             chunk = [os.fspath(p) for p in paths[start:start + batch]]
-            images = torch.from_numpy(decode_images(chunk, cfg.data.height, cfg.data.width))
+            images = torch.from_numpy(decode_images(chunk, cfg.data.height, cfg.data.width,
+                                                    resample=cfg.data.test_resize))
             feats, _ = extract_features(method, images, np.full(len(chunk), modality), device=device,
                                         batch_size=batch, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
             out.append(feats.cpu())

@@ -77,6 +77,7 @@ def weight_tensors(method: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_model(folder: str | Path, key: str, trained: TrainedModel, *, info: dict[str, Any] | None = None) -> Path:
     """Write the weights and the card of one trained model; returns the weights path."""
+    import safetensors
     from safetensors.torch import save_file
 
     from harness.trial import library_versions
@@ -84,8 +85,6 @@ def save_model(folder: str | Path, key: str, trained: TrainedModel, *, info: dic
     weights, card_path = model_files(folder, key)
     with atomic_path(weights) as temporary:
         save_file(weight_tensors(trained.method), str(temporary), metadata={"format": CARD_FORMAT, "trial_key": key})
-    import safetensors
-
     card = {"format": CARD_FORMAT, "trial_key": key, "method": trained.config.method, "weights": weights.name,
             "num_classes": int(trained.num_classes), "num_cameras": int(trained.num_cameras),
             "dataset": trained.dataset, "config": trained.config.to_dict(),
@@ -150,5 +149,8 @@ def load_method(saved: SavedModel, cfg: TrialConfig | None = None, *,
     if missing or unexpected:
         raise InputError(f"{saved.weights}: weights do not fit the network of its card "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    method.load_state_dict(tensors, strict=False)  # strict on tensors above; optimiser extra state is not kept
+    try:  # strict on the tensors (checked above); optimiser extra state is not kept
+        method.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise InputError(f"{saved.weights}: weights do not fit the network of its card ({exc})") from None
     return method.to(device).eval()

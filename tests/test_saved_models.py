@@ -64,6 +64,10 @@ def test_bad_model_paths_and_overrides_are_input_errors(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="model.backbone"):
         evaluation_config(saved, {"model.backbone": "resnet18"})
     assert evaluation_config(saved, {"data.gallery_trials": 1}).data.gallery_trials == 1
+    card = json.loads((tmp_path / "k.json").read_text())
+    (tmp_path / "k.json").write_text(json.dumps({**card, "num_classes": 9}))
+    with pytest.raises(InputError, match="do not fit"):  # classifier of 9 classes, weights of 7
+        load_method(read_model(tmp_path / "k"))
     (tmp_path / "k.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(InputError, match="unreadable safetensors"):
         load_method(saved)

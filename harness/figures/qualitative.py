@@ -165,7 +165,8 @@ def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = No
     gallery_rows = np.flatnonzero(p.trial_masks[trial])
     q_paths = [p.query.paths[i] for i in query_rows]
     g_paths = [p.gallery.paths[i] for i in gallery_rows]
-    images = load_images(q_paths + g_paths, cfg.data.height, cfg.data.width, cache_dir=cache_root(cfg.data) / "images")
+    images = load_images(q_paths + g_paths, cfg.data.height, cfg.data.width, cache_dir=cache_root(cfg.data) / "images",
+                         resample=cfg.data.test_resize)
     modalities = np.concatenate([p.query.modalities[query_rows], p.gallery.modalities[gallery_rows]])
     feats, _ = extract_features(method, images, modalities, device=device, batch_size=cfg.train.eval_batch_size,
                                 amp=cfg.train.amp, channels_last=cfg.train.channels_last)
