@@ -14,6 +14,8 @@ Two kinds of failure must never be confused:
 
 from __future__ import annotations
 
+import numbers
+
 
 class HarnessError(ValueError):
     """Base of every error the harness raises on purpose."""
@@ -36,15 +38,19 @@ class TrialFailure(HarnessError):
 
 
 def check_int(value: object, where: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Return `value` as an int, or raise ConfigError naming `where` and the accepted range."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        if maximum is None:
-            expected = f"an integer >= {minimum}"
-        elif minimum is None:
-            expected = f"an integer <= {maximum}"
-        else:
-            expected = f"an integer in [{minimum}, {maximum}]"
+    """Return `value` as an int, or raise ConfigError naming `where` and the accepted range.
+
+    numpy integers are accepted (and returned as int); bools are not integers here.
+    """
+    if minimum is None and maximum is None:
+        expected = "an integer"
+    elif maximum is None:
+        expected = f"an integer >= {minimum}"
+    elif minimum is None:
+        expected = f"an integer <= {maximum}"
+    else:
+        expected = f"an integer in [{minimum}, {maximum}]"
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (minimum is not None and value < minimum) or (maximum is not None and value > maximum)):
         raise ConfigError(f"{where}: expected {expected}, got {value!r}")
-    return value
+    return int(value)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import RerankConfig
-from harness.errors import InputError, TrialFailure
+from harness.errors import InputError, TrialFailure, check_int
 from harness.reranking import original_distance, rerank_distance
 
 PROTOCOLS = ("sysu", "regdb", "llcm")
@@ -200,8 +200,7 @@ def _reranked_trial_distance(
 def _check_protocol(protocol: str, max_rank: int, where: str) -> None:
     if protocol not in PROTOCOLS:
         raise InputError(f"{where}: unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise InputError(f"{where}: max_rank must be an integer >= 1, got {max_rank!r}")
+    check_int(max_rank, f"{where}: max_rank", minimum=1)
 
 
 def _as_tensor(value: ArrayLike, name: str, device: torch.device | None, where: str) -> torch.Tensor:

@@ -31,7 +31,7 @@ from harness.data.synthetic.layouts import (
     prepare_output,
     write_identity_images,
 )
-from harness.errors import InputError
+from harness.errors import InputError, check_int
 
 if TYPE_CHECKING:
     from harness.config import DataConfig
@@ -49,9 +49,7 @@ def index_file(root: Path, part: str, modality: str, trial: int) -> Path:
 
 
 def check_trial(trial: object) -> int:
-    if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial not in REGDB_TRIALS:
-        raise InputError(f"RegDB trial: expected an integer in 1..10, got {trial!r}")
-    return int(trial)
+    return check_int(trial, "RegDB trial", minimum=min(REGDB_TRIALS), maximum=max(REGDB_TRIALS))
 
 
 @dataclass

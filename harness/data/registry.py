@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from harness.data.splits import DatasetBundle, EvalProtocol, Sensor, validation_protocol
-from harness.errors import ConfigError, InputError
+from harness.errors import ConfigError, InputError, check_int
 
 if TYPE_CHECKING:
     from harness.config import DataConfig
@@ -39,9 +39,7 @@ def split_draw_index(trial: object) -> int:
     """The `trial` split option of datasets whose trials are gallery draws: None -> 0, else >= 0."""
     if trial is None:
         return 0
-    if isinstance(trial, bool) or not isinstance(trial, int) or trial < 0:
-        raise InputError(f"trial: expected a gallery draw index >= 0, got {trial!r}")
-    return trial
+    return check_int(trial, "trial (a gallery draw index)", minimum=0)
 
 
 class Dataset(ABC):

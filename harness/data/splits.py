@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.errors import InputError
+from harness.errors import InputError, check_int
 
 MODALITY_VISIBLE = 0
 MODALITY_INFRARED = 1
@@ -339,12 +339,9 @@ def validation_protocol(
     metric_protocol is the dataset's rule (its description's `validation_metric`): "sysu" only
     for SYSU-MM01's camera placement (cam3 queries exclude the cam2 gallery), else "regdb".
     """
-    if isinstance(num_ids, bool) or not isinstance(num_ids, (int, np.integer)):
-        raise InputError(f"validation num_ids: expected an integer, got {num_ids!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"validation seed: expected an integer >= 0, got {seed!r}")
-    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
-        raise InputError(f"validation trials: expected an integer >= 1, got {trials!r}")
+    check_int(num_ids, "validation num_ids")
+    check_int(seed, "validation seed", minimum=0)
+    check_int(trials, "validation trials", minimum=1)
     all_ids = np.unique(train.pids)
     has_visible = np.isin(all_ids, train.pids[train.modalities == MODALITY_VISIBLE])
     has_infrared = np.isin(all_ids, train.pids[train.modalities == MODALITY_INFRARED])

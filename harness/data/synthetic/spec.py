@@ -14,7 +14,7 @@ import numpy as np
 
 from harness.config import SyntheticConfig
 from harness.data.splits import Sensor
-from harness.errors import InputError
+from harness.errors import InputError, check_int
 
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 90
@@ -52,10 +52,7 @@ class SynthSpec:
     def __post_init__(self) -> None:
         # Values are normalised to int / float so that equal specs give equal cache keys.
         def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise InputError(f"SynthSpec.{name}={value!r}: expected an integer >= {minimum}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, check_int(getattr(self, name), f"SynthSpec.{name}", minimum=minimum))
 
         def fraction(name: str, zero_allowed: bool) -> None:
             value = getattr(self, name)
