@@ -47,6 +47,7 @@ class SweepProgress:
                  plain: bool | None = None, lines: PlainLines | None = None) -> None:
         self.total, self.title, self.quiet = total, title, quiet
         self.counts = {"ok": 0, "failed": 0, "pruned": 0, "skipped": 0}
+        self.earlier_failures = 0
         self.best: float | None = None
         self.started = time.time()
         self.epoch_task: Any = None
@@ -68,8 +69,9 @@ class SweepProgress:
     def _summary(self) -> str:
         c = self.counts
         best = f" best Rank-1 {self.best:.1f}" if self.best is not None else ""
+        earlier = f" ({self.earlier_failures} of them failed)" if self.earlier_failures else ""
         return (f"{self.title} trials: {c['ok']} ok, {c['failed']} failed, {c['pruned']} pruned, "
-                f"{c['skipped']} resumed{best}")
+                f"{c['skipped']} done by earlier runs{earlier}{best}")
 
     def _plain(self, text: str, *, force: bool = True) -> None:
         if self.lines is not None:
@@ -92,7 +94,10 @@ class SweepProgress:
             self._plain(self._summary())
 
     def trial_skipped(self, status: str) -> None:
+        """A trial an earlier run finished (`status`: what it stored) is not run again."""
         self.counts["skipped"] += 1
+        if status == "failed":
+            self.earlier_failures += 1
         self._advance()
 
     def trial_started(self, label: str, *, epochs: int) -> None:

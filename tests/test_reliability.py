@@ -295,3 +295,12 @@ def test_atomic_directory_appears_complete_or_not_at_all(tmp_path):
     with atomic_directory(tmp_path / "tree") as temporary:
         (temporary / "a.txt").write_text("1")
     assert [p.name for p in tmp_path.iterdir()] == ["tree"] and (tmp_path / "tree" / "a.txt").read_text() == "1"
+
+
+def test_progress_says_how_many_skipped_trials_had_failed():
+    from harness.progress import SweepProgress
+
+    with SweepProgress(total=3, title="s", quiet=True) as progress:
+        progress.trial_skipped("ok")
+        progress.trial_skipped("failed")
+        assert "2 done by earlier runs (1 of them failed)" in progress._summary()
