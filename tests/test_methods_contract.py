@@ -33,20 +33,27 @@ class LinearProbe(ReIDMethod):
         return [{"params": list(self.parameters()), "lr": self.lr, "name": "all"}]
 
 
-RECEIVED: dict[str, Any] = {}
+@pytest.fixture
+def registry_copy(monkeypatch):
+    """Registrations made by a test go into a copy of the registry that is dropped afterwards."""
+    from methods import list_methods, registry
+
+    list_methods()  # the built-in methods are registered first
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
 
 
-@register_method("linear-probe-contract-test", description="test method", configs=("train",), scale=2)
-def build_linear_probe(**kwargs: Any) -> LinearProbe:
-    RECEIVED.update(kwargs)
-    return LinearProbe(kwargs["num_classes"], kwargs["train_cfg"].lr * kwargs["scale"])
+def test_a_registered_builder_receives_only_its_declared_sections(registry_copy):
+    received: dict[str, Any] = {}
 
+    @register_method("linear-probe-contract-test", description="test method", configs=("train",), scale=2)
+    def build_linear_probe(**kwargs: Any) -> LinearProbe:
+        received.update(kwargs)
+        return LinearProbe(kwargs["num_classes"], kwargs["train_cfg"].lr * kwargs["scale"])
 
-def test_a_registered_builder_receives_only_its_declared_sections():
     cfg = TrialConfig.from_dict({"method": "linear-probe-contract-test", "train": {"lr": 0.25}})
     method = create_method(cfg, num_classes=5, num_cameras=2)
-    assert set(RECEIVED) == {"train_cfg", "num_classes", "num_cameras", "scale"}
-    assert RECEIVED["train_cfg"] is cfg.train
+    assert set(received) == {"train_cfg", "num_classes", "num_cameras", "scale"}
+    assert received["train_cfg"] is cfg.train
     assert isinstance(method, ReIDMethod) and method.param_groups()[0]["lr"] == 0.5
     assert method.phase_timer is untimed
 
