@@ -363,3 +363,18 @@ def test_throughput_figure_marks_mixed_devices(tmp_path):
                               _record("mclnet", 0, 45.0, 33.0)])
     fig = throughput_figure(summarise(store.dataframe()))
     assert "MIXED DEVICES" in fig.axes[0].get_xlabel()
+
+
+def test_spec_table_block_refuses_unknown_grouping_keys_and_metrics():
+    from harness.sweep import parse_spec
+    from tests.conftest import TINY
+
+    spec = parse_spec({"name": "s", "base": TINY, "grid": {"model.backbone": ["test_resnet"]},
+                       "table": {"group_by": ["method", "model.backbone"], "metrics": ["rank1", "mAP"]}})
+    assert spec.table["group_by"] == ["method", "model.backbone"]
+    with pytest.raises(ConfigError, match="group_by: unknown key 'model.backbon'; did you mean model.backbone"):
+        parse_spec({"name": "s", "base": TINY, "table": {"group_by": ["model.backbon"]}})
+    with pytest.raises(ConfigError, match="group_by: unknown key 'seed'"):
+        parse_spec({"name": "s", "base": TINY, "table": {"group_by": ["seed"]}})
+    with pytest.raises(HarnessError, match="metrics: unknown metric 'rank2'"):
+        parse_spec({"name": "s", "base": TINY, "table": {"metrics": ["rank2"]}})
