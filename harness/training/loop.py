@@ -8,6 +8,8 @@ progress and training curves attach there, and a callback may raise to stop the 
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from harness.training.optim import build_optimizer
 from harness.training.profiling import PhaseTimer
 from harness.training.seeding import global_rng_state, restore_global_rng_state
 from methods.base import ReIDMethod
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,7 +134,14 @@ class Trainer:
         state = load_checkpoint(self.checkpoint_path, self.device)
         if state is None:
             return False
-        self.load_state_dict(state)
+        fresh = copy.deepcopy(self.state_dict(-1))
+        try:
+            self.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 -- a checkpoint that does not fit: start afresh
+            self.load_state_dict(fresh)
+            log.warning("ignoring checkpoint %s that does not fit this trial (%s: %s); the trial restarts from "
+                        "scratch", self.checkpoint_path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            return False
         return True
 
     # ------------------------------------------------------------------ the step
