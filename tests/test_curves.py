@@ -38,7 +38,7 @@ def test_rows_hold_every_term_learning_rate_speed_and_validation(tiny_config):
 
 
 def test_rows_survive_a_resumed_trial(tiny_config, tmp_path):
-    cfg = tiny_config(method="agw", **{"train.epochs": 3})
+    cfg = tiny_config(method="agw")
     whole = run_trial(cfg).curves
 
     def stop_after_first_epoch(epoch, losses, validate):
@@ -48,7 +48,7 @@ def test_rows_survive_a_resumed_trial(tiny_config, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_trial(cfg, workdir=tmp_path, on_epoch=stop_after_first_epoch)
     resumed = run_trial(cfg, workdir=tmp_path).curves
-    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert [r["epoch"] for r in resumed] == [1, 2]
     for a, b in zip(whole, resumed):
         assert {k: v for k, v in a.items() if k != "train_img_per_s"} == \
             {k: v for k, v in b.items() if k != "train_img_per_s"}
