@@ -113,7 +113,7 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
     sections = []
     for summary in summaries:
         summary.notes.extend(notes)
-        suffix = f"-{summary.protocol}" if summary.protocol else ""
+        suffix = f"-{summary.protocol or 'no-protocol'}"
         caption = summary_caption(summary)
         stats_frame = statistics_frame(summary)
         md = f"### {folder.name}: {summary.protocol}\n\n{to_markdown(stats_frame)}\n{caption}\n"
@@ -146,7 +146,7 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
         )
 
         for summary in summaries:
-            suffix = f"-{summary.protocol}" if summary.protocol else ""
+            suffix = f"-{summary.protocol or 'no-protocol'}"
             files += save_figure(cmc_figure(summary), folder / f"cmc{suffix}.png")
             files += save_figure(ablation_figure(summary), folder / f"ablation{suffix}.png")
             files += save_figure(throughput_figure(summary), folder / f"accuracy_vs_throughput{suffix}.png")
