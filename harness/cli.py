@@ -250,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
 
     tb = sub.add_parser("table", help="rebuild tables and plots of a results folder without rerunning",
-                        description="Rebuild Markdown/CSV/LaTeX tables and PNG plots from results/<sweep>/.")
+                        description="Rebuild the tables (Markdown, CSV, LaTeX; per protocol and one paper-style table "
+                        "across protocols) and figures (PNG + PDF) from results/<sweep>/, reading its store "
+                        "without modifying it.")
     tb.add_argument("folder", help="a sweep results folder, e.g. results/ablation-synthetic")
     tb.add_argument("--protocol", nargs="+", help="protocols to tabulate, in this order (default: every recorded one)")
     tb.add_argument("--baseline", help="row (e.g. method name) to compute paired deltas against")
