@@ -16,11 +16,11 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from harness.errors import HarnessError  # noqa: E402  (after the optuna check)
+from harness.errors import ConfigError, HarnessError  # noqa: E402  (after the optuna check)
 from harness.results import ResultStore
-from harness.runner import common
-from harness.runner.optuna_backend import (PARETO_CSV, STUDY_FILE, TRIALS_CSV, OptunaJob, prepare_study, run_optuna,
-                                           worker_command, write_job)
+from harness.runner.optuna_backend.driver import run_optuna, worker_command, write_job
+from harness.runner.optuna_backend.job import PARETO_CSV, STUDY_FILE, TRIALS_CSV, OptunaJob
+from harness.runner.optuna_backend.study import prepare_study
 from harness.sweep import parse_spec
 from harness.trial import TrialResult, config_key
 
@@ -61,7 +61,7 @@ def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None
     if cfg.train.gamma == 0.5:
         raise RuntimeError("fake crash")
     if cfg.train.gamma == 0.25:
-        raise HarnessError("fake bad input: data.root does not exist")
+        raise ConfigError("fake bad input: data.root does not exist")
     key = config_key(cfg)
     common_fields = {"trial_key": key, "method": cfg.method, "backbone": cfg.model.backbone, "dataset": "fake",
                      "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True), "status": "ok",
@@ -71,17 +71,23 @@ def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None
     return TrialResult(key=key, status="ok", records=records)
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    """Counts the trials the fake actually ran in this process."""
-    calls = []
+class CountingTrial(list):
+    """The fake trial, counting the configs it ran in this process (passed to the backend as its trial function)."""
 
-    def counting(cfg, **kw):
-        calls.append(cfg)
+    def __call__(self, cfg, **kw):
+        self.append(cfg)
         return fake_run_trial(cfg, **kw)
 
-    monkeypatch.setattr(common, "run_trial", counting)
-    return calls
+
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    """No GPU is visible, so the optuna backend's defaults (one worker, in this process) hold on any machine."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture
+def fake():
+    return CountingTrial()
 
 
 def make_spec(name="s", *, search=None, grid=None, base=None):
@@ -109,7 +115,7 @@ def ok_records(folder: Path):
 
 def test_optuna_grid_runs_each_point_once_and_resumes(tmp_path, fake):
     spec = make_spec("grid", grid={"train.lr": [0.01, 0.02, 0.03]})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     df = ResultStore(tmp_path).dataframe()
     assert sorted(df["status"].unique()) == ["ok"]
     assert df["trial_key"].nunique() == 3 and len(df) == 6  # two protocols per trial
@@ -117,7 +123,7 @@ def test_optuna_grid_runs_each_point_once_and_resumes(tmp_path, fake):
     assert lrs == [0.01, 0.02, 0.03]
     assert set(df["backend"]) == {"optuna"}
     assert len(fake) == 3
-    run_optuna(spec, tmp_path, quiet=True)  # resume: nothing left to run
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)  # resume: nothing left to run
     assert len(fake) == 3
     assert len(load(tmp_path, "grid").trials) == 3
     assert len(ResultStore(tmp_path).dataframe()) == 6
@@ -127,14 +133,14 @@ def test_optuna_grid_skips_points_finished_by_another_backend(tmp_path, fake):
     spec = make_spec("mixed", grid={"train.lr": [0.01, 0.02]})
     done = spec.trials()[0]
     ResultStore(tmp_path).put_trial(config_key(done), fake_run_trial(done).records)
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     assert [c.train.lr for c in fake] == [0.02]
     assert ResultStore(tmp_path).dataframe()["trial_key"].nunique() == 2
 
 
 def test_optuna_tpe_search_records_every_trial_with_its_params(tmp_path, fake):
     spec = make_spec("tpe", search={"space": LR_SPACE, "n_trials": 6, "sampler": "tpe", "pruner": "none"})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     df = ok_records(tmp_path).drop_duplicates("trial_key")
     assert len(df) == 6 and len(ResultStore(tmp_path).dataframe()) == 12
     study = load(tmp_path, "tpe")
@@ -154,7 +160,7 @@ def test_optuna_tpe_search_records_every_trial_with_its_params(tmp_path, fake):
 def test_optuna_search_crosses_grid_points_with_n_trials_each(tmp_path, fake):
     spec = make_spec("cross", grid={"seed": [0, 1]},
                      search={"space": LR_SPACE, "n_trials": 3, "sampler": "random", "pruner": "none"})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     df = ok_records(tmp_path).drop_duplicates("trial_key")
     assert sorted(df["seed"].value_counts().to_dict().items()) == [(0, 3), (1, 3)]
 
@@ -163,7 +169,7 @@ def test_optuna_grid_sampler_enumerates_the_discretised_space(tmp_path, fake):
     space = {"train.lr": {"type": "uniform", "low": 0.01, "high": 0.03, "step": 0.01},
              "train.weight_decay": {"type": "categorical", "choices": [0.001, 0.002]}}
     spec = make_spec("gridsampler", search={"space": space, "n_trials": 100, "sampler": "grid", "pruner": "none"})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     df = ok_records(tmp_path).drop_duplicates("trial_key")
     got = sorted((round(json.loads(c)["train"]["lr"], 6), json.loads(c)["train"]["weight_decay"]) for c in df["config"])
     assert got == sorted((lr, wd) for lr in (0.01, 0.02, 0.03) for wd in (0.001, 0.002))
@@ -172,7 +178,7 @@ def test_optuna_grid_sampler_enumerates_the_discretised_space(tmp_path, fake):
 def test_optuna_nan_objective_is_a_failed_record_and_the_study_goes_on(tmp_path, fake):
     space = {"train.lr": {"type": "categorical", "choices": [0.01, 0.02, 0.09]}}  # 0.09 -> NaN
     spec = make_spec("nan", search={"space": space, "n_trials": 8, "sampler": "random", "pruner": "none"})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     study = load(tmp_path, "nan")
     assert len(study.trials) == 8
     df = ResultStore(tmp_path).dataframe()
@@ -189,14 +195,14 @@ def test_optuna_inf_objective_is_a_failure_too(tmp_path, monkeypatch, fake):
     monkeypatch.setattr(sys.modules[__name__], "fake_throughput", lambda cfg: math.inf)
     spec = make_spec("inf", search={"space": LR_SPACE, "n_trials": 2, "objectives": ["val_mAP", "train_img_per_s"],
                                     "sampler": "random"})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     assert [t.state for t in load(tmp_path, "inf").trials] == [optuna.trial.TrialState.FAIL] * 2
     assert set(ResultStore(tmp_path).dataframe()["status"]) == {"failed"}
 
 
 def test_optuna_crashing_trial_is_failed_not_fatal(tmp_path, fake):
     spec = make_spec("crash", grid={"train.gamma": [0.5, 0.1]})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     df = ResultStore(tmp_path).dataframe()
     by_gamma = {json.loads(c)["train"]["gamma"]: s for c, s in zip(df["config"], df["status"])}
     assert by_gamma == {0.5: "failed", 0.1: "ok"}
@@ -205,7 +211,7 @@ def test_optuna_crashing_trial_is_failed_not_fatal(tmp_path, fake):
 def test_optuna_median_pruning_stores_pruned_records(tmp_path, fake):
     spec = make_spec("prune", base={"data": {"val_identities": 4}, "train": {"epochs": 4, "weight_decay": 0.01}},
                      search={"space": LR_SPACE, "n_trials": 14, "sampler": "random", "pruner": "median"})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     trials = load(tmp_path, "prune").trials
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, "some low-lr trials must be pruned"
@@ -231,7 +237,7 @@ def test_optuna_multi_objective_pareto_front_is_the_non_dominated_set(tmp_path, 
              "train.weight_decay": {"type": "uniform", "low": 0.001, "high": 0.01}}
     spec = make_spec("pareto", search={"space": space, "n_trials": 12, "objectives": ["val_mAP", "train_img_per_s"],
                                        "sampler": "random"})
-    run_optuna(spec, tmp_path, quiet=True)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     df = ok_records(tmp_path).drop_duplicates("trial_key")
     pts = {int(r.optuna_trial): (r.val_mAP, r.train_img_per_s) for r in df.itertuples()}
     assert len(pts) == 12
@@ -252,20 +258,20 @@ def test_optuna_multi_objective_pareto_front_is_the_non_dominated_set(tmp_path, 
 
 def test_optuna_resume_respects_the_budget_and_can_grow_it(tmp_path, fake):
     search = {"space": LR_SPACE, "n_trials": 3, "sampler": "tpe", "pruner": "none"}
-    run_optuna(make_spec("resume", search=search), tmp_path, quiet=True)
+    run_optuna(make_spec("resume", search=search), tmp_path, quiet=True, trial_fn=fake)
     first = ResultStore(tmp_path).dataframe()
-    run_optuna(make_spec("resume", search=search), tmp_path, quiet=True)
+    run_optuna(make_spec("resume", search=search), tmp_path, quiet=True, trial_fn=fake)
     again = ResultStore(tmp_path).dataframe()
     assert len(fake) == 3 and len(load(tmp_path, "resume").trials) == 3
     assert list(again["record_id"]) == list(first["record_id"])  # nothing rewritten
-    run_optuna(make_spec("resume", search={**search, "n_trials": 5}), tmp_path, quiet=True)
+    run_optuna(make_spec("resume", search={**search, "n_trials": 5}), tmp_path, quiet=True, trial_fn=fake)
     assert len(fake) == 5 and len(load(tmp_path, "resume").trials) == 5
     assert ok_records(tmp_path)["trial_key"].nunique() == 5
     with pytest.raises(HarnessError, match="grow"):
-        run_optuna(make_spec("resume", search={**search, "n_trials": 2}), tmp_path, quiet=True)
+        run_optuna(make_spec("resume", search={**search, "n_trials": 2}), tmp_path, quiet=True, trial_fn=fake)
     other = {**search, "space": {"train.lr": {"type": "uniform", "low": 0.002, "high": 0.05}}}
     with pytest.raises(HarnessError, match="different sweep"):
-        run_optuna(make_spec("resume", search=other), tmp_path, quiet=True)
+        run_optuna(make_spec("resume", search=other), tmp_path, quiet=True, trial_fn=fake)
 
 
 def test_optuna_interrupted_trial_runs_again_on_resume(tmp_path, monkeypatch, fake):
@@ -278,10 +284,9 @@ def test_optuna_interrupted_trial_runs_again_on_resume(tmp_path, monkeypatch, fa
             raise KeyboardInterrupt
         return fake_run_trial(cfg, **kw)
 
-    monkeypatch.setattr(common, "run_trial", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        run_optuna(spec, tmp_path, quiet=True)
-    run_optuna(spec, tmp_path, quiet=True)
+        run_optuna(spec, tmp_path, quiet=True, trial_fn=interrupt_second)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=interrupt_second)
     assert len(calls) == 4
     assert calls[3].train.lr == calls[1].train.lr  # the same trial, not a new sample
     assert ok_records(tmp_path)["trial_key"].nunique() == 3
@@ -290,7 +295,7 @@ def test_optuna_interrupted_trial_runs_again_on_resume(tmp_path, monkeypatch, fa
 def test_optuna_search_needs_validation_identities(tmp_path, fake):
     spec = make_spec("noval", base={"train": {"epochs": 2}}, search={"space": LR_SPACE, "n_trials": 2})
     with pytest.raises(HarnessError, match="data.val_identities"):
-        run_optuna(spec, tmp_path, quiet=True)
+        run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     assert not (tmp_path / STUDY_FILE).exists() and not fake
 
 
@@ -305,7 +310,7 @@ def test_optuna_search_needs_validation_identities(tmp_path, fake):
 def test_optuna_rejects_bad_searches_before_running(tmp_path, fake, search, match):
     spec = make_spec("bad", search={"space": LR_SPACE, "n_trials": 2, **search})
     with pytest.raises(HarnessError, match=match):
-        run_optuna(spec, tmp_path, quiet=True)
+        run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     assert not fake
 
 
@@ -336,7 +341,7 @@ def test_optuna_killed_worker_trial_is_retried_via_heartbeat(tmp_path, fake):
     block.unlink()
     study = load(tmp_path, "killed")
     [killed] = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    run_optuna(spec, tmp_path, quiet=True, heartbeat_interval=1, grace_period=2)
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake, heartbeat_interval=1, grace_period=2)
     trials = load(tmp_path, "killed").trials
     assert trials[killed.number].state == optuna.trial.TrialState.FAIL
     [retry] = [t for t in trials if killed.number in t.system_attrs.get("retry_history", [])]
@@ -462,14 +467,14 @@ def test_ray_outcomes_after_fit_pruned_records_and_interruptions(tmp_path):
 
     spec = make_spec("outcomes", search={"space": LR_SPACE, "n_trials": 4})
     payload = {"configs": [c.to_dict() for c in spec.trials()], "folder": str(tmp_path), "sweep": "outcomes",
-               "source": "outcomes.yaml", "objectives": ["val_mAP"]}
+               "source": "outcomes.yaml", "objectives": ["val_mAP"], "labels": ["mclnet seed=0"]}
     results = [
-        SimpleNamespace(config={"grid_index": 0, "train.lr": 0.01}, error=None,
+        SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.01}, error=None,
                         metrics={"trial_status": "ok", "val_mAP": 1.0, "done": True}),
-        SimpleNamespace(config={"grid_index": 0, "train.lr": 0.02}, error=RuntimeError("boom"), metrics={}),
-        SimpleNamespace(config={"grid_index": 0, "train.lr": 0.03}, error=None,
+        SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.02}, error=RuntimeError("boom"), metrics={}),
+        SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.03}, error=None,
                         metrics={"val_mAP": 0.5, "epoch": 1, "done": True, "trial_id": "t3", "time_total_s": 2.0}),
-        SimpleNamespace(config={"grid_index": 0, "train.lr": 0.04}, error=None,
+        SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.04}, error=None,
                         metrics={"val_mAP": 0.7, "epoch": 2, "done": False}),
     ]
     counts = _store_pruned_trials(results, payload)

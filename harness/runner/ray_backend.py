@@ -3,16 +3,19 @@
 Ray is imported only inside these functions, so the rest of the harness (and machines without
 Ray) never needs it.
 
-- No search: one Tune trial per grid point (`tune.grid_search` over the grid index).
-- Search: the same trial slots as the Optuna backend (every grid point gets `n_trials` sampled
-  trials; sampler `grid` enumerates the discretised space), drawn by Tune's OptunaSearch; with a
-  pruner and a single validation objective, validation runs after every epoch and ASHA stops
-  weak trials early (their records get status "pruned").
+- No search: one Tune trial per grid point (`tune.grid_search` over the grid points' labels).
+- Search: the same trial slots as every backend (`harness.search.search_plan`), drawn by Tune's
+  OptunaSearch; with pruner `median` and a single validation objective, validation runs after
+  every epoch and Tune's MedianStoppingRule stops weak trials early (their records get status
+  "pruned"). Pruner `hyperband` is refused here (Ray's HyperBandScheduler pauses trials, which
+  function trainables do not survive); the optuna backend runs it.
 
+Trials are named by their label (method and swept keys), in Tune's tables and trial folders.
 Each Tune trial runs `execute_trial` in its Ray worker, so its records land in the sweep's store
 like every other backend's (the results folder must be on storage every node can reach).
-Resources per trial come from the cluster: one GPU and its share of CPUs where there are GPUs,
-else one node's CPUs; never a GPU on a cluster without one (such a trial would wait forever).
+Resources per trial come from the cluster: one GPU (or `--gpus-per-trial`, e.g. 0.5 so two
+small trials share one) and its share of CPUs where there are GPUs, else one node's CPUs; never
+a GPU on a cluster without one (such a trial would wait forever).
 
 Resume: rerunning the command restores the Tune experiment in `<folder>/ray/<sweep>`; trials
 that were running start again and `run_trial` continues them from their epoch checkpoint.
@@ -22,34 +25,65 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from harness.config import TrialConfig
-from harness.errors import HarnessError
-from harness.runner.optuna_backend import (GRID_PARAM, PARETO_CSV, TrialFailed, check_search, import_trial_function,
-                                           non_dominated, objective_directions, objective_names, objective_values,
-                                           quiet_optuna, search_plan, store_pruned, stored_records, suggest_space,
-                                           trial_function, validation_key)
+from harness.errors import ConfigError, EnvironmentFault, InputError, TrialFailure
+from harness.runner.common import (PROJECT_ROOT, execute_trial, finished_records, informative_value,
+                                   objective_values, resolve_trial_function, store_pruned, validation_reporter)
+from harness.runner.registry import Backend, SweepRequest, register_backend
+from harness.search import (GRID_INDEX, check_search, objective_directions, objective_names,
+                            reports_every_epoch, search_plan, suggest_space, swept_keys, trial_label)
 from harness.sweep import SweepSpec
 
 RAY_MISSING = "the ray backend needs ray[tune]: pip install 'vireid-harness[ray]'"
 RAY_FOLDER = "ray"
 TRIALS_CSV = "ray_trials.csv"
+PARETO_CSV = "pareto.csv"
+GRID_POINT = "grid_point"
+"""Tune's config key for the grid point: its label (method and swept keys), so Tune's tables say what it is."""
 
 
-def trial_resources(cluster: dict[str, float], node_cpus: Sequence[float] = ()) -> dict[str, float]:
+@contextmanager
+def quiet_search() -> Iterator[None]:
+    """OptunaSearch's in-memory study logs every trial; our summary line reports them."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def trial_resources(cluster: dict[str, float], node_cpus: Sequence[float] = (),
+                    gpus_per_trial: float | None = None) -> dict[str, float]:
     """CPUs and GPUs of one trial, from `ray.cluster_resources()` and the CPUs of each node.
 
-    With GPUs: one GPU and an equal share of the CPUs per GPU. Without: every CPU of the
-    smallest node, one trial per node (CPU training already uses all the cores it gets).
-    A trial never asks for more CPUs than the smallest node has, so every node can run one.
+    With GPUs: `gpus_per_trial` GPU (default one; 0.5 packs two trials per GPU) and an equal
+    share of the CPUs per trial slot. Without: every CPU of the smallest node, one trial per
+    node (CPU training already uses all the cores it gets). A trial never asks for more CPUs
+    than the smallest node has, so every node can run one.
     """
     cpus = float(cluster.get("CPU", 0.0))
     gpus = float(cluster.get("GPU", 0.0))
     nodes = [float(c) for c in node_cpus if c and c > 0]
     smallest = min(nodes) if nodes else cpus
+    if gpus_per_trial is not None:
+        if not (isinstance(gpus_per_trial, (int, float)) and not isinstance(gpus_per_trial, bool)
+                and 0 < gpus_per_trial and (gpus_per_trial <= 1 or float(gpus_per_trial).is_integer())):
+            raise ConfigError(f"--gpus-per-trial: expected a fraction in (0, 1] or a whole number, "
+                              f"got {gpus_per_trial!r}")
+        if gpus < gpus_per_trial:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial}: the Ray cluster has {gpus:g} GPU(s); a trial "
+                              "asking for more would wait forever")
+        slots = max(1, math.floor(gpus / gpus_per_trial))
+        return {"cpu": max(1.0, min(math.floor(cpus / slots), smallest)), "gpu": float(gpus_per_trial)}
     if gpus >= 1:
         return {"cpu": max(1.0, min(math.floor(cpus / gpus), smallest)), "gpu": 1.0}
     return {"cpu": max(1.0, math.floor(smallest)), "gpu": 0.0}
@@ -58,17 +92,19 @@ def trial_resources(cluster: dict[str, float], node_cpus: Sequence[float] = ()) 
 class DefineByRun:
     """The search space as OptunaSearch's define-by-run function (a class, so Tune can pickle it)."""
 
-    def __init__(self, space: dict[str, dict[str, Any]], n_grid: int) -> None:
-        self.space, self.n_grid = space, n_grid
+    def __init__(self, space: dict[str, dict[str, Any]], labels: list[str]) -> None:
+        self.space, self.labels = space, labels
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        trial.suggest_categorical(GRID_PARAM, list(range(self.n_grid)))
+        trial.suggest_categorical(GRID_POINT, self.labels)
         return suggest_space(trial, self.space)  # decoded values replace Optuna's stored form
 
 
 def _trial_config(payload: dict[str, Any], config: dict[str, Any]) -> tuple[TrialConfig, dict[str, Any]]:
-    params = {k: v for k, v in config.items() if k != GRID_PARAM}
-    base = TrialConfig.from_dict(payload["configs"][int(config.get(GRID_PARAM, 0))])
+    params = {k: v for k, v in config.items() if k != GRID_POINT}
+    labels = payload["labels"]
+    index = labels.index(config[GRID_POINT]) if config.get(GRID_POINT) in labels else 0
+    base = TrialConfig.from_dict(payload["configs"][index])
     return base.with_overrides(params, where=f"{payload['source']}: ray trial"), params
 
 
@@ -77,7 +113,6 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     from ray import tune
 
     from harness.results import ResultStore
-    from harness.runner.common import FINISHED, execute_trial
     from harness.trial import config_key
 
     cfg, params = _trial_config(payload, config)
@@ -85,37 +120,27 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     store = ResultStore(payload["folder"])
     objectives = payload["objectives"]
     trial_id = tune.get_context().get_trial_id()
-    info = {"ray_trial": trial_id, **{f"param_{k}": v for k, v in params.items()}}
-    metric = payload["report_metric"]
-
-    def on_epoch(epoch: int, losses: dict[str, float], validate: Any) -> None:
-        if metric is None or epoch >= cfg.train.epochs - 1:  # the last epoch is reported with the records
-            return
-        value = validate()[metric]
-        if not math.isfinite(value):
-            raise ValueError(f"validation {metric} is not finite after epoch {epoch}: {value}")
-        tune.report({objectives[0]: value, "epoch": epoch + 1})
-
-    done = store.statuses().get(key)
-    reused = done in FINISHED
-    if reused:  # identical config already finished (resumed sweep, repeated sample)
-        records = stored_records(store, key)
-        if done != "ok":
-            raise TrialFailed(f"trial {key} failed before: {records[0].get('failure') if records else ''}")
-    else:
-        with trial_function(payload["trial_fn"]):
-            result = execute_trial(cfg, store, sweep=payload["sweep"], backend="ray", trial_id=trial_id,
-                                   on_epoch=on_epoch, extra=info)
+    info = {"ray_trial": trial_id, "label": trial_label(cfg, payload["swept"]),
+            **{f"param_{k}": v for k, v in params.items()}}
+    on_epoch = validation_reporter(
+        payload["report_metric"], lambda value, epoch: tune.report({objectives[0]: value, "epoch": epoch + 1}),
+        last_epoch=cfg.train.epochs - 1)  # the last epoch is reported with the records
+    records = finished_records(store, key)  # identical config already finished (resume, repeated sample)
+    reused = records is not None
+    if records is None:
+        result = execute_trial(cfg, store, sweep=payload["sweep"], backend="ray", trial_id=trial_id,
+                               trial_fn=resolve_trial_function(payload["trial_fn"]), on_epoch=on_epoch, extra=info,
+                               keep_model=payload["keep_models"])
         if result.status != "ok":
-            raise TrialFailed(result.failure or "trial failed")
+            raise TrialFailure(result.failure or "trial failed")
         records = result.records
     metrics: dict[str, Any] = {"trial_status": "ok", "trial_key": key, "reused": reused}
     if payload["search"]:
         metrics.update(zip(objectives, objective_values(store, key, records, objectives)))
     else:
-        value = records[0].get(objectives[0]) if records else None
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            metrics[objectives[0]] = float(value)
+        value = informative_value(records, objectives[0])
+        if value is not None:
+            metrics[objectives[0]] = value
     tune.report(metrics)
 
 
@@ -165,7 +190,8 @@ def _write_tables(results: Any, folder: Path, objectives: list[str], directions:
     """`ray_trials.csv` (Tune's view of every trial; `is_pareto` for several objectives) and `pareto.csv`."""
     import numpy as np
 
-    from harness.results import atomic_write_text
+    from harness.atomic import atomic_write_text
+    from harness.results.stats import pareto_front
 
     df = results.get_dataframe()
     if len(objectives) > 1 and not df.empty:
@@ -173,10 +199,36 @@ def _write_tables(results: Any, folder: Path, objectives: list[str], directions:
         if "trial_status" in df and all(c in df for c in objectives):
             ok = df[df["trial_status"] == "ok"]
             values = ok[objectives].to_numpy(dtype=float)
-            finite = np.isfinite(values).all(1)
-            df.loc[ok.index[finite], "is_pareto"] = non_dominated(values[finite], directions)
+            usable = ok.index[np.isfinite(values).all(1)]  # a failed objective is never on the front
+            front = pareto_front(df.loc[usable, objectives].to_numpy(dtype=float), tuple(directions))
+            df.loc[usable[front], "is_pareto"] = True
         atomic_write_text(folder / PARETO_CSV, df[df["is_pareto"]].to_csv(index=False))
     atomic_write_text(folder / TRIALS_CSV, df.to_csv(index=False))
+
+
+class TrialNames:
+    """Tune trial names and folders from the trial's label (method and swept keys), not its index."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+
+    def name(self, trial: Any) -> str:
+        cfg, _ = _trial_config(self.payload, trial.config or {})
+        return f"{trial_label(cfg, self.payload['swept'])} [{trial.trial_id}]"
+
+    def dirname(self, trial: Any) -> str:
+        return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", self.name(trial))[:120]
+
+
+def _scheduler(spec: SweepSpec, payload: dict[str, Any], modes: list[str]) -> Any:
+    """The spec's pruner as Tune's faithful counterpart: median -> MedianStoppingRule."""
+    if payload["report_metric"] is None:
+        return None
+    from ray.tune.schedulers import MedianStoppingRule
+
+    # Optuna's MedianPruner: no pruning before 5 trials have reported, from the first step on.
+    return MedianStoppingRule(time_attr="training_iteration", metric=payload["objectives"][0], mode=modes[0],
+                              grace_period=1, min_samples_required=5)
 
 
 def _tuner(tune: Any, spec: SweepSpec, payload: dict[str, Any], plan: list[dict[str, Any]], storage: Path,
@@ -184,12 +236,15 @@ def _tuner(tune: Any, spec: SweepSpec, payload: dict[str, Any], plan: list[dict[
     trainable = tune.with_resources(tune.with_parameters(tune_trial, payload=payload), resources)
     experiment = storage / spec.name
     search = spec.search
-    param_space = {GRID_PARAM: tune.grid_search(list(range(len(payload["configs"]))))} if search is None else {}
+    labels = payload["labels"]
+    param_space = {GRID_POINT: tune.grid_search(labels)} if search is None else {}
     if tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True,
                                   param_space=param_space or None)
+    names = TrialNames(payload)
     # Reusing trial actors spares each trial a new process (and its torch import).
-    tune_config = tune.TuneConfig(num_samples=1, reuse_actors=True)
+    tune_config = tune.TuneConfig(num_samples=1, reuse_actors=True, trial_name_creator=names.name,
+                                  trial_dirname_creator=names.dirname)
     if search is not None:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -199,74 +254,88 @@ def _tuner(tune: Any, spec: SweepSpec, payload: dict[str, Any], plan: list[dict[
         seed = TrialConfig.from_dict(payload["configs"][0]).seed
         sampler = (optuna.samplers.TPESampler(seed=seed) if search.sampler == "tpe"
                    else optuna.samplers.RandomSampler(seed=seed))
-        searcher = OptunaSearch(space=DefineByRun(search.space, len(payload["configs"])),
+        points = [{GRID_POINT: labels[p[GRID_INDEX]], **{k: v for k, v in p.items() if k != GRID_INDEX}}
+                  for p in plan]
+        searcher = OptunaSearch(space=DefineByRun(search.space, labels),
                                 metric=objectives if len(objectives) > 1 else objectives[0],
-                                mode=modes if len(modes) > 1 else modes[0], points_to_evaluate=plan, sampler=sampler)
-        scheduler = None
-        if payload["report_metric"] is not None:
-            from ray.tune.schedulers import ASHAScheduler
-
-            max_epochs = max(c["train"]["epochs"] for c in payload["configs"])
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric=objectives[0], mode=modes[0],
-                                      max_t=max(max_epochs, 1), grace_period=1, reduction_factor=3)
-        tune_config = tune.TuneConfig(num_samples=len(plan), search_alg=searcher, scheduler=scheduler,
-                                      reuse_actors=True)
+                                mode=modes if len(modes) > 1 else modes[0], points_to_evaluate=points,
+                                sampler=sampler)
+        tune_config = tune.TuneConfig(num_samples=len(plan), search_alg=searcher,
+                                      scheduler=_scheduler(spec, payload, modes), reuse_actors=True,
+                                      trial_name_creator=names.name, trial_dirname_creator=names.dirname)
     run_config = tune.RunConfig(name=spec.name, storage_path=str(storage), verbose=0 if quiet else 1,
                                 failure_config=tune.FailureConfig(max_failures=0))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+def _init_ray(ray: Any, address: str | None, num_cpus: int | None, num_gpus: float | None) -> None:
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    kwargs: dict[str, Any] = {"address": address or None, "include_dashboard": False, "log_to_driver": False,
+                              "logging_level": "warning", "runtime_env": {"env_vars": env}}
+    if address is None:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count()
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:
+        if "auth" in f"{type(exc).__name__} {exc}".lower():
+            raise EnvironmentFault(
+                f"--address {address}: the Ray cluster requires token authentication: set RAY_AUTH_TOKEN (the "
+                "token the head node printed, or `ray get-auth-token` there) in this shell, or start the cluster "
+                f"with RAY_AUTH_MODE=disabled ({type(exc).__name__}: {exc})") from None
+        raise
+
+
 def run_ray(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None = None, quiet: bool = False,
-            address: str | None = None, trial_fn: str | None = None, num_cpus: int | None = None) -> None:
+            address: str | None = None, trial_fn: Any = None, num_cpus: int | None = None,
+            num_gpus: float | None = None, gpus_per_trial: float | None = None) -> None:
     """Run (or resume) the sweep on Ray Tune; `address` joins an existing cluster, else a local Ray starts.
 
-    `trial_fn` ("package.module:function") replaces run_trial in the Ray workers; `num_cpus`
-    sizes a local Ray (default: every core).
+    `trial_fn` (a function or "package.module:function") replaces run_trial in the Ray workers;
+    `num_cpus` / `num_gpus` size a local Ray (default: every core, the GPUs Ray detects).
     """
     try:
         import ray
         from ray import tune
     except ImportError:
-        raise HarnessError(RAY_MISSING) from None
+        raise EnvironmentFault(RAY_MISSING) from None
     folder = Path(folder).resolve()
     configs = spec.trials(overrides)
     check_search(spec, configs)
+    if spec.search is not None and spec.search.pruner == "hyperband":
+        raise ConfigError(f"{spec.source}: search.pruner hyperband: Ray's HyperBandScheduler pauses and resumes "
+                          "trials, which this backend's function trials do not support; use pruner median or none "
+                          "on ray, or --backend optuna")
     objectives, directions = objective_names(spec), objective_directions(spec)
-    report_metric = None
-    if spec.search is not None and len(objectives) == 1 and spec.search.pruner != "none":
-        report_metric = validation_key(objectives[0])
     plan = search_plan(spec, len(configs), seed=configs[0].seed)
+    swept = swept_keys(spec)
     payload = {"configs": [c.to_dict() for c in configs], "folder": str(folder), "sweep": spec.name,
                "source": spec.source, "objectives": objectives, "directions": directions,
-               "report_metric": report_metric, "search": spec.search is not None, "trial_fn": trial_fn}
-    if trial_fn:
-        import_trial_function(trial_fn)  # a bad path fails here, not in every trial
+               "report_metric": reports_every_epoch(spec), "search": spec.search is not None, "trial_fn": trial_fn,
+               "swept": swept, "labels": [trial_label(c, [k for k in swept if k in spec.grid]) for c in configs],
+               "keep_models": spec.keep_models}
+    resolve_trial_function(trial_fn)  # a bad path fails here, not in every trial
     folder.mkdir(parents=True, exist_ok=True)
     started_here = not ray.is_initialized()
     try:
         if started_here:
-            root = str(Path(__file__).resolve().parents[2])
-            env = {"RAY_CHDIR_TO_TRIAL_DIR": "0",
-                   "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-            kwargs: dict[str, Any] = {"address": address or None, "include_dashboard": False, "log_to_driver": False,
-                                      "logging_level": "warning", "runtime_env": {"env_vars": env}}
-            if address is None:
-                kwargs["num_cpus"] = num_cpus or os.cpu_count()
-            ray.init(**kwargs)
+            _init_ray(ray, address, num_cpus, num_gpus)
         nodes = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-        resources = trial_resources(ray.cluster_resources(), nodes)
-        with quiet_optuna():  # OptunaSearch's in-memory study logs every trial otherwise
+        resources = trial_resources(ray.cluster_resources(), nodes, gpus_per_trial)
+        with quiet_search():
             tuner = _tuner(tune, spec, payload, plan, folder / RAY_FOLDER, resources, quiet)
             results = tuner.fit()
         counts = _store_pruned_trials(results, payload)
         _write_tables(results, folder, objectives, directions)
         for result in results:
             cause = _cause(result.error)
-            if isinstance(cause, HarnessError):
-                raise HarnessError(str(cause)) from None
-            if result.error is not None and not isinstance(cause, TrialFailed):
-                raise HarnessError(f"ray sweep {spec.name!r}: a trial crashed outside the harness: "
-                                   f"{type(cause).__name__}: {cause}; rerun the same command to resume it")
+            if isinstance(cause, InputError):
+                raise type(cause)(str(cause)) from None
+            if result.error is not None and not isinstance(cause, TrialFailure):
+                raise EnvironmentFault(f"ray sweep {spec.name!r}: a trial crashed outside the harness: "
+                                       f"{type(cause).__name__}: {cause}; rerun the same command to resume it")
         if counts["unfinished"]:
             raise KeyboardInterrupt(f"ray sweep {spec.name!r} interrupted with {counts['unfinished']} trial(s) "
                                     "unfinished; rerun the same command to resume")
@@ -275,3 +344,16 @@ def run_ray(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None =
     finally:
         if started_here:
             ray.shutdown()
+
+
+@register_backend
+class RayBackend(Backend):
+    """Tune trials on a local Ray or an existing cluster (`--address`), fractional GPUs per trial."""
+
+    name = "ray"
+    supports = frozenset({"search", "address", "gpus_per_trial"})
+    description = "Ray Tune on this machine or a cluster"
+
+    def run(self, request: SweepRequest) -> None:
+        run_ray(request.spec, request.folder, overrides=request.overrides, quiet=request.quiet,
+                address=request.address, trial_fn=request.trial_fn, gpus_per_trial=request.gpus_per_trial)
