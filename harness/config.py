@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import itertools
 import math
 import types
 import typing
@@ -29,7 +30,6 @@ import yaml
 
 from harness.errors import ConfigError, check_int
 from harness.yaml_loader import load_yaml_text
-
 
 # --------------------------------------------------------------------------- ranges
 
@@ -84,7 +84,7 @@ class Range:
             raise ConfigError(f"{where}: expected a list of at least {self.min_length} value(s), got {value!r}")
         for i, item in enumerate(value):
             self.check_number(item, f"{where}[{i}]")
-        if self.ascending and any(a > b for a, b in zip(value, value[1:])):
+        if self.ascending and any(a > b for a, b in itertools.pairwise(value)):
             raise ConfigError(f"{where}: expected values in ascending order, got {value!r}")
 
 
@@ -100,7 +100,10 @@ def registered(default: str, *, names: Callable[[], Sequence[str]]) -> Any:
 
 def _dataset_names(*, synthetic: bool) -> Callable[[], tuple[str, ...]]:
     def names() -> tuple[str, ...]:
-        from harness.data.registry import SYNTHETIC, dataset_names  # the dataset registry owns the names
+        from harness.data.registry import (  # the dataset registry owns the names
+            SYNTHETIC,
+            dataset_names,
+        )
 
         return ((SYNTHETIC,) if synthetic else ()) + dataset_names()
 
@@ -306,10 +309,10 @@ class TrialConfig(RangeChecked):
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, *, where: str = "config") -> "TrialConfig":
+    def from_dict(cls, data: dict[str, Any] | None, *, where: str = "config") -> TrialConfig:
         return build_dataclass(cls, data or {}, where)
 
-    def with_overrides(self, overrides: dict[str, Any], *, where: str = "override") -> "TrialConfig":
+    def with_overrides(self, overrides: dict[str, Any], *, where: str = "override") -> TrialConfig:
         merged = self.to_dict()
         for dotted, value in overrides.items():
             set_dotted(merged, dotted, value, where=where)

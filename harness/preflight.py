@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from harness.config import TrialConfig
 from harness.errors import ConfigError

@@ -3,7 +3,13 @@ import typing
 
 import pytest
 
-from harness.config import TrainConfig, TrialConfig, field_paths, get_dotted, parse_override
+from harness.config import (
+    TrainConfig,
+    TrialConfig,
+    field_paths,
+    get_dotted,
+    parse_override,
+)
 from harness.errors import ConfigError, HarnessError
 from harness.preflight import check_buildable
 
@@ -117,7 +123,8 @@ def test_out_of_range_value_names_key_value_and_range(override, key):
     value = next(iter(override.values()))
     if key.endswith("]"):
         value = value[int(key[-2])]
-    assert message.endswith(f"got {value!r}") or message.endswith(f"got {float(value)!r}"), message
+    shown = (f"got {value!r}", f"got {float(value)!r}") if isinstance(value, (int, float)) else (f"got {value!r}",)
+    assert message.endswith(shown), message
 
 
 @pytest.mark.parametrize("override", [

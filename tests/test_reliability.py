@@ -51,6 +51,18 @@ def test_trial_with_planted_checkpoint_restarts_from_scratch(tiny_config, tmp_pa
     assert result.status == "ok"
 
 
+def test_checkpoint_that_does_not_fit_is_ignored_and_the_trial_equals_a_fresh_one(tiny_config, tmp_path, caplog):
+    cfg = tiny_config(method="agw")
+    fresh = run_trial(cfg)
+    save_checkpoint({"epoch": 0, "method": {"bogus": torch.zeros(3)}}, tmp_path / f"{config_key(cfg)}.ckpt")
+    with caplog.at_level(logging.WARNING):
+        resumed = run_trial(cfg, workdir=tmp_path)
+    assert "does not fit" in caplog.text
+    assert resumed.status == "ok"
+    for key in ("rank1", "mAP", "final_losses"):
+        assert resumed.records[0][key] == fresh.records[0][key], key
+
+
 def test_checkpoint_round_trip_keeps_numpy_and_python_rng_states(tmp_path):
     import random
 
@@ -213,9 +225,9 @@ def test_broken_pipe_ends_quietly_with_exit_2():
 
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has gone before anything is written (`| head` that exited)
-    done = subprocess.run([sys.executable, "-c", "import sys; from harness.cli import main; "
-                           "sys.exit(main(['methods', '--json']))"], stdout=write_end, stderr=subprocess.PIPE,
-                          text=True, timeout=120)
+    code = "import sys; from harness.cli import main; sys.exit(main(['methods', '--json']))"
+    done = subprocess.run([sys.executable, "-c", code], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                          timeout=120, check=False)
     os.close(write_end)
     assert done.returncode == 2, done.stderr
     assert "broken pipe" in done.stderr and "Traceback" not in done.stderr
@@ -257,10 +269,9 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
     target = tmp_path / "records.csv"
     target.write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_open(target) as handle:
-            handle.write("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_open(target) as handle:
+        handle.write("half")
+        raise KeyboardInterrupt
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
 
 
@@ -270,7 +281,8 @@ def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 
     from harness.atomic import _temporary_name, prepare_output_folder
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     dead_pid = int(dead.stdout)
     (tmp_path / "checkpoints").mkdir()
     left = tmp_path / "checkpoints" / (_temporary_name(tmp_path / "k.ckpt").replace(str(os.getpid()), str(dead_pid))
@@ -287,10 +299,9 @@ def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 def test_atomic_directory_appears_complete_or_not_at_all(tmp_path):
     from harness.atomic import atomic_directory
 
-    with pytest.raises(RuntimeError):
-        with atomic_directory(tmp_path / "tree") as temporary:
-            (temporary / "a.txt").write_text("1")
-            raise RuntimeError("generator crashed")
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "tree") as temporary:
+        (temporary / "a.txt").write_text("1")
+        raise RuntimeError("generator crashed")
     assert list(tmp_path.iterdir()) == []
     with atomic_directory(tmp_path / "tree") as temporary:
         (temporary / "a.txt").write_text("1")
@@ -304,3 +315,88 @@ def test_progress_says_how_many_skipped_trials_had_failed():
         progress.trial_skipped("ok")
         progress.trial_skipped("failed")
         assert "2 done by earlier runs (1 of them failed)" in progress._summary()
+
+
+@pytest.mark.parametrize("search, fragment", [
+    ("{objective: val_bogus, space: {train.lr: {type: loguniform, low: 0.001, high: 0.1}}}", "val_bogus"),
+    ("{space: {model.backbone: {type: categorical, choices: [test_resnet, test_resnt]}}}", "test_resnt"),
+    ("{space: {train.erasing_p: {type: uniform, low: 0.0, high: 1.5}}}", "train.erasing_p"),
+])
+@pytest.mark.parametrize("backend", ["optuna", "ray"])
+def test_bad_search_block_is_refused_before_any_trial(search, fragment, backend, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: s\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
+                    f"data: {{height: 64, width: 32, val_identities: 4}}}}\nsearch: {search}\n")
+    code, err = _cli(["sweep", str(spec), "--backend", backend, "--results-dir", str(tmp_path / "r"), "--quiet"],
+                     capsys)
+    assert code == 2 and fragment in err, err
+    assert not list((tmp_path / "r").rglob("records.sqlite"))
+
+
+# ------------------------------------------------------------------ run-time failures are trial failures
+
+def test_nan_test_features_are_a_trial_failure_not_bad_input():
+    import numpy as np
+
+    from harness.errors import InputError, TrialFailure
+    from harness.evaluation import evaluate_trials
+
+    query = torch.zeros(2, 4)
+    query[0, 0] = float("nan")
+    with pytest.raises(TrialFailure, match="NaN") as err:
+        evaluate_trials(query, torch.ones(3, 4), [0, 1], [0, 1, 1], [1, 1], [2, 2, 2], np.ones((1, 3), bool),
+                        protocol="regdb", max_rank=2)
+    assert not isinstance(err.value, InputError)
+
+
+def test_no_query_with_a_true_match_is_a_trial_failure():
+    from harness.errors import TrialFailure
+    from harness.evaluation import rank_metrics
+
+    with pytest.raises(TrialFailure, match="no query has a true match"):
+        rank_metrics(torch.rand(2, 3), [0, 1], [5, 6, 7], [1, 1], [2, 2, 2], protocol="regdb", max_rank=2)
+
+
+def test_trial_failure_inside_a_sweep_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path, monkeypatch):
+    import harness.trial as trial_module
+    from harness.errors import TrialFailure
+    from harness.results.store import ResultStore
+    from harness.runner.common import execute_trial
+
+    def failing_evaluation(*args, **kwargs):
+        raise TrialFailure("test features contain NaN or inf")
+
+    monkeypatch.setattr(trial_module, "evaluate_protocols", failing_evaluation)
+    store = ResultStore(tmp_path)
+    result = execute_trial(tiny_config(method="agw", **{"train.epochs": 1}), store, sweep="s", backend="local",
+                           trial_id="0")
+    assert result.status == "failed" and "NaN" in result.failure
+    assert list(store.statuses().values()) == ["failed"]
+
+
+def test_corrupt_optuna_study_exits_2(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: s\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
+                    "data: {height: 64, width: 32, val_identities: 4}}\n"
+                    "search: {n_trials: 1, space: {train.lr: {type: loguniform, low: 0.001, high: 0.1}}}\n")
+    (tmp_path / "r" / "s").mkdir(parents=True)
+    (tmp_path / "r" / "s" / "optuna.sqlite").write_bytes(b"not a database" * 300)
+    code, err = _cli(["sweep", str(spec), "--backend", "optuna", "--results-dir", str(tmp_path / "r"), "--quiet"],
+                     capsys)
+    assert code == 2 and "optuna.sqlite: not a readable Optuna study" in err
+
+
+def test_ray_cluster_needing_token_authentication_says_what_to_set():
+    from harness.errors import EnvironmentFault
+    from harness.runner.ray_backend import _init_ray
+
+    class AuthenticationError(Exception):
+        pass
+
+    class FakeRay:
+        @staticmethod
+        def init(**kwargs):
+            raise AuthenticationError("Token authentication is enabled but no token was found")
+
+    with pytest.raises(EnvironmentFault, match="RAY_AUTH_TOKEN"):
+        _init_ray(FakeRay, "10.0.0.1:6379", None, None)
