@@ -400,3 +400,16 @@ def test_ray_cluster_needing_token_authentication_says_what_to_set():
 
     with pytest.raises(EnvironmentFault, match="RAY_AUTH_TOKEN"):
         _init_ray(FakeRay, "10.0.0.1:6379", None, None)
+
+
+def test_read_only_results_folder_exits_2_before_training(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    code, err = _cli(["run", "--set", "model.backbone=test_resnet", "--results-dir", str(tmp_path / "results"),
+                      "--quiet"], capsys)
+    assert code == 2 and "Read-only file system" in err and "cannot write results here" in err
