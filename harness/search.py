@@ -24,7 +24,7 @@ from harness.config import TrialConfig
 from harness.errors import ConfigError
 from harness.preflight import check_buildable
 from harness.results.metrics import ACCURACY_METRICS
-from harness.sweep import SweepSpec
+from harness.sweep import MAX_GRID_POINTS, SweepSpec
 
 GRID_INDEX = "grid_index"
 """The plan's key for the grid point a slot trains (an engine-internal coordinate, never a hyper-parameter)."""
@@ -105,12 +105,17 @@ def grid_values(where: str, dist: dict[str, Any]) -> list[Any]:
     if kind == "categorical":
         return categorical_options(dist)[0]
     if kind == "int":
-        return list(range(int(dist["low"]), int(dist["high"]) + 1, int(dist.get("step") or 1)))
+        values = range(int(dist["low"]), int(dist["high"]) + 1, int(dist.get("step") or 1))
+        if len(values) > MAX_GRID_POINTS:
+            raise ConfigError(f"{where}: {len(values):,} grid values; the limit is {MAX_GRID_POINTS:,}")
+        return list(values)
     step = dist.get("step")
     if not step:
         raise ConfigError(f"{where}: sampler grid needs a 'step' for a {kind} distribution (or use categorical)")
     low, high, step = float(dist["low"]), float(dist["high"]), float(step)
     count = int(math.floor((high - low) / step + 1e-9)) + 1
+    if count > MAX_GRID_POINTS:
+        raise ConfigError(f"{where}: {count:,} grid values; the limit is {MAX_GRID_POINTS:,}")
     return [round(low + i * step, 12) for i in range(count)]
 
 
@@ -122,8 +127,12 @@ def search_plan(spec: SweepSpec, n_grid: int, *, seed: int = 0) -> list[dict[str
     if search.sampler != "grid":
         return [{GRID_INDEX: r % n_grid} for r in range(search.n_trials * n_grid)]
     keys = list(search.space)
-    points = list(itertools.product(*(grid_values(f"{spec.source}: search.space.{k}", search.space[k])
-                                      for k in keys)))
+    values = [grid_values(f"{spec.source}: search.space.{k}", search.space[k]) for k in keys]
+    if math.prod(len(v) for v in values) * n_grid > MAX_GRID_POINTS:
+        sizes = " x ".join(f"{len(v)} ({k})" for k, v in zip(keys, values))
+        raise ConfigError(f"{spec.source}: the grid sampler's space has {sizes} values for {n_grid} grid point(s); "
+                          f"the limit is {MAX_GRID_POINTS:,} trials per sweep: use larger steps or another sampler")
+    points = list(itertools.product(*values))
     if len(points) > search.n_trials:
         random.Random(seed).shuffle(points)
         points = points[:search.n_trials]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, check_int
 from harness.final import check_final_block
 from harness.preflight import check_buildable
 from harness.recipes import apply_recipe
@@ -207,8 +207,8 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
                              **{k: s[k] for k in SEARCH_KEYS if k in s and k != "space" and k != "epochs_per_report"})
         if search.direction not in ("maximize", "minimize"):
             raise ConfigError(f"{source}: search.direction must be maximize or minimize")
-        if not isinstance(search.n_trials, int) or search.n_trials < 1:
-            raise ConfigError(f"{source}: search.n_trials must be a positive integer")
+        n_grid = math.prod(len(v) for v in grid.values())
+        check_int(search.n_trials, f"{source}: search.n_trials", minimum=1, maximum=max(1, MAX_GRID_POINTS // n_grid))
     table = data.get("table") or {}
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: table must be a mapping")

@@ -413,3 +413,28 @@ def test_read_only_results_folder_exits_2_before_training(tmp_path, monkeypatch,
     code, err = _cli(["run", "--set", "model.backbone=test_resnet", "--results-dir", str(tmp_path / "results"),
                       "--quiet"], capsys)
     assert code == 2 and "Read-only file system" in err and "cannot write results here" in err
+
+
+@pytest.mark.parametrize("search, fragment", [
+    ("{n_trials: 1000000000, space: {train.lr: {type: loguniform, low: 0.001, high: 0.1}}}", "search.n_trials"),
+    ("{sampler: grid, space: {train.pad: {type: int, low: 0, high: 1000000000}}}", "1,000,000,001 grid values"),
+    ("{sampler: grid, space: {train.pad: {type: int, low: 0, high: 999}, train.epochs: {type: int, low: 1, "
+     "high: 999}}}", "the limit is 10,000"),
+])
+def test_huge_search_is_refused_within_a_second(search, fragment, tmp_path, capsys):
+    import time
+
+    import harness.runner.optuna_backend  # noqa: F401 -- imports are not what is timed
+    from harness.config import TrialConfig
+    from harness.preflight import check_buildable
+
+    check_buildable(TrialConfig().with_overrides({"model.backbone": "test_resnet", "model.non_local": False,
+                                                  "data.height": 64, "data.width": 32, "method": "agw"}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: s\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
+                    f"data: {{height: 64, width: 32, val_identities: 4}}}}\nsearch: {search}\n")
+    started = time.perf_counter()
+    code, err = _cli(["sweep", str(spec), "--backend", "optuna", "--results-dir", str(tmp_path / "r"), "--quiet"],
+                     capsys)
+    assert code == 2 and fragment in err, err
+    assert time.perf_counter() - started < 1.0
