@@ -97,10 +97,11 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
     if keep_model and result.trained is not None:
         save_model(store.folder / MODELS_FOLDER, result.key, result.trained, info={"sweep": sweep})
     result.trained = None  # the network is not needed past this point
-    store.put_trial(result.key, result.records, curves=result.curves)
     if result.curves:
         label = str(info.get("label") or f"{cfg.method} seed={cfg.seed}").replace(os.sep, "_")
         write_tensorboard(store.folder / TENSORBOARD_FOLDER / f"{label} [{result.key}]", result.curves)
+    # storing the records marks the trial finished: nothing but cleanup may follow
+    store.put_trial(result.key, result.records, curves=result.curves)
     if result.checkpoint is not None:
         for leftover in (result.checkpoint, curves_resume_file(result.checkpoint)):
             leftover.unlink(missing_ok=True)
