@@ -178,3 +178,18 @@ def test_thirty_two_bit_images_are_refused_by_name(tmp_path):
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F").save(path)
     with pytest.raises(HarnessError, match=r"float\.tif.*32-bit float"):
         load_images([str(path)], 4, 4, cache_dir=None)
+
+
+def test_a_killed_writers_temporary_is_removed_at_the_next_build(files, tmp_path):
+    import socket
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead_pid = 2**22 + 12345  # above the default pid_max: no such process
+    left = cache / f".images-x.npy.{socket.gethostname()}.{dead_pid}.vireid-tmp.abc.npy"
+    left.write_bytes(b"half an array")
+    two_days_ago = os.stat(left).st_mtime - 2 * 86400  # stale by age too, whatever the host name
+    os.utime(left, (two_days_ago, two_days_ago))
+    load_images(files, 8, 4, cache_dir=cache)
+    assert not left.exists()
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
