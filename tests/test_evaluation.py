@@ -270,6 +270,29 @@ def test_evaluate_trials_equals_each_masked_gallery(protocol):
         assert out[f"{key}_std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
 
 
+@pytest.mark.parametrize("protocol", ["sysu", "regdb", "llcm"])
+def test_evaluate_trials_with_query_masks_equals_each_trials_queries(protocol):
+    """Per-trial query sets (a sampled query side): trial t averages only its own queries."""
+    rng = np.random.default_rng(5)
+    num_queries, num_gallery, num_trials = 40, 60, 3
+    _, q_ids, g_ids, q_cams, g_cams = random_case(rng, num_queries, num_gallery, 6, protocol)
+    query_features, gallery_features = rng.normal(size=(num_queries, 8)), rng.normal(size=(num_gallery, 8))
+    gallery_masks = rng.random((num_trials, num_gallery)) < 0.7
+    query_masks = rng.random((num_trials, num_queries)) < 0.5
+
+    out = evaluate_trials(query_features, gallery_features, q_ids, g_ids, q_cams, g_cams, gallery_masks,
+                          protocol=protocol, max_rank=10, query_masks=query_masks)
+    unit_q = query_features / np.linalg.norm(query_features, axis=1, keepdims=True)
+    unit_g = gallery_features / np.linalg.norm(gallery_features, axis=1, keepdims=True)
+    for trial in range(num_trials):
+        q, g = query_masks[trial], gallery_masks[trial]
+        expected = reference_metrics(-(unit_q[q] @ unit_g[g].T), q_ids[q], g_ids[g], q_cams[q], g_cams[g], protocol, 10)
+        assert_same_metrics(out["trials"][trial], expected)
+    with pytest.raises(HarnessError, match="query_masks"):
+        evaluate_trials(query_features, gallery_features, q_ids, g_ids, q_cams, g_cams, gallery_masks,
+                        protocol=protocol, query_masks=query_masks[:2])
+
+
 def test_evaluate_trials_single_trial_has_zero_std_and_matches_rank_metrics():
     rng = np.random.default_rng(3)
     _, q_ids, g_ids, q_cams, g_cams = random_case(rng, 12, 40, 5, "sysu")
