@@ -21,7 +21,7 @@ import random
 from typing import Any, Sequence
 
 from harness.config import TrialConfig
-from harness.errors import ConfigError
+from harness.errors import ConfigError, check_int
 from harness.preflight import check_buildable
 from harness.results.metrics import ACCURACY_METRICS
 from harness.sweep import MAX_GRID_POINTS, SweepSpec
@@ -149,8 +149,7 @@ def check_search(spec: SweepSpec, configs: Sequence[TrialConfig]) -> None:
         raise ConfigError(f"{src}: search.sampler {search.sampler!r} is not one of {', '.join(SAMPLERS)}")
     if search.pruner not in PRUNERS:
         raise ConfigError(f"{src}: search.pruner {search.pruner!r} is not one of {', '.join(PRUNERS)}")
-    if not isinstance(search.workers, int) or isinstance(search.workers, bool) or search.workers < 1:
-        raise ConfigError(f"{src}: search.workers must be a positive integer, got {search.workers!r}")
+    check_int(search.workers, f"{src}: search.workers", minimum=1)
     if not isinstance(search.objectives, list):
         raise ConfigError(f"{src}: search.objectives must be a list of metric names, got {search.objectives!r}")
     names = objective_names(spec)
