@@ -132,3 +132,22 @@ def test_trial_labels_name_the_swept_keys():
     assert swept_keys(spec) == ["method", "data.trial", "train.weight_decay"]  # single values do not vary
     cfg = spec.trials()[1].with_overrides({"train.weight_decay": 0.00123456})
     assert trial_label(cfg, swept_keys(spec)) == "agw data.trial=4 train.weight_decay=0.001235 seed=0"
+
+
+def test_vireid_sweep_exits_1_listing_the_failures_when_every_trial_failed(tmp_path, capsys):
+    from harness.cli import main
+    from harness.trial import config_key
+
+    spec_file = tmp_path / "allfail.yaml"
+    spec_file.write_text("name: allfail\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
+                         "data: {height: 64, width: 32}}\ngrid: {seed: [0, 1]}\n")
+    spec = parse_spec({"name": "allfail", "base": {"method": "agw", "model": {"backbone": "test_resnet",
+                       "non_local": False}, "data": {"height": 64, "width": 32}}, "grid": {"seed": [0, 1]}})
+    store = ResultStore(tmp_path / "r" / "allfail")
+    for cfg in spec.trials():  # a first run in which both trials failed; the rerun skips them
+        store.put_trial(config_key(cfg), [{"trial_key": config_key(cfg), "method": "agw", "seed": cfg.seed,
+                                           "status": "failed", "failure": f"RuntimeError: boom {cfg.seed}"}])
+    code = main(["sweep", str(spec_file), "--results-dir", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "every trial of sweep 'allfail' failed" in err
+    assert "boom 0" in err and "boom 1" in err

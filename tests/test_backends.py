@@ -49,6 +49,7 @@ def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None
     block = os.environ.get(BLOCK_ENV)
     if block and Path(block).exists():  # park here until the test kills this process
         Path(block + ".started").write_text(str(os.getpid()))
+        Path(f"{block}.started.{os.getpid()}").write_text("")
         deadline = time.time() + 60
         while Path(block).exists() and time.time() < deadline:
             time.sleep(0.05)
@@ -556,3 +557,83 @@ def test_ray_end_to_end_with_the_real_trial(tmp_path):
     df = ResultStore(tmp_path / "out").dataframe()
     assert set(df["status"]) == {"ok"} and set(df["backend"]) == {"ray"} and len(df) == 1
     assert 0.0 <= df["val_mAP"].iloc[0] <= 100.0 and not ray.is_initialized()
+
+
+# --------------------------------------------------------------------------- optuna: signals and stale trials
+
+
+def _children(pid: int) -> set[int]:
+    """Child processes of `pid` (Linux /proc)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text().split() if (task / "children").exists() else []
+        found.update(int(c) for c in text)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
+def test_optuna_sigterm_to_the_parent_reaches_the_workers_which_are_waited_for(tmp_path):
+    sig = signal.SIGTERM
+    block = tmp_path / "block"
+    block.write_text("")
+    script = ("import sys; from tests.test_backends import make_spec, LR_SPACE, FAKE; "
+              "from harness.runner.optuna_backend.driver import run_optuna; "
+              "spec = make_spec('sig', search={'space': LR_SPACE, 'n_trials': 3, 'sampler': 'random', "
+              "'pruner': 'none'}); "
+              f"run_optuna(spec, {str(tmp_path / 'out')!r}, workers=2, quiet=True, trial_fn=FAKE)")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE,
+                              env=_env(**{BLOCK_ENV: str(block), "CUDA_VISIBLE_DEVICES": ""}))
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("block.started.*"))) < 2:  # both workers parked inside their trial
+            assert parent.poll() is None and time.time() < deadline, "the workers did not start their trials"
+            time.sleep(0.05)
+        workers = _children(parent.pid)
+        assert workers == {int(p.name.rsplit(".", 1)[1]) for p in tmp_path.glob("block.started.*")}
+        os.kill(parent.pid, sig)
+        _, err = parent.communicate(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode != 0 and b"stopped by signal " + sig.name.encode() in err
+    for pid in workers:  # waited for: gone, not orphaned
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    study = load(tmp_path / "out", "sig")
+    interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(interrupted) == 2 and not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    block.unlink()
+    fake = CountingTrial()
+    run_optuna(make_spec("sig", search={"space": LR_SPACE, "n_trials": 3, "sampler": "random", "pruner": "none"}),
+               tmp_path / "out", quiet=True, trial_fn=fake)
+    assert len(fake) == 3 and ok_records(tmp_path / "out")["trial_key"].nunique() == 3  # the exact budget
+
+
+def test_forwarded_signals_include_sighup_and_restore_the_handlers():
+    from harness.runner.optuna_backend.driver import ForwardSignals
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        with ForwardSignals([child]) as forwarded:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert child.wait(timeout=30) == -signal.SIGHUP
+        assert forwarded.received == [signal.SIGHUP] and signal.getsignal(signal.SIGHUP) == before
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+def test_optuna_trial_killed_before_its_first_heartbeat_is_retried_and_the_wait_is_shown(tmp_path, fake, capsys):
+    spec = make_spec("nobeat", search={"space": LR_SPACE, "n_trials": 3, "sampler": "random", "pruner": "none"})
+    job = OptunaJob(spec=spec, folder=tmp_path, overrides={}, heartbeat_interval=1, grace_period=2)
+    study = prepare_study(job)
+    orphan = study.ask()  # RUNNING with no heartbeat: what a worker killed right after asking leaves
+    assert orphan.number == 0 and study.trials[0].state == optuna.trial.TrialState.RUNNING
+    run_optuna(spec, tmp_path, quiet=False, trial_fn=fake, grace_period=2)
+    trials = load(tmp_path, "nobeat").trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    [retry] = [t for t in trials if 0 in t.system_attrs.get("retry_history", [])]
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.user_attrs["slot"] == 0
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 3 and len(fake) == 3
+    err = capsys.readouterr().err
+    assert "waiting for trial(s) [0]" in err and "after 2 s without a heartbeat (--stale-after)" in err

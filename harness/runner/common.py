@@ -70,7 +70,7 @@ def base_record(cfg: TrialConfig, *, status: str, failure: str | None, started: 
 
 def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: str, trial_id: str,
                   trial_fn: TrialFunction | None = None, on_epoch: Callable | None = None,
-                  on_iter: Callable[[int, int], None] | None = None, extra: dict[str, Any] | None = None,
+                  on_iter: Callable[..., None] | None = None, extra: dict[str, Any] | None = None,
                   passthrough: tuple[type[BaseException], ...] = (), keep_model: bool = True) -> TrialResult:
     """Run one trial and store its records atomically; any failure inside it becomes a failed record.
 
@@ -79,7 +79,8 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
     for the resumed run, and so do the backend's own control-flow exceptions in `passthrough`
     (e.g. Optuna's TrialPruned). The final network of an ok trial is kept under
     `<store>/models/` (harness.saved_models) unless `keep_model` is False; the training curves
-    go into the store with the records and into `<store>/tensorboard/<label> [<key>]/`.
+    go into the store with the records and into `<store>/tensorboard/<label> [<key>]/`, where
+    the label (`extra["label"]`, see harness.search.trial_label) names the swept keys.
     """
     info = {"sweep": sweep, "backend": backend, "trial_id": trial_id, **(extra or {})}
     started = time.time()

@@ -56,8 +56,9 @@ class Objective:
         cfg = job.configs[grid_index].with_overrides(params, where=f"{job.spec.source}: optuna trial {trial.number}")
         key = config_key(cfg)
         trial.set_user_attr("trial_key", key)
-        trial.set_user_attr("label", trial_label(cfg, job.swept))
-        info = {"optuna_trial": trial.number, "label": trial_label(cfg, job.swept),
+        label = trial_label(cfg, job.swept)
+        trial.set_user_attr("label", label)
+        info = {"optuna_trial": trial.number, "label": label,
                 **{f"param_{k}": v for k, v in params.items()}}
         try:
             records = finished_records(self.store, key)
@@ -68,7 +69,7 @@ class Objective:
             trial.set_user_attr("outcome", "reused-ok")
             return self._values(key, records, trial)
         if self.progress is not None:
-            display(self.progress.trial_started, f"trial {trial.number} {trial_label(cfg, job.swept)}",
+            display(self.progress.trial_started, f"trial {trial.number} {label}",
                     epochs=cfg.train.epochs)
         history: dict[int, float] = {}
         started = time.time()

@@ -222,10 +222,14 @@ def prepare_study(job: OptunaJob) -> optuna.Study:
     """Create or continue the study (once, before any worker starts) and queue every missing slot."""
     job.folder.mkdir(parents=True, exist_ok=True)
     with study_lock(job), quiet_optuna():
-        study = optuna.create_study(storage=storage(job), study_name=job.spec.name, directions=job.directions,
-                                    sampler=sampler(job, 0, 1), pruner=pruner(job), load_if_exists=True)
-        recorded = study.user_attrs.get("spec_fingerprint")
         where = job.storage or str(job.folder / "optuna.sqlite")
+        try:
+            study = optuna.create_study(storage=storage(job), study_name=job.spec.name, directions=job.directions,
+                                        sampler=sampler(job, 0, 1), pruner=pruner(job), load_if_exists=True)
+        except sqlalchemy.exc.DatabaseError as exc:
+            raise EnvironmentFault(f"{where}: not a readable Optuna study ({type(exc.orig).__name__}: {exc.orig}); "
+                                   "move it away or rename the sweep to start over") from None
+        recorded = study.user_attrs.get("spec_fingerprint")
         if recorded is None and study.get_trials(deepcopy=False):
             raise ConfigError(f"{where}: study {job.spec.name!r} was not created by this harness; "
                               "delete it or rename the sweep")
