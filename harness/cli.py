@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     me.set_defaults(func=cmd_methods)
 
     from harness.config import SyntheticConfig
-    from harness.data.registry import dataset_names
+    from harness.data.registry import SPLIT_OPTIONS, dataset_names, get_dataset
 
     datasets = dataset_names()
     da = sub.add_parser("data", help="dataset tools: check, split, synth", description="Dataset tools.")
@@ -286,12 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "trial uses.")
     sp.add_argument("--dataset", required=True, choices=datasets, help="layout of ROOT")
     sp.add_argument("root", help="dataset root folder")
-    sp.add_argument("--mode", choices=["all", "indoor"], help="SYSU search mode (SYSU only; default all)")
-    sp.add_argument("--shots", type=int, choices=[1, 10],
-                    help="SYSU gallery images per id and camera: 1 single-shot, 10 multi-shot (default 1)")
-    sp.add_argument("--trial", type=int,
-                    help="gallery draw 0..9 for SYSU/LLCM (default 0); split 1..10 for RegDB (default 1)")
-    sp.add_argument("--direction", help="RegDB v2t|t2v, LLCM ir2vis|vis2ir")
+    for option in SPLIT_OPTIONS:  # each dataset states the split options it takes
+        takes = [f"{d.title}: {d.split_options[option]}" for d in map(get_dataset, datasets) if option in d.split_options]
+        others = "" if len(takes) == len(datasets) else " (not an option of the other datasets)"
+        sp.add_argument(f"--{option}", type=int if option in ("shots", "trial") else str,
+                        help="; ".join(takes) + others)
     sp.add_argument("--json", action="store_true", help="JSON output")
     sp.set_defaults(func=cmd_data_split)
     sy = dsub.add_parser("synth", help="write a synthetic dataset in a real layout",
