@@ -130,6 +130,21 @@ def test_optuna_grid_runs_each_point_once_and_resumes(tmp_path, fake):
     assert len(ResultStore(tmp_path).dataframe()) == 6
 
 
+def test_optuna_study_names_its_metrics_and_labels_trials_by_their_swept_keys(tmp_path, fake):
+    spec = make_spec("names", grid={"seed": [0, 1]},
+                     search={"space": LR_SPACE, "n_trials": 2, "objectives": ["val_mAP", "train_img_per_s"],
+                             "sampler": "random"})
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
+    study = load(tmp_path, "names")
+    assert study.metric_names == ["val_mAP", "train_img_per_s"]
+    for t in study.trials:
+        assert set(t.params) == {"train.lr"}  # the grid point is not a hyper-parameter
+        seed = [0, 1][t.user_attrs["grid_index"]]
+        assert t.user_attrs["label"] == f"mclnet seed={seed} train.lr={t.params['train.lr']:.4g}"
+    df = ResultStore(tmp_path).dataframe()
+    assert set(df["label"]) == {t.user_attrs["label"] for t in study.trials}
+
+
 def test_optuna_grid_skips_points_finished_by_another_backend(tmp_path, fake):
     spec = make_spec("mixed", grid={"train.lr": [0.01, 0.02]})
     done = spec.trials()[0]
@@ -414,6 +429,13 @@ def test_ray_grid_runs_every_point_and_resumes(tmp_path):
     assert lrs == [0.01, 0.02, 0.03]
     assert os.getpid() not in set(df["pid"])  # ran in Ray workers
     assert (tmp_path / "ray" / "rgrid").is_dir() and (tmp_path / RAY_CSV).exists()
+    import pandas as pd
+
+    labels = {f"mclnet train.lr={lr} seed=0" for lr in (0.01, 0.02, 0.03)}
+    tune_rows = pd.read_csv(tmp_path / RAY_CSV)
+    assert set(tune_rows["config/grid_point"]) == labels and not any("grid_index" in c for c in tune_rows.columns)
+    folders = [p.name for p in (tmp_path / "ray" / "rgrid").iterdir() if p.is_dir()]
+    assert all(any(f.startswith(label.replace(" ", "_") + "_") for f in folders) for label in labels)
     run_ray(spec, tmp_path, quiet=True, trial_fn=FAKE, num_cpus=2)  # restores the finished experiment
     assert list(ResultStore(tmp_path).dataframe()["record_id"]) == list(df["record_id"])
 
