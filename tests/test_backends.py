@@ -67,7 +67,8 @@ def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None
     common_fields = {"trial_key": key, "method": cfg.method, "backbone": cfg.model.backbone, "dataset": "fake",
                      "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True), "status": "ok",
                      "failure": None, "epochs": epochs, "val_mAP": final, "train_img_per_s": fake_throughput(cfg),
-                     "pid": os.getpid(), **(extra or {})}
+                     "pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                     **(extra or {})}
     records = [{**common_fields, "protocol": p, "rank1": 10.0 + i, "mAP": 5.0 + i} for i, p in enumerate(("a", "b"))]
     return TrialResult(key=key, status="ok", records=records)
 
@@ -659,3 +660,63 @@ def test_optuna_trial_killed_before_its_first_heartbeat_is_retried_and_the_wait_
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 3 and len(fake) == 3
     err = capsys.readouterr().err
     assert "waiting for trial(s) [0]" in err and "after 2 s without a heartbeat (--stale-after)" in err
+
+
+# --------------------------------------------------------------------------- scale-out: devices
+
+
+@pytest.mark.parametrize("gpus, workers, per_gpu, expected", [
+    (["0", "1", "2", "3"], None, None, ["0", "1", "2", "3"]),  # one worker per GPU
+    (["0", "1"], None, 2, ["0", "1", "0", "1"]),  # two trials packed on each GPU
+    (["0", "1"], 3, 2, ["0", "1", "0"]),
+    (["GPU-1a2b", "3"], 1, None, ["GPU-1a2b"]),
+    ([], None, None, [""]),  # CPU only: one CPU worker (the spec's search.workers)
+    ([], 3, None, ["", "", ""]),
+])
+def test_worker_devices_pin_each_worker_to_its_gpu(gpus, workers, per_gpu, expected):
+    from harness.runner.devices import worker_devices
+
+    assert worker_devices(gpus, workers=workers, trials_per_gpu=per_gpu) == expected
+
+
+@pytest.mark.parametrize("gpus, workers, per_gpu, match", [
+    (["0"], 3, 2, "do not fit 1 GPU"), ([], None, 2, "no GPU is visible"), (["0"], 0, None, "--workers"),
+    (["0"], None, 0, "--trials-per-gpu"),
+])
+def test_worker_devices_refuse_what_cannot_be_placed(gpus, workers, per_gpu, match):
+    from harness.runner.devices import worker_devices
+
+    with pytest.raises(ConfigError, match=match):
+        worker_devices(gpus, workers=workers, trials_per_gpu=per_gpu)
+
+
+def test_gpu_lists_parse_and_default_to_the_visible_ones(monkeypatch):
+    from harness.runner.devices import parse_gpus, visible_gpus
+
+    assert parse_gpus("0,1, 2,3") == ["0", "1", "2", "3"] and parse_gpus("none") == [] and parse_gpus(None) is None
+    for bad in ("0,0", "a,b", "1;2"):
+        with pytest.raises(ConfigError, match="--gpus"):
+            parse_gpus(bad)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus() == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+
+
+def test_optuna_workers_see_their_own_cuda_visible_devices(tmp_path):
+    """A simulated 2-GPU node with 2 trials per GPU: four worker processes, each pinned before torch starts."""
+    spec = make_spec("pinned", grid={"train.lr": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.075]})
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=FAKE, gpus="4,6", trials_per_gpu=2)
+    df = ok_records(tmp_path).drop_duplicates("trial_key")
+    assert df["trial_key"].nunique() == 8 and len(load(tmp_path, "pinned").trials) == 8  # the exact budget
+    assert set(df["cuda_visible_devices"]) <= {"4", "6"} and os.getpid() not in set(df["pid"])
+    seen = df.groupby("pid")["cuda_visible_devices"].nunique()
+    assert (seen == 1).all()  # a worker never changes its device
+
+
+def test_optuna_cpu_only_machine_runs_cpu_workers(tmp_path):
+    spec = make_spec("cpuonly", grid={"train.lr": [0.01, 0.02, 0.03]})
+    run_optuna(spec, tmp_path, quiet=True, trial_fn=FAKE, workers=2)  # no GPU visible (autouse fixture)
+    df = ok_records(tmp_path).drop_duplicates("trial_key")
+    assert df["trial_key"].nunique() == 3 and set(df["cuda_visible_devices"]) == {""}
+    assert os.getpid() not in set(df["pid"])
