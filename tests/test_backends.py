@@ -408,6 +408,45 @@ def test_ray_trial_resources_never_ask_for_a_missing_gpu(cluster, nodes, expecte
         assert got["gpu"] == 0
 
 
+@pytest.mark.parametrize("cluster, nodes, per_trial, expected", [
+    ({"CPU": 16.0, "GPU": 4.0}, [16.0], 0.5, {"cpu": 2.0, "gpu": 0.5}),  # 8 trial slots share 16 CPUs
+    ({"CPU": 8.0, "GPU": 1.0}, [8.0], 0.25, {"cpu": 2.0, "gpu": 0.25}),
+    ({"CPU": 16.0, "GPU": 4.0}, [16.0], 2, {"cpu": 8.0, "gpu": 2.0}),
+])
+def test_ray_fractional_gpus_per_trial(cluster, nodes, per_trial, expected):
+    from harness.runner.ray_backend import trial_resources
+
+    assert trial_resources(cluster, nodes, per_trial) == expected
+
+
+@pytest.mark.parametrize("cluster, per_trial, match", [
+    ({"CPU": 8.0}, 0.5, "has 0 GPU"), ({"CPU": 8.0, "GPU": 2.0}, 1.5, "fraction"),
+    ({"CPU": 8.0, "GPU": 2.0}, 0, "fraction"),
+])
+def test_ray_gpus_per_trial_that_cannot_be_met_are_refused(cluster, per_trial, match):
+    from harness.runner.ray_backend import trial_resources
+
+    with pytest.raises(ConfigError, match=match):
+        trial_resources(cluster, [8.0], per_trial)
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
+def test_ray_half_a_gpu_per_trial_on_a_local_ray_with_declared_gpus(tmp_path, monkeypatch):
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV, run_ray
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # Ray refuses declared GPUs that an empty list hides
+
+    spec = make_spec("rfrac", grid={"train.lr": [0.01, 0.02, 0.03, 0.04]})
+    run_ray(spec, tmp_path, quiet=True, trial_fn=FAKE, num_cpus=2, num_gpus=2, gpus_per_trial=0.5)
+    df = ok_records(tmp_path).drop_duplicates("trial_key")
+    assert df["trial_key"].nunique() == 4
+    assert set(df["cuda_visible_devices"]) <= {"0", "1"}  # Ray pinned each trial to one of the declared GPUs
+    import pandas as pd
+
+    assert len(pd.read_csv(tmp_path / RAY_CSV)) == 4
+
+
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
     from harness.runner.ray_backend import run_ray
 
