@@ -759,3 +759,16 @@ def test_optuna_cpu_only_machine_runs_cpu_workers(tmp_path):
     df = ok_records(tmp_path).drop_duplicates("trial_key")
     assert df["trial_key"].nunique() == 3 and set(df["cuda_visible_devices"]) == {""}
     assert os.getpid() not in set(df["pid"])
+
+
+def test_local_grid_runs_in_parallel_workers_pinned_to_their_gpus(tmp_path):
+    from harness.runner import run_sweep
+
+    spec = make_spec("lpinned", grid={"train.lr": [0.01, 0.02, 0.03, 0.04]})
+    run_sweep(spec, backend="local", results_dir=tmp_path, quiet=True, trial_fn=FAKE, gpus="4,6")
+    df = ok_records(tmp_path / "lpinned").drop_duplicates("trial_key")
+    assert df["trial_key"].nunique() == 4 and set(df["backend"]) == {"local"}
+    assert set(df["cuda_visible_devices"]) <= {"4", "6"} and os.getpid() not in set(df["pid"])
+    assert (df.groupby("pid")["cuda_visible_devices"].nunique() == 1).all()
+    run_sweep(spec, backend="local", results_dir=tmp_path, quiet=True, trial_fn=FAKE, workers=2)  # resume: no-op
+    assert ResultStore(tmp_path / "lpinned").dataframe()["trial_key"].nunique() == 4
