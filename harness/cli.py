@@ -223,10 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--backend", choices=backend_names(), help="override the spec's backend")
     _add_set(sw)
     sw.add_argument("--results-dir", default="results", help="where sweep folders go (default: results)")
-    sw.add_argument("--workers", type=int, help="optuna: worker processes on the study (default: one per GPU)")
-    sw.add_argument("--gpus", help="optuna: GPUs the workers are pinned to, e.g. 0,1,2,3 (default: every visible "
-                    "GPU; 'none': CPU workers)")
-    sw.add_argument("--trials-per-gpu", type=int, help="optuna: trials sharing one GPU (default 1)")
+    sw.add_argument("--workers", type=int, help="local, optuna: worker processes (default: one per GPU)")
+    sw.add_argument("--gpus", help="local, optuna: GPUs the workers are pinned to, e.g. 0,1,2,3 (default: every "
+                    "visible GPU; 'none': CPU workers)")
+    sw.add_argument("--trials-per-gpu", type=int, help="local, optuna: trials sharing one GPU (default 1)")
     sw.add_argument("--storage", help="optuna: study storage URL shared by several nodes, e.g. "
                     "postgresql://user:pw@host/db (default: SQLite in the results folder)")
     sw.add_argument("--stale-after", type=int, help="optuna: seconds without a heartbeat after which a stopped "
