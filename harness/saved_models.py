@@ -137,8 +137,8 @@ def load_method(saved: SavedModel, cfg: TrialConfig | None = None, *,
     from methods import create_method
 
     cfg = cfg or saved.config
-    # the weights replace any initialisation: never read a pretrained file named by the card
-    cfg = cfg.with_overrides({"model.pretrained_file": None}, where=str(saved.weights))
+    # the weights replace any initialisation: never load (or download) the pretrained weights the card names
+    cfg = cfg.with_overrides({"model.pretrained": None, "model.pretrained_file": None}, where=str(saved.weights))
     method = create_method(cfg, saved.num_classes, saved.num_cameras)
     try:
         tensors = load_file(str(saved.weights), device="cpu")

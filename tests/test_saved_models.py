@@ -47,7 +47,9 @@ def test_save_and_reload_gives_identical_test_features(tiny_config, tmp_path):
     assert header["__metadata__"]["trial_key"] == "abc123"
 
     saved = read_model(weights.with_suffix(".json"))  # the card names the model as well
-    loaded = load_method(saved)
+    # pretrained weights named by the card are neither needed nor fetched: the saved weights replace them
+    loaded = load_method(saved, saved.config.with_overrides({"model.pretrained": "imagenet",
+                                                             "model.pretrained_file": "/nowhere/resnet.pth"}))
     x = torch.randn(6, 3, 64, 32)
     modality = torch.tensor([0, 0, 0, 1, 1, 1])
     with torch.inference_mode():
