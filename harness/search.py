@@ -18,7 +18,8 @@ import itertools
 import json
 import math
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from harness.config import TrialConfig
 from harness.errors import ConfigError, check_int
@@ -113,7 +114,7 @@ def grid_values(where: str, dist: dict[str, Any]) -> list[Any]:
     if not step:
         raise ConfigError(f"{where}: sampler grid needs a 'step' for a {kind} distribution (or use categorical)")
     low, high, step = float(dist["low"]), float(dist["high"]), float(step)
-    count = int(math.floor((high - low) / step + 1e-9)) + 1
+    count = math.floor((high - low) / step + 1e-9) + 1
     if count > MAX_GRID_POINTS:
         raise ConfigError(f"{where}: {count:,} grid values; the limit is {MAX_GRID_POINTS:,}")
     return [round(low + i * step, 12) for i in range(count)]

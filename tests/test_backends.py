@@ -16,10 +16,15 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from harness.errors import ConfigError, HarnessError  # noqa: E402  (after the optuna check)
+from harness.errors import ConfigError, HarnessError
 from harness.results import ResultStore
 from harness.runner.optuna_backend.driver import run_optuna, worker_command, write_job
-from harness.runner.optuna_backend.job import PARETO_CSV, STUDY_FILE, TRIALS_CSV, OptunaJob
+from harness.runner.optuna_backend.job import (
+    PARETO_CSV,
+    STUDY_FILE,
+    TRIALS_CSV,
+    OptunaJob,
+)
 from harness.runner.optuna_backend.study import prepare_study
 from harness.sweep import parse_spec
 from harness.trial import TrialResult, config_key
@@ -433,7 +438,8 @@ def test_ray_gpus_per_trial_that_cannot_be_met_are_refused(cluster, per_trial, m
 @pytest.mark.ray
 @pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
 def test_ray_half_a_gpu_per_trial_on_a_local_ray_with_declared_gpus(tmp_path, monkeypatch):
-    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV, run_ray
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV
+    from harness.runner.ray_backend import run_ray
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # Ray refuses declared GPUs that an empty list hides
 
@@ -458,7 +464,8 @@ def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
 @pytest.mark.ray
 @pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
 def test_ray_grid_runs_every_point_and_resumes(tmp_path):
-    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV, run_ray
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV
+    from harness.runner.ray_backend import run_ray
 
     spec = make_spec("rgrid", grid={"train.lr": [0.01, 0.02, 0.03]})
     run_ray(spec, tmp_path, quiet=True, trial_fn=FAKE, num_cpus=2)
@@ -483,7 +490,8 @@ def test_ray_grid_runs_every_point_and_resumes(tmp_path):
 @pytest.mark.ray
 @pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
 def test_ray_search_records_sampled_trials_and_asha_stops(tmp_path):
-    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV, run_ray
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV
+    from harness.runner.ray_backend import run_ray
 
     spec = make_spec("rsearch", search={"space": LR_SPACE, "n_trials": 3, "sampler": "tpe", "pruner": "median"})
     run_ray(spec, tmp_path, quiet=True, trial_fn=FAKE, num_cpus=2)
@@ -555,7 +563,8 @@ def test_ray_tables_mark_the_pareto_front(tmp_path):
 
     import pandas as pd
 
-    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV, _write_tables
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV
+    from harness.runner.ray_backend import _write_tables
 
     rng = np.random.default_rng(3)
     accuracy = rng.uniform(0, 100, 30).round(0)  # more memory buys accuracy, with scatter: a staircase front

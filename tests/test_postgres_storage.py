@@ -19,11 +19,11 @@ import pytest
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("psycopg2", reason="psycopg2-binary is in the test extra: pip install -e '.[test]'")
 
-from harness.results import ResultStore  # noqa: E402
-from harness.runner.optuna_backend.driver import run_optuna, worker_command, write_job  # noqa: E402
-from harness.runner.optuna_backend.job import OptunaJob  # noqa: E402
-from harness.runner.optuna_backend.study import prepare_study  # noqa: E402
-from tests.test_backends import BLOCK_ENV, FAKE, REPO, make_spec  # noqa: E402
+from harness.results import ResultStore
+from harness.runner.optuna_backend.driver import run_optuna, worker_command, write_job
+from harness.runner.optuna_backend.job import OptunaJob
+from harness.runner.optuna_backend.study import prepare_study
+from tests.test_backends import BLOCK_ENV, FAKE, REPO, make_spec
 
 
 def _binaries() -> Path | None:
@@ -63,7 +63,8 @@ def postgres_url():
     try:
         yield f"postgresql+psycopg2://vireid@/postgres?host={folder}&port={port}"
     finally:
-        subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **run_as)
+        subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], check=False, capture_output=True,
+                       **run_as)
         shutil.rmtree(folder, ignore_errors=True)
 
 

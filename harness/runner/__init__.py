@@ -6,7 +6,13 @@ records to the sweep's store in one transaction and only then drops the trial's 
 """
 
 from harness.runner.common import execute_trial
-from harness.runner.registry import Backend, SweepRequest, backend_names, get_backend, register_backend
+from harness.runner.registry import (
+           Backend,
+           SweepRequest,
+           backend_names,
+           get_backend,
+           register_backend,
+)
 from harness.runner.run import run_sweep, sweep_folder
 
 __all__ = ["Backend", "SweepRequest", "backend_names", "execute_trial", "get_backend", "register_backend",

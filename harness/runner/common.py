@@ -9,15 +9,16 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from harness.config import TrialConfig
+from harness.curves import TENSORBOARD_FOLDER, curves_resume_file, write_tensorboard
 from harness.errors import ConfigError, InputError, TrialFailure
 from harness.results import ResultStore, TrialRecord
 from harness.saved_models import MODELS_FOLDER, save_model
-from harness.curves import TENSORBOARD_FOLDER, curves_resume_file, write_tensorboard
-from harness.trial import TrialResult, config_key, run_trial
+from harness.trial import TrialResult, run_trial
 
 FINISHED = ("ok", "failed")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
         result = run(cfg, workdir=store.folder / "checkpoints", on_epoch=on_epoch, on_iter=on_iter, extra=info)
     except (InputError, KeyboardInterrupt, *passthrough):
         raise
-    except Exception as exc:  # a crashing trial must not end the sweep
+    except Exception as exc:  # noqa: BLE001  (a crashing trial must not end the sweep)
         reason = f"{type(exc).__name__}: {exc}"
         record = {**base_record(cfg, status="failed", failure=reason, started=started, info=info),
                   "traceback": traceback.format_exc(limit=8)}

@@ -15,7 +15,12 @@ from typing import Any
 from harness.config import TrialConfig
 from harness.progress import SweepProgress
 from harness.results import ResultStore
-from harness.runner.common import FINISHED, execute_trial, resolve_trial_function, trial_function_path
+from harness.runner.common import (
+    FINISHED,
+    execute_trial,
+    resolve_trial_function,
+    trial_function_path,
+)
 from harness.runner.devices import parse_gpus, visible_gpus, worker_devices
 from harness.runner.registry import Backend, SweepRequest, register_backend
 from harness.search import swept_keys, trial_label

@@ -27,17 +27,35 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from harness.config import TrialConfig
 from harness.errors import ConfigError, EnvironmentFault, InputError, TrialFailure
-from harness.runner.common import (PROJECT_ROOT, execute_trial, finished_records, informative_value,
-                                   objective_values, resolve_trial_function, store_pruned, validation_reporter)
+from harness.runner.common import (
+    PROJECT_ROOT,
+    execute_trial,
+    finished_records,
+    informative_value,
+    objective_values,
+    resolve_trial_function,
+    store_pruned,
+    validation_reporter,
+)
 from harness.runner.registry import Backend, SweepRequest, register_backend
-from harness.search import (GRID_INDEX, check_search, objective_directions, objective_names,
-                            reports_every_epoch, search_plan, suggest_space, swept_keys, trial_label)
+from harness.search import (
+    GRID_INDEX,
+    check_search,
+    objective_directions,
+    objective_names,
+    reports_every_epoch,
+    search_plan,
+    suggest_space,
+    swept_keys,
+    trial_label,
+)
 from harness.sweep import SweepSpec
 
 RAY_MISSING = "the ray backend needs ray[tune]: pip install 'vireid-harness[ray]'"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.errors import ConfigError
 
@@ -31,7 +32,7 @@ OPTION_FLAGS = {"search": "a search: block", "workers": "--workers", "address": 
 class SweepRequest:
     """Everything a backend needs to run (or resume) one sweep; options left None were not asked for."""
 
-    spec: "SweepSpec"
+    spec: SweepSpec
     folder: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     trial_fn: Callable[..., Any] | str | None = None

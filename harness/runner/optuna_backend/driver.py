@@ -6,18 +6,33 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
 from harness.atomic import atomic_write_text
 from harness.errors import ConfigError, EnvironmentFault, check_int
-from harness.runner.common import resolve_trial_function, trial_function_path, worker_env
+from harness.runner.common import (
+    resolve_trial_function,
+    trial_function_path,
+    worker_env,
+)
 from harness.runner.devices import parse_gpus, visible_gpus, worker_devices
-from harness.runner.optuna_backend.job import HEARTBEAT_INTERVAL, JOB_FILE, STALE_AFTER, OptunaJob
+from harness.runner.optuna_backend.job import (
+    HEARTBEAT_INTERVAL,
+    JOB_FILE,
+    STALE_AFTER,
+    OptunaJob,
+)
 from harness.runner.optuna_backend.objective import display, progress_status, work
-from harness.runner.optuna_backend.study import finished_trials, open_study, prepare_study, quiet_optuna
+from harness.runner.optuna_backend.study import (
+    finished_trials,
+    open_study,
+    prepare_study,
+    quiet_optuna,
+)
 from harness.runner.optuna_backend.tables import write_study_tables
 from harness.sweep import SweepSpec
 
@@ -51,12 +66,12 @@ class ForwardSignals:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    def __enter__(self) -> "ForwardSignals":
+    def __enter__(self) -> ForwardSignals:  # noqa: PYI034
         for sig in FORWARDED_SIGNALS:
             self._saved[sig] = signal.signal(sig, self._forward)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
 
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.job}: no such job file; start sweeps with `vireid sweep`")
         job = OptunaJob.from_json(args.job.read_text())
         with quiet_optuna():
-            work(job, open_study(job, worker=args.worker, workers=args.workers))
+            work(job, open_study(job, worker=args.worker, workers=args.workers), quiet=False)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

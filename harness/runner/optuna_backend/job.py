@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.search import check_search, objective_directions, objective_names, reports_every_epoch, search_plan, \
-    swept_keys
+from harness.search import (
+    check_search,
+    objective_directions,
+    objective_names,
+    reports_every_epoch,
+    search_plan,
+    swept_keys,
+)
 from harness.sweep import SearchSpace, SweepSpec
 
 STUDY_FILE = "optuna.sqlite"
@@ -77,7 +83,7 @@ class OptunaJob:
                           indent=1, default=str)
 
     @classmethod
-    def from_json(cls, text: str) -> "OptunaJob":
+    def from_json(cls, text: str) -> OptunaJob:
         data = json.loads(text)
         spec_data = dict(data["spec"])
         if spec_data.get("search") is not None:

@@ -6,18 +6,32 @@ import gc
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from harness.errors import TrialFailure
 from harness.results import ResultStore
-from harness.runner.common import (TrialFunction, execute_trial, finished_records, informative_value, objective_values,
-                                   resolve_trial_function, store_pruned, validation_reporter)
+from harness.runner.common import (
+    TrialFunction,
+    execute_trial,
+    finished_records,
+    informative_value,
+    objective_values,
+    resolve_trial_function,
+    store_pruned,
+    validation_reporter,
+)
 from harness.runner.optuna_backend.job import OptunaJob
-from harness.runner.optuna_backend.study import (FolderLock, DatabaseLock, record_heartbeat, study_lock,
-                                                 watch_running_trials)
+from harness.runner.optuna_backend.study import (
+    DatabaseLock,
+    FolderLock,
+    record_heartbeat,
+    study_lock,
+    watch_running_trials,
+)
 from harness.search import GRID_INDEX, suggest_space, trial_label
 from harness.trial import config_key
 

@@ -6,9 +6,10 @@ import os
 import sqlite3
 import warnings
 import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -49,8 +50,8 @@ def _connect_sqlite(path: Path) -> sqlite3.Connection:
 
 def storage(job: OptunaJob) -> optuna.storages.RDBStorage:
     """The study's RDB storage (SQLite in the sweep folder, or the shared URL) with heartbeats on."""
-    common = dict(heartbeat_interval=job.heartbeat_interval, grace_period=job.grace_period,
-                  heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+    common = {"heartbeat_interval": job.heartbeat_interval, "grace_period": job.grace_period,
+              "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback()}
     if job.storage is None:
         path = job.folder / "optuna.sqlite"
         try:
@@ -61,7 +62,7 @@ def storage(job: OptunaJob) -> optuna.storages.RDBStorage:
                                    "and rerun to start the study afresh") from None
     try:
         return optuna.storages.RDBStorage(url=job.storage, **common)
-    except Exception as exc:  # driver missing, server down, bad credentials
+    except Exception as exc:  # noqa: BLE001  (driver missing, server down, bad credentials)
         raise EnvironmentFault(f"--storage {job.storage!r}: cannot open the study storage "
                                f"({type(exc).__name__}: {exc})") from None
 
@@ -131,11 +132,11 @@ class FolderLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:  # noqa: PYI034
         self.acquire()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -180,11 +181,11 @@ class DatabaseLock:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> "DatabaseLock":
+    def __enter__(self) -> DatabaseLock:  # noqa: PYI034
         self.acquire()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 

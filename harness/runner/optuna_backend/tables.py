@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 
 from harness.atomic import atomic_write_text
+from harness.results.stats import pareto_front
 from harness.runner.optuna_backend.job import PARETO_CSV, TRIALS_CSV, OptunaJob
 from harness.runner.optuna_backend.study import superseded_numbers
-from harness.results.stats import pareto_front
 from harness.search import GRID_INDEX
 
 
