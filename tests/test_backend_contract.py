@@ -151,3 +151,13 @@ def test_vireid_sweep_exits_1_listing_the_failures_when_every_trial_failed(tmp_p
     err = capsys.readouterr().err
     assert code == 1 and "every trial of sweep 'allfail' failed" in err
     assert "boom 0" in err and "boom 1" in err
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://nobody@127.0.0.1:1/none", "not a url"])
+def test_an_unreachable_or_malformed_storage_url_is_an_input_error_before_training(tmp_path, url):
+    from harness.errors import EnvironmentFault
+
+    spec = grid_spec("storage", {"train.lr": [0.01]})
+    with pytest.raises(EnvironmentFault, match="--storage"):
+        run_sweep(spec, backend="optuna", results_dir=tmp_path, quiet=True, trial_fn=FAKE, storage=url)
+    assert ResultStore(tmp_path / "storage").dataframe().empty

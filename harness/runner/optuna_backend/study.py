@@ -147,7 +147,11 @@ class DatabaseLock:
     def __init__(self, url: str, name: str) -> None:
         import sqlalchemy
 
-        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        except (sqlalchemy.exc.ArgumentError, ImportError) as exc:  # not a URL, or its driver is missing
+            raise EnvironmentFault(f"--storage {url!r}: {exc}; for PostgreSQL: pip install -e '.[postgres]'") \
+                from None
         self.dialect = self.engine.dialect.name
         if self.dialect not in ("postgresql", "mysql"):
             raise ConfigError(f"--storage: {self.dialect} URLs are not supported; use postgresql://, mysql:// or "
@@ -161,7 +165,10 @@ class DatabaseLock:
 
         if self._conn is not None:
             return
-        self._conn = self.engine.connect()
+        try:
+            self._conn = self.engine.connect()
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # server down, bad credentials, driver missing
+            raise EnvironmentFault(f"--storage {self.engine.url!r}: cannot connect ({exc.orig or exc})") from None
         if self.dialect == "postgresql":
             self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
         else:
