@@ -438,3 +438,28 @@ def test_huge_search_is_refused_within_a_second(search, fragment, tmp_path, caps
                      capsys)
     assert code == 2 and fragment in err, err
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_rerun_removes_temporaries_a_killed_run_left(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import TINY
+    from harness.atomic import _temporary_name
+    from harness.cli import main
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    checkpoints = tmp_path / "results" / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    left = checkpoints / (_temporary_name(checkpoints / "k.ckpt").replace(f".{os.getpid()}.", f".{dead.stdout.strip()}.")
+                          + ".x.ckpt")
+    left.write_bytes(b"half a checkpoint")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "method": "agw", "train": {**TINY["train"], "epochs": 1}}))
+    assert main(["run", "--config", str(config), "--results-dir", str(tmp_path / "results"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert not left.exists()
+    assert (tmp_path / "results" / "run" / "records.sqlite").is_file()
