@@ -418,8 +418,8 @@ def test_read_only_results_folder_exits_2_before_training(tmp_path, monkeypatch,
 @pytest.mark.parametrize("search, fragment", [
     ("{n_trials: 1000000000, space: {train.lr: {type: loguniform, low: 0.001, high: 0.1}}}", "search.n_trials"),
     ("{sampler: grid, space: {train.pad: {type: int, low: 0, high: 1000000000}}}", "1,000,000,001 grid values"),
-    ("{sampler: grid, space: {train.pad: {type: int, low: 0, high: 999}, train.epochs: {type: int, low: 1, "
-     "high: 999}}}", "the limit is 10,000"),
+    (("{sampler: grid, space: {train.pad: {type: int, low: 0, high: 999}, "
+      "train.epochs: {type: int, low: 1, high: 999}}}"), "the limit is 10,000"),
 ])
 def test_huge_search_is_refused_within_a_second(search, fragment, tmp_path, capsys):
     import time
@@ -446,9 +446,9 @@ def test_a_rerun_removes_temporaries_a_killed_run_left(tmp_path, capsys):
 
     import yaml
 
-    from tests.conftest import TINY
     from harness.atomic import _temporary_name
     from harness.cli import main
+    from tests.conftest import TINY
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
