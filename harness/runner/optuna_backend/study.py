@@ -220,8 +220,8 @@ def watch_running_trials(study: optuna.Study) -> list[int]:
 
 def record_heartbeat(study: optuna.Study, number: int) -> None:
     """Record trial `number`'s heartbeat now (the storage's own heartbeat thread does it every interval)."""
-    store = study._storage
-    if isinstance(store, optuna.storages.RDBStorage) and store.heartbeat_interval:
+    store = study._storage  # the RDBStorage, possibly behind Optuna's cache: both keep heartbeats
+    if getattr(store, "get_heartbeat_interval", lambda: None)():
         study_id = store.get_study_id_from_name(study.study_name)
         store.record_heartbeat(store.get_trial_id_from_study_id_trial_number(study_id, number))
 
