@@ -86,21 +86,23 @@ def _load_builtins() -> None:
 
 
 def backend_names() -> list[str]:
+    """Registered names: the built-in backends in their declared order, then any others."""
     _load_builtins()
-    return list(_BACKENDS)
+    order = {module: i for i, module in enumerate(BUILTIN_BACKEND_MODULES)}
+    return sorted(_BACKENDS, key=lambda n: order.get(_BACKENDS[n].__module__, len(order)))
 
 
 def get_backend(name: str) -> Backend:
     _load_builtins()
     if name not in _BACKENDS:
-        raise ConfigError(f"--backend: {name!r} is not one of {', '.join(_BACKENDS)}")
+        raise ConfigError(f"--backend: {name!r} is not one of {', '.join(backend_names())}")
     return _BACKENDS[name]()
 
 
 def accepting(option: str) -> list[str]:
     """Names of the backends that honour `option`."""
     _load_builtins()
-    return [n for n, cls in _BACKENDS.items() if option in cls.supports]
+    return [n for n in backend_names() if option in _BACKENDS[n].supports]
 
 
 def check_request(backend: Backend, request: SweepRequest) -> None:
