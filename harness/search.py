@@ -24,17 +24,13 @@ from typing import Any
 from harness.config import TrialConfig
 from harness.errors import ConfigError, check_int
 from harness.preflight import check_buildable
-from harness.results.metrics import ACCURACY_METRICS
+from harness.results.metrics import ACCURACY_METRICS, COST_METRICS, VALIDATION_PREFIX, objective_direction
 from harness.sweep import MAX_GRID_POINTS, SweepSpec
 
 GRID_INDEX = "grid_index"
 """The plan's key for the grid point a slot trains (an engine-internal coordinate, never a hyper-parameter)."""
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "hyperband", "none")
-VALIDATION_PREFIX = "val_"
-COST_OBJECTIVES = {"train_img_per_s": "maximize", "infer_img_per_s": "maximize", "peak_memory_mb": "minimize",
-                   "num_params": "minimize", "wall_seconds": "minimize"}
-"""Objectives that are not accuracy: throughput, memory, size, time (with their natural direction)."""
 
 
 def objective_names(spec: SweepSpec) -> list[str]:
@@ -45,11 +41,11 @@ def objective_names(spec: SweepSpec) -> list[str]:
 
 
 def objective_directions(spec: SweepSpec) -> list[str]:
-    """One direction per objective: the spec's for a single one, each metric's natural one for several."""
+    """One direction per objective: the spec's for a single one, each metric's registered one for several."""
     names = objective_names(spec)
     if len(names) == 1:
         return [spec.search.direction if spec.search else "maximize"]
-    return [COST_OBJECTIVES.get(n, "maximize") for n in names]
+    return [objective_direction(n) for n in names]
 
 
 def validation_key(objective: str) -> str | None:
@@ -157,11 +153,11 @@ def check_search(spec: SweepSpec, configs: Sequence[TrialConfig]) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"{src}: search.objectives lists a metric twice: {names}")
     for name in names:
-        if not isinstance(name, str) or not (validation_key(name) in ACCURACY_METRICS or name in COST_OBJECTIVES):
+        if not isinstance(name, str) or not (validation_key(name) in ACCURACY_METRICS or name in COST_METRICS):
             accepted = ", ".join(VALIDATION_PREFIX + m for m in ACCURACY_METRICS)
             raise ConfigError(
                 f"{src}: search objective {name!r} is not a validation metric; use one of {accepted} "
-                f"(held-out training identities) or a cost ({', '.join(COST_OBJECTIVES)}): test metrics never "
+                f"(held-out training identities) or a cost ({', '.join(COST_METRICS)}): test metrics never "
                 "select hyper-parameters")
     if any(validation_key(n) for n in names) and "data.val_identities" not in search.space:
         for i, cfg in enumerate(configs):

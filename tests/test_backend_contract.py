@@ -161,3 +161,14 @@ def test_an_unreachable_or_malformed_storage_url_is_an_input_error_before_traini
     with pytest.raises(EnvironmentFault, match="--storage"):
         run_sweep(spec, backend="optuna", results_dir=tmp_path, quiet=True, trial_fn=FAKE, storage=url)
     assert ResultStore(tmp_path / "storage").dataframe().empty
+
+
+def test_search_directions_come_from_the_metric_registry():
+    """Several objectives: each takes its metric's natural direction (costs that grow are minimised)."""
+    from harness.search import objective_directions
+
+    space = {"train.lr": {"type": "uniform", "low": 0.001, "high": 0.05}}
+    spec = parse_spec({"name": "dirs", "base": {"data": {"val_identities": 4}},
+                       "search": {"space": space, "objectives": ["val_mAP", "peak_memory_mb", "train_img_per_s",
+                                                                 "wall_seconds"]}}, source="dirs.yaml")
+    assert objective_directions(spec) == ["maximize", "minimize", "maximize", "minimize"]
