@@ -211,6 +211,9 @@ def test_optuna_nan_objective_is_a_failed_record_and_the_study_goes_on(tmp_path,
         assert t.state == expected
         assert status[lr] == ("failed" if lr == 0.09 else "ok")
     assert 0.09 in status and "not finite" in df[df["status"] == "failed"]["failure"].iloc[0]
+    failed = df[df["status"] == "failed"]
+    assert failed.groupby("trial_key").size().eq(1).all(), "one failed record per trial, like any failure"
+    assert failed["protocol"].isna().all() and set(failed["dataset"]) == {"synthetic"}  # from the config
 
 
 def test_optuna_inf_objective_is_a_failure_too(tmp_path, monkeypatch, fake):

@@ -17,6 +17,7 @@ from harness.config import TrialConfig
 from harness.curves import TENSORBOARD_FOLDER, curves_resume_file, write_tensorboard
 from harness.errors import ConfigError, InputError, TrialFailure
 from harness.results import ResultStore, TrialRecord
+from harness.results.records import IDENTITY_FIELDS
 from harness.saved_models import MODELS_FOLDER, save_model
 from harness.trial import TrialResult, run_trial
 
@@ -146,12 +147,13 @@ def store_pruned(store: ResultStore, cfg: TrialConfig, *, history: dict[int, flo
         checkpoint.unlink()
 
 
-def objective_values(store: ResultStore, key: str, records: list[dict[str, Any]],
+def objective_values(store: ResultStore, cfg: TrialConfig, records: list[dict[str, Any]],
                      objectives: Sequence[str]) -> list[float]:
-    """The objectives of a finished trial; a missing or non-finite one turns its records into failures.
+    """The objectives of a finished trial; a missing or non-finite one replaces its records by one failure.
 
     Optuna would mark NaN as FAIL but inf as COMPLETE, and a trial whose objective is not
-    finite must not look usable in the tables either.
+    finite must not look usable in the tables either. The failed record keeps the first
+    record's measurements and bookkeeping, so the offending values stay visible.
     """
     first = records[0] if records else {}
     values = [first.get(name) for name in objectives]
@@ -159,7 +161,9 @@ def objective_values(store: ResultStore, key: str, records: list[dict[str, Any]]
            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)]
     if bad:
         reason = f"objective not finite: {', '.join(bad)}"
-        store.put_trial(key, [{**r, "status": "failed", "failure": reason} for r in records])
+        kept = {k: v for k, v in first.items() if k not in IDENTITY_FIELDS}
+        record = TrialRecord.failed(cfg, reason, fields=kept).as_dict()
+        store.put_trial(record["trial_key"], [record])
         raise TrialFailure(reason)
     return [float(v) for v in values]
 

@@ -154,7 +154,7 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
         records = result.records
     metrics: dict[str, Any] = {"trial_status": "ok", "trial_key": key, "reused": reused}
     if payload["search"]:
-        metrics.update(zip(objectives, objective_values(store, key, records, objectives)))
+        metrics.update(zip(objectives, objective_values(store, cfg, records, objectives)))
     else:
         value = informative_value(records, objectives[0])
         if value is not None:

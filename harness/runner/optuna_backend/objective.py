@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from harness.config import TrialConfig
 from harness.errors import TrialFailure
 from harness.results import ResultStore
 from harness.runner.common import (
@@ -81,7 +82,7 @@ class Objective:
             raise
         if records is not None:
             trial.set_user_attr("outcome", "reused-ok")
-            return self._values(key, records, trial)
+            return self._values(cfg, records, trial)
         if self.progress is not None:
             display(self.progress.trial_started, f"trial {trial.number} {label}",
                     epochs=cfg.train.epochs)
@@ -100,16 +101,16 @@ class Objective:
         if result.status != "ok":
             trial.set_user_attr("outcome", "failed")
             raise TrialFailure(result.failure or "trial failed")
-        return self._values(key, result.records, trial)
+        return self._values(cfg, result.records, trial)
 
-    def _values(self, key: str, records: list[dict[str, Any]], trial: optuna.Trial) -> float | list[float]:
+    def _values(self, cfg: TrialConfig, records: list[dict[str, Any]], trial: optuna.Trial) -> float | list[float]:
         job = self.job
         if job.spec.search is None:  # a grid point has nothing to optimise: its value is informative only
             trial.set_user_attr("outcome", trial.user_attrs.get("outcome", "ok"))
             value = informative_value(records, job.objectives[0])
             return 0.0 if value is None else value
         try:
-            values = objective_values(self.store, key, records, job.objectives)
+            values = objective_values(self.store, cfg, records, job.objectives)
         except TrialFailure:
             trial.set_user_attr("outcome", "failed")
             raise
