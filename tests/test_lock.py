@@ -41,3 +41,13 @@ def test_lock_pins_the_stack_exactly_and_inside_the_install_ranges():
     # ranges stay ranges: the preinstalled torch 2.11 stack of the GPU machines installs without the lock
     torch = next(Requirement(s) for s in project["dependencies"] if Requirement(s).name == "torch")
     assert torch.specifier.contains("2.11.0")
+
+
+def test_ci_runs_exactly_the_readme_test_command_from_the_lock():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)
+    test_command = blocks[1].strip().splitlines()[0]
+    assert "pip install -c requirements/lock.txt" in test_command
+    assert test_command.endswith("-m pytest")
+    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
+    assert ci_lines[-1] == test_command
