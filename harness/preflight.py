@@ -24,6 +24,13 @@ def _check_network(backbone: str, height: int, width: int, non_local: bool, rati
 
 
 @functools.lru_cache(maxsize=256)
+def _check_pretrained(backbone: str, pretrained: str) -> None:
+    from methods.backbones import resolve_pretrained_tag
+
+    resolve_pretrained_tag(backbone, pretrained)  # names only: nothing is downloaded here
+
+
+@functools.lru_cache(maxsize=256)
 def _check_method(name: str) -> None:
     from methods.registry import resolve_method
 
@@ -37,6 +44,11 @@ def check_buildable(cfg: TrialConfig, where: str = "config") -> None:
         m = cfg.model
         if m.pretrained_file is not None and not os.path.isfile(m.pretrained_file):
             raise ConfigError(f"model.pretrained_file: {m.pretrained_file} is not a file")
+        if m.pretrained is not None:
+            if m.pretrained_file is not None:
+                raise ConfigError(f"model.pretrained={m.pretrained!r} and model.pretrained_file="
+                                  f"{m.pretrained_file!r}: set one of them (the file is the offline route)")
+            _check_pretrained(m.backbone, m.pretrained)
         _check_network(m.backbone, cfg.data.height, cfg.data.width, m.non_local, m.non_local_ratio, m.last_stride_one)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None

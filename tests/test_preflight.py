@@ -1,0 +1,39 @@
+"""Every grid point is checked for what only the registries know, before anything trains."""
+
+import pytest
+
+from harness.config import TrialConfig
+from harness.errors import ConfigError
+from harness.preflight import check_buildable
+
+
+def _cfg(**model):
+    return TrialConfig.from_dict({"model": {"backbone": "resnet18", **model},
+                                  "data": {"height": 64, "width": 32}})
+
+
+def test_a_pretrained_tag_of_another_architecture_is_refused_before_training():
+    with pytest.raises(ConfigError, match=r"model\.pretrained='resnet50\.tv_in1k'.*resnet18"):
+        check_buildable(_cfg(pretrained="resnet50.tv_in1k"), "spec.yaml grid point 2")
+
+
+def test_an_unknown_pretrained_tag_names_the_available_ones():
+    with pytest.raises(ConfigError, match=r"no weights 'resnet18\.bogus'.*resnet18\.tv_in1k"):
+        check_buildable(_cfg(pretrained="bogus"))
+
+
+def test_pretrained_tag_and_local_file_together_are_refused(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    with pytest.raises(ConfigError, match="set one of them"):
+        check_buildable(_cfg(pretrained="imagenet", pretrained_file=str(weights)))
+
+
+def test_a_known_tag_passes_without_touching_the_network(monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pre-run check must not open a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    check_buildable(_cfg(pretrained="tv_in1k"))
