@@ -28,6 +28,7 @@ processed together.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -36,14 +37,19 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import RerankConfig
+from harness.data.registry import get_dataset
 from harness.errors import InputError, TrialFailure, check_int
 from harness.reranking import original_distance, rerank_distance
 
 PROTOCOLS = ("sysu", "regdb", "llcm")
 
-_SYSU_CAMERAS = (1, 2, 3, 4, 5, 6)
-_SYSU_IR_INDOOR_CAMERA = 3
-_SYSU_RGB_INDOOR_CAMERA = 2
+
+@functools.cache
+def _sysu_cameras() -> tuple[tuple[int, ...], dict[int, tuple[int, ...]]]:
+    """SYSU-MM01's camera numbers and its same-scene exclusions, as its dataset description states them."""
+    sysu = get_dataset("sysu")
+    return sysu.cameras, sysu.shared_scene_cameras()
+
 
 # Elements of the (queries x gallery) block ranked at once: big enough that per-operation
 # overhead vanishes, small enough to bound memory (about 28 bytes per element are live).
@@ -295,12 +301,13 @@ class _Labels:
         q_cam = _integer_vector(q_cams, "q_cams", num_queries, "the query set", device, where)
         g_cam = _integer_vector(g_cams, "g_cams", num_gallery, "the gallery", device, where)
         if protocol == "sysu":
-            allowed = torch.tensor(_SYSU_CAMERAS, device=device)
+            cameras = _sysu_cameras()[0]
+            allowed = torch.tensor(cameras, device=device)
             for name, cams in (("q_cams", q_cam), ("g_cams", g_cam)):
                 bad = cams[~torch.isin(cams, allowed)]
                 if bad.numel():
                     raise InputError(
-                        f"{where}: {name} must be SYSU camera numbers 1..6 for protocol 'sysu' "
+                        f"{where}: {name} must be SYSU camera numbers {cameras[0]}..{cameras[-1]} for protocol 'sysu' "
                         f"(0-based cameras + 1), found {sorted(set(bad.unique().tolist()))[:5]}"
                     )
         unique_ids, codes = torch.unique(torch.cat([q_id, g_id]), return_inverse=True)
@@ -353,21 +360,26 @@ class _GalleryView:
 def _query_groups(labels: _Labels, protocol: str) -> list[tuple[torch.Tensor, _GalleryView]]:
     """(query rows, the gallery view they are ranked against) pairs.
 
-    The SYSU cam3 -> cam2 exclusion does not depend on identity, so it is applied by ranking
-    the cam3 queries against the gallery without its cam2 columns.
+    The SYSU exclusion (cam3 queries never see cam2, the visible camera of their room) does not
+    depend on identity, so it is applied by ranking those queries against the gallery without the
+    excluded columns; the other queries are ranked against the whole gallery.
     """
     device = labels.q_cam.device
     all_rows = torch.arange(labels.q_cam.shape[0], device=device)
+    groups: list[tuple[torch.Tensor, _GalleryView]] = []
+    rest = torch.ones_like(all_rows, dtype=torch.bool)
     if protocol == "sysu":
-        is_cam3 = labels.q_cam == _SYSU_IR_INDOOR_CAMERA
-        keep = labels.g_cam != _SYSU_RGB_INDOOR_CAMERA
-        if bool(is_cam3.any()) and not bool(keep.all()):
-            cam3_rows, other_rows = all_rows[is_cam3], all_rows[~is_cam3]
-            groups = [(cam3_rows, _GalleryView.build(labels, keep.nonzero().flatten(), cam3_rows.numel()))]
-            if other_rows.numel():
-                groups.append((other_rows, _GalleryView.build(labels, None, other_rows.numel())))
-            return groups
-    return [(all_rows, _GalleryView.build(labels, None, all_rows.numel()))]
+        for query_cam, excluded in _sysu_cameras()[1].items():  # one entry per shared scene, not per query
+            from_cam = labels.q_cam == query_cam
+            keep = ~torch.isin(labels.g_cam, torch.tensor(excluded, device=device))
+            if bool(from_cam.any()) and not bool(keep.all()):
+                rows = all_rows[from_cam]
+                groups.append((rows, _GalleryView.build(labels, keep.nonzero().flatten(), rows.numel())))
+                rest &= ~from_cam
+    if bool(rest.any()) or not groups:
+        rows = all_rows[rest]
+        groups.append((rows, _GalleryView.build(labels, None, rows.numel())))
+    return groups
 
 
 def _take_block(dist: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:

@@ -22,7 +22,8 @@ import torch
 from harness.atomic import atomic_path
 from harness.config import TrialConfig
 from harness.data.images import decode_images
-from harness.data.registry import cache_root, load_dataset
+from harness.data.cache_root import cache_root
+from harness.data.registry import load_dataset
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, DatasetBundle
 from harness.errors import InputError
 from harness.progress import TaskProgress

@@ -18,7 +18,8 @@ from harness.config import TrialConfig
 from harness.curves import CurveRecorder, curves_resume_file
 from harness.data.augment import normalize
 from harness.data.images import load_images
-from harness.data.registry import cache_root, load_dataset
+from harness.data.cache_root import cache_root
+from harness.data.registry import load_dataset
 from harness.data.splits import DatasetBundle, EvalProtocol
 from harness.evaluation import evaluate_trials
 from harness.results.records import TrialRecord

@@ -39,6 +39,8 @@ def test_builtin_descriptions_state_the_published_camera_facts():
     sysu, regdb, llcm = (get_dataset(name) for name in ("sysu", "regdb", "llcm"))
     # SYSU-MM01: six cameras, cam3 (indoor) and cam6 (outdoor) infrared
     assert sysu.cameras == (1, 2, 3, 4, 5, 6) and sysu.infrared_cameras() == {3, 6}
+    # ... and cam3 shares the indoor room with cam2 (the rule that drops cam2 from cam3's gallery)
+    assert sysu.shared_scene_cameras() == {3: (2,)} and regdb.shared_scene_cameras() == {2: (1,)}
     # RegDB: one dual camera, visible + thermal
     assert len(regdb.sensors) == 2 and regdb.infrared_cameras() == {2}
     # LLCM: nine cameras recording both modalities

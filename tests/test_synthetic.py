@@ -415,3 +415,14 @@ def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch: pyte
     assert synthetic.default_cache_dir() == tmp_path / "synthetic"
     monkeypatch.delenv("VIREID_CACHE")
     assert synthetic.default_cache_dir() == Path(os.path.expanduser("~")) / ".cache" / "vireid" / "synthetic"
+
+
+def test_one_cache_root_for_images_and_synthetic_trees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.config import TrialConfig
+    from harness.data.cache_root import cache_root
+
+    monkeypatch.setenv("VIREID_CACHE", str(tmp_path / "env"))
+    data = TrialConfig().data
+    assert cache_root(data) == cache_root() == tmp_path / "env" and synthetic.default_cache_dir().parent == cache_root()
+    own = TrialConfig().with_overrides({"data.cache_dir": str(tmp_path / "mine")}).data
+    assert cache_root(own) == tmp_path / "mine"

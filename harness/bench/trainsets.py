@@ -6,16 +6,18 @@ import numpy as np
 import torch
 
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, ImageSplit
+from harness.data.sysu import SYSU_SENSORS
 from harness.errors import ConfigError
 
 BENCH_NUM_CLASSES = 395  # SYSU-MM01 training identities
-BENCH_NUM_CAMERAS = 6
+BENCH_NUM_CAMERAS = len(SYSU_SENSORS)
 SYSU_TRAIN_VISIBLE, SYSU_TRAIN_INFRARED = 22_258, 11_909  # SYSU-MM01 training images
 # One SYSU-MM01 all-search evaluation pass: 3,803 infrared queries + a multi-shot gallery trial
 # (96 test identities x 4 visible cameras x 10 images).
 SYSU_EVAL_IMAGES = 3_803 + 96 * 4 * 10
-_VISIBLE_CAMERAS = np.array([0, 1, 3, 4])  # SYSU-MM01 (0-based): cam3 and cam6 are infrared
-_INFRARED_CAMERAS = np.array([2, 5])
+# SYSU-MM01's cameras of each modality, 0-based as ImageSplit.cams holds them
+_VISIBLE_CAMERAS = np.array([s.number - 1 for s in SYSU_SENSORS if not s.infrared])
+_INFRARED_CAMERAS = np.array([s.number - 1 for s in SYSU_SENSORS if s.infrared])
 
 
 def synthetic_train_set(num_identities: int, images_per_modality: int, height: int, width: int, *,

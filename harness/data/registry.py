@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from harness.data.cache_root import cache_root
 from harness.data.splits import DatasetBundle, EvalProtocol, Sensor, validation_protocol
 from harness.errors import ConfigError, InputError, check_int
 
@@ -69,6 +69,16 @@ class Dataset(ABC):
 
     def infrared_cameras(self) -> frozenset[int]:
         return frozenset(sensor.number for sensor in self.sensors if sensor.infrared)
+
+    def shared_scene_cameras(self) -> dict[int, tuple[int, ...]]:
+        """Infrared camera -> the visible cameras recording its scene (SYSU: cam3 -> cam2, one room).
+
+        A query from such an infrared camera would be matched against near-identical views, so the
+        SYSU rule ranks it without these gallery cameras.
+        """
+        return {ir.number: tuple(sorted(v.number for v in self.sensors if not v.infrared and v.scene == ir.scene))
+                for ir in self.sensors if ir.infrared
+                and any(not v.infrared and v.scene == ir.scene for v in self.sensors)}
 
     @abstractmethod
     def load(self, root: Path, cfg: DataConfig) -> DatasetBundle:
@@ -139,12 +149,6 @@ def check_dataset_name(name: str, where: str, *, synthetic_allowed: bool) -> Non
     accepted = ((SYNTHETIC,) if synthetic_allowed else ()) + names
     if name not in accepted:
         raise ConfigError(f"{where}: unknown dataset {name!r}; accepted: {', '.join(accepted)}")
-
-
-def cache_root(cfg: DataConfig) -> Path:
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir).expanduser()
-    return Path(os.environ.get("VIREID_CACHE", "~/.cache/vireid")).expanduser()
 
 
 def _require_root(cfg: DataConfig) -> Path:

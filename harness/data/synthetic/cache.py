@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Protocol
 
 from harness.atomic import atomic_directory, remove_stale_temporaries
+from harness.data.cache_root import cache_root
 from harness.data.synthetic.spec import GENERATOR_VERSION, SynthLayout, SynthSpec
 
 MARKER_NAME = ".synthetic-complete.json"
@@ -27,9 +27,8 @@ class WritableLayout(SynthLayout, Protocol):
 
 
 def default_cache_dir() -> Path:
-    """$VIREID_CACHE/synthetic, or ~/.cache/vireid/synthetic."""
-    root = os.environ.get("VIREID_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "vireid") / "synthetic"
+    """The synthetic trees' folder under the cache root ($VIREID_CACHE or ~/.cache/vireid)."""
+    return cache_root() / "synthetic"
 
 
 def cache_key(layout: SynthLayout, spec: SynthSpec) -> str:
