@@ -28,6 +28,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from harness.data.synthetic.spec import SynthSpec
 from harness.errors import ConfigError, check_int
 from harness.yaml_loader import load_yaml_text
 
@@ -145,11 +146,11 @@ class SyntheticConfig(RangeChecked):
 
     layout: str = registered("sysu", names=_dataset_names(synthetic=False))
     """Which registered dataset's layout (and so protocols) the synthetic tree is written in."""
-    num_identities: int = ranged(60, minimum=4)
-    images_per_camera: int = ranged(4, minimum=1)
-    height: int = ranged(128, minimum=32)
-    width: int = ranged(64, minimum=16)
-    seed: int = ranged(0, minimum=0, maximum=SEED_MAX)
+    num_identities: int = ranged(SynthSpec.num_identities, minimum=4)
+    images_per_camera: int = ranged(SynthSpec.images_per_camera, minimum=1)
+    height: int = ranged(SynthSpec.height, minimum=32)
+    width: int = ranged(SynthSpec.width, minimum=16)
+    seed: int = ranged(SynthSpec.seed, minimum=0, maximum=SEED_MAX)
 
 
 @dataclass

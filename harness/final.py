@@ -19,44 +19,12 @@ import numpy as np
 
 from harness.errors import ConfigError, InputError
 
+from harness.sweep import SweepSpec
+
 if TYPE_CHECKING:
     from harness.results import Report
-    from harness.sweep import SearchSpace, SweepSpec
 
-FINAL_KEYS = ("seeds", "objective", "trial", "backend")
 CHOSEN_CONFIG = "chosen.yaml"
-
-
-def check_final_block(where: str, block: Any, search: SearchSpace | None) -> dict[str, Any]:
-    """The `final:` block of a spec, validated (unknown keys, types, objective names)."""
-    from harness.errors import check_int
-    from harness.results.metrics import metric
-
-    if block is None:
-        return {}
-    if not isinstance(block, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(FINAL_KEYS)}")
-    unknown = [k for k in block if k not in FINAL_KEYS]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; accepted keys: {', '.join(FINAL_KEYS)}")
-    if search is None:
-        raise ConfigError(f"{where}: a final step needs a search block to take its best configuration from")
-    seeds = block.get("seeds")
-    if seeds is not None:
-        if not isinstance(seeds, list) or not seeds:
-            raise ConfigError(f"{where}.seeds: expected a non-empty list of seeds, got {seeds!r}")
-        for s in seeds:
-            check_int(s, f"{where}.seeds", minimum=0)
-    if "objective" in block:
-        metric(block["objective"])
-        allowed = search.objectives or [search.objective]
-        if block["objective"] not in allowed:
-            raise ConfigError(f"{where}.objective: {block['objective']!r} is not an objective of the search "
-                              f"({', '.join(allowed)})")
-    for key in ("trial", "backend"):
-        if key in block and not isinstance(block[key], str):
-            raise ConfigError(f"{where}.{key}: expected a string, got {block[key]!r}")
-    return dict(block)
 
 
 @dataclass(frozen=True)
@@ -120,7 +88,6 @@ def choose(spec: SweepSpec, folder: Path, *, trial: str | None = None) -> FinalC
 def final_spec(spec: SweepSpec, choice: FinalChoice) -> SweepSpec:
     """The final sweep: the chosen configuration on all training identities, one trial per seed."""
     from harness.config import TrialConfig
-    from harness.sweep import SweepSpec
 
     tree = json.loads(json.dumps(choice.config))
     tree["data"]["val_identities"] = 0

@@ -19,6 +19,7 @@ import torch
 from harness.atomic import atomic_path, atomic_write_text
 from harness.config import TrialConfig
 from harness.errors import ConfigError, InputError
+from harness.provenance import library_versions
 
 MODELS_FOLDER = "models"
 CARD_FORMAT = "vireid-model/1"
@@ -79,8 +80,6 @@ def save_model(folder: str | Path, key: str, trained: TrainedModel, *, info: dic
     """Write the weights and the card of one trained model; returns the weights path."""
     import safetensors
     from safetensors.torch import save_file
-
-    from harness.trial import library_versions
 
     weights, card_path = model_files(folder, key)
     with atomic_path(weights) as temporary:

@@ -11,14 +11,15 @@ from typing import Any
 
 from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
 from harness.errors import ConfigError, HarnessError, check_int
-from harness.final import check_final_block
 from harness.preflight import check_buildable
 from harness.recipes import apply_recipe
+from harness.results.metrics import metric
 
 SPEC_KEYS = ("name", "description", "recipe", "backend", "base", "grid", "search", "table", "dry_run", "keep_models", "final")
 SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
 SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "epochs_per_report",
                "objectives")
+FINAL_KEYS = ("seeds", "objective", "trial", "backend")
 TABLE_KEYS = ("group_by", "baseline", "protocol", "protocols", "published", "metrics")
 
 
@@ -144,7 +145,6 @@ def _parse_space(src: str, space: Any) -> dict[str, dict[str, Any]]:
 
 def _check_table(where: str, table: dict[str, Any]) -> None:
     """`table.group_by` names record keys or dotted config keys (never the seed); `table.metrics` registered metrics."""
-    from harness.results.metrics import metric
     from harness.results.tables import RECORD_KEYS, REPLICATE_KEYS
 
     for name in ("group_by", "metrics", "protocols"):
@@ -173,6 +173,35 @@ def _keep_models(source: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{source}: keep_models must be true or false, got {value!r}")
     return value
+
+
+def check_final_block(where: str, block: Any, search: SearchSpace | None) -> dict[str, Any]:
+    """The `final:` block of a spec (harness.final), validated (unknown keys, types, objective names)."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(FINAL_KEYS)}")
+    unknown = [k for k in block if k not in FINAL_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; accepted keys: {', '.join(FINAL_KEYS)}")
+    if search is None:
+        raise ConfigError(f"{where}: a final step needs a search block to take its best configuration from")
+    seeds = block.get("seeds")
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds:
+            raise ConfigError(f"{where}.seeds: expected a non-empty list of seeds, got {seeds!r}")
+        for s in seeds:
+            check_int(s, f"{where}.seeds", minimum=0)
+    if "objective" in block:
+        metric(block["objective"])
+        allowed = search.objectives or [search.objective]
+        if block["objective"] not in allowed:
+            raise ConfigError(f"{where}.objective: {block['objective']!r} is not an objective of the search "
+                              f"({', '.join(allowed)})")
+    for key in ("trial", "backend"):
+        if key in block and not isinstance(block[key], str):
+            raise ConfigError(f"{where}.{key}: expected a string, got {block[key]!r}")
+    return dict(block)
 
 
 def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import resource
@@ -24,24 +23,12 @@ from harness.data.splits import DatasetBundle, EvalProtocol
 from harness.evaluation import evaluate_trials
 from harness.results.records import TrialRecord
 from harness.progress import TaskProgress
+from harness.provenance import config_key, library_versions
 from harness.saved_models import TrainedModel
 from harness.errors import TrialFailure
 from harness.training import TrainData, autocast_context, build_components, prepare_run
 
 RANKS = (1, 5, 10, 20)
-
-
-def config_key(cfg: TrialConfig) -> str:
-    """Stable id of a trial's full configuration (identical configs share results and checkpoints)."""
-    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-def library_versions() -> dict[str, str]:
-    import timm
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": np.__version__}
 
 
 def device_name(device: torch.device) -> str:

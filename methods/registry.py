@@ -14,6 +14,7 @@ import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from harness.errors import ConfigError
@@ -57,10 +58,9 @@ def _load_builtin() -> None:
     global _LOADED
     if _LOADED:
         return
-    import methods
-
-    for module in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"methods.{module.name}")
+    package = __name__.rpartition(".")[0]  # the folder this module is in, found without importing it
+    for module in pkgutil.iter_modules([str(Path(__file__).resolve().parent)]):
+        importlib.import_module(f"{package}.{module.name}")
     _LOADED = True
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from harness.provenance import config_key
+
 if TYPE_CHECKING:
     from harness.config import DataConfig, TrialConfig
 
@@ -56,8 +58,6 @@ class TrialRecord:
     @classmethod
     def _from_config(cls, cfg: TrialConfig, status: Status, *, failure: str | None, protocol: str | None,
                      fields: Mapping[str, Any] | None, key: str | None = None) -> TrialRecord:
-        from harness.trial import config_key
-
         return cls(trial_key=key or config_key(cfg), status=status, method=cfg.method, backbone=cfg.model.backbone,
                    dataset=dataset_label(cfg.data), seed=cfg.seed,
                    config=json.dumps(cfg.to_dict(), sort_keys=True, default=str), failure=failure,

@@ -7,12 +7,11 @@ own key and files are byte-identical whatever the generation order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from harness.config import SyntheticConfig
 from harness.data.splits import Sensor
 from harness.errors import InputError, check_int
 
@@ -23,10 +22,6 @@ TAG_IDENTITY, TAG_SCENE, TAG_SENSOR, TAG_SAMPLE, TAG_SPLIT, TAG_MISSING = range(
 
 SynthCamera = Sensor
 """A camera of a layout as the generator sees it (number, infrared, scene)."""
-
-_DEFAULTS = {f.name: f.default for f in fields(SyntheticConfig) if f.name != "layout"}
-"""The defaults of data.synthetic (harness.config.SyntheticConfig), defined there only."""
-
 
 class SynthLayout(Protocol):
     """The facts of a real layout the generator needs; every registered Dataset provides them."""
@@ -39,13 +34,16 @@ class SynthLayout(Protocol):
 
 @dataclass(frozen=True)
 class SynthSpec:
-    """Size and randomness of a synthetic dataset; the cache key of `ensure_synthetic`."""
+    """Size and randomness of a synthetic dataset; the cache key of `ensure_synthetic`.
 
-    num_identities: int = _DEFAULTS["num_identities"]
-    images_per_camera: int = _DEFAULTS["images_per_camera"]
-    height: int = _DEFAULTS["height"]
-    width: int = _DEFAULTS["width"]
-    seed: int = _DEFAULTS["seed"]
+    These defaults are the only ones: `harness.config.SyntheticConfig` (data.synthetic) reads them.
+    """
+
+    num_identities: int = 60
+    images_per_camera: int = 4
+    height: int = 128
+    width: int = 64
+    seed: int = 0
     test_fraction: float = 0.4
     missing_camera_rate: float = 0.1
 
