@@ -108,9 +108,10 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise InputError("--published-row needs --published FILE (or --published builtin)")
     if args.published:
         published = published_by_protocol({"file": args.published, "rows": rows}, protocols)
-    print_report(write_report(args.folder, protocols=protocols, baseline=args.baseline,
+    out = args.out or args.folder[0]
+    print_report(write_report(out, protocols=protocols, baseline=args.baseline,
                               group_by=args.group_by or ["method"], metrics=args.metrics or TABLE_METRICS,
-                              published=published, plots=not args.no_plots))
+                              published=published, plots=not args.no_plots, sources=args.folder))
     return 0
 
 
@@ -253,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Rebuild the tables (Markdown, CSV, LaTeX; per protocol and one paper-style table "
                         "across protocols) and figures (PNG + PDF) from results/<sweep>/, reading its store "
                         "without modifying it.")
-    tb.add_argument("folder", help="a sweep results folder, e.g. results/ablation-synthetic")
+    tb.add_argument("folder", nargs="+", help="a sweep results folder, e.g. results/ablation-synthetic; several "
+                    "are merged into one table (e.g. each node's folder of one multi-node sweep)")
+    tb.add_argument("--out", help="where the tables and figures go (default: the first folder)")
     tb.add_argument("--protocol", nargs="+", help="protocols to tabulate, in this order (default: every recorded one)")
     tb.add_argument("--baseline", help="row (e.g. method name) to compute paired deltas against")
     tb.add_argument("--group-by", nargs="+", help="label columns: record keys or dotted config keys (default: "

@@ -378,3 +378,20 @@ def test_spec_table_block_refuses_unknown_grouping_keys_and_metrics():
         parse_spec({"name": "s", "base": TINY, "table": {"group_by": ["seed"]}})
     with pytest.raises(HarnessError, match="metrics: unknown metric 'rank2'"):
         parse_spec({"name": "s", "base": TINY, "table": {"metrics": ["rank2"]}})
+
+
+def test_records_of_several_node_folders_merge_into_one_table(tmp_path, capsys):
+    from harness.cli import main
+
+    # node A ran seeds 0-1, node B seeds 2-3 and (again) seed 1 of agw: that trial counts once
+    _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 44.0, 32.0)], name="node-a")
+    _store(tmp_path, [_record("agw", 2, 42.0, 34.0), _record("agw", 3, 46.0, 36.0),
+                      _record("agw", 1, 99.0, 99.0)], name="node-b")
+    out = tmp_path / "merged"
+    assert main(["table", str(tmp_path / "node-a"), str(tmp_path / "node-b"), "--out", str(out), "--no-plots"]) == 0
+    rows = pd.read_csv(out / "table-all-single.csv").set_index("method")
+    assert rows.loc["agw", "rank1_n"] == 4
+    assert rows.loc["agw", "rank1"] == pytest.approx((40 + 44 + 42 + 46) / 4)
+    assert not (tmp_path / "node-a" / "table.md").exists()  # sources are only read
+    assert main(["table", str(tmp_path / "node-a"), str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "nowhere" in capsys.readouterr().err

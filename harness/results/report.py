@@ -68,6 +68,41 @@ def consistency_warnings(records: pd.DataFrame) -> list[str]:
     return out
 
 
+def read_stores(folders: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Records and curves of one or more results folders, read without modifying them.
+
+    A trial stored in several folders (the same configuration run on two nodes) is counted once:
+    its records from the first folder that holds it are kept.
+    """
+    frames, curve_frames = [], []
+    for folder in folders:
+        store = ResultStore(folder)
+        if not store.path.exists():
+            raise InputError(f"{folder}: no {STORE_NAME} here; expected a sweep results folder (results/<sweep>)")
+        frames.append(store.dataframe())
+        curve_frames.append(store.curves())
+    if len(frames) == 1:
+        df, curves = frames[0], curve_frames[0]
+    else:
+        seen: set[str] = set()
+        kept = []
+        for frame in frames:
+            if frame.empty:
+                continue
+            kept.append(frame[~frame["trial_key"].isin(seen)])
+            seen |= set(frame["trial_key"])
+        df = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame()
+        non_empty = [c for c in curve_frames if not c.empty]
+        curves = (pd.concat(non_empty, ignore_index=True).drop_duplicates(["trial_key", "epoch"])
+                  if non_empty else curve_frames[0])
+        if not df.empty:
+            df["record_id"] = range(len(df))
+    if df.empty:
+        names = ", ".join(str(f) for f in folders)
+        raise InputError(f"{names}: the store holds no records yet (no trial has finished)")
+    return df, curves
+
+
 def _is_synthetic(folder: Path, summaries: Sequence[Summary]) -> bool:
     return folder.name.endswith("-dry-run") or any(s.synthetic for s in summaries)
 
@@ -75,20 +110,18 @@ def _is_synthetic(folder: Path, summaries: Sequence[Summary]) -> bool:
 def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None = None, baseline: str | None = None,
                  group_by: Sequence[str] = ("method",), metrics: Sequence[str] = TABLE_METRICS,
                  published: Published | None = None, plots: bool = True,
-                 label_columns: dict[str, str] | None = None, notes: Sequence[str] = ()) -> Report:
+                 label_columns: dict[str, str] | None = None, notes: Sequence[str] = (),
+                 sources: Sequence[str | Path] = ()) -> Report:
     """Tables (per protocol and one paper-style table across protocols) and figures of a sweep folder.
 
     `protocols` defaults to every recorded protocol. Published numbers are shown only beside rows
     measured on real data. `label_columns` adds constant label columns (e.g. which search chose a
-    configuration) and `notes` sentences to every caption.
+    configuration) and `notes` sentences to every caption. `sources` are the results folders whose
+    stores are read (default: `folder` alone); several are merged, e.g. the folders of the nodes of
+    one multi-node sweep, and the tables and figures are written to `folder`.
     """
     folder = Path(folder)
-    store = ResultStore(folder)
-    if not store.path.exists():
-        raise InputError(f"{folder}: no {STORE_NAME} here; expected a sweep results folder (results/<sweep>)")
-    df = store.dataframe()
-    if df.empty:
-        raise InputError(f"{folder}: the store holds no records yet (no trial has finished)")
+    df, curves = read_stores([Path(s) for s in sources] or [folder])
     records = expand_records(df)
     recorded = list(dict.fromkeys(records.loc[records["status"] == "ok", "protocol"].dropna()))
     protocols = [p for p in (protocols or recorded or [None])]
@@ -150,7 +183,6 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
             files += save_figure(cmc_figure(summary), folder / f"cmc{suffix}.png")
             files += save_figure(ablation_figure(summary), folder / f"ablation{suffix}.png")
             files += save_figure(throughput_figure(summary), folder / f"accuracy_vs_throughput{suffix}.png")
-        curves = store.curves()
         if not curves.empty:
             from harness.figures.curves import loss_curves_figure
 
