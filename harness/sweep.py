@@ -17,8 +17,7 @@ from harness.results.metrics import metric
 
 SPEC_KEYS = ("name", "description", "recipe", "backend", "base", "grid", "search", "table", "dry_run", "keep_models", "final")
 SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
-SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "epochs_per_report",
-               "objectives")
+SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "objectives")
 FINAL_KEYS = ("seeds", "objective", "trial", "backend")
 TABLE_KEYS = ("group_by", "baseline", "protocol", "protocols", "published", "metrics")
 
@@ -55,7 +54,7 @@ class SweepSpec:
     def __post_init__(self) -> None:
         check_sweep_name(self.name, f"{self.source}: name")
 
-    def as_dry_run(self) -> "SweepSpec":
+    def as_dry_run(self) -> SweepSpec:
         if not self.dry_run:
             raise ConfigError(f"{self.source}: --dry-run needs a 'dry_run' mapping of config overrides in the spec")
         base = TrialConfig.from_dict(self.base, where=f"{self.source}: base").with_overrides(
@@ -233,7 +232,7 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
             raise ConfigError(f"{source}: search must be a mapping")
         _check_keys(f"{source}: search", s, SEARCH_KEYS)
         search = SearchSpace(space=_parse_space(source, s.get("space")),
-                             **{k: s[k] for k in SEARCH_KEYS if k in s and k != "space" and k != "epochs_per_report"})
+                             **{k: s[k] for k in SEARCH_KEYS if k in s and k != "space"})
         if search.direction not in ("maximize", "minimize"):
             raise ConfigError(f"{source}: search.direction must be maximize or minimize")
         n_grid = math.prod(len(v) for v in grid.values())

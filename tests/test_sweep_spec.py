@@ -25,6 +25,8 @@ def test_grid_expands_cartesian_product_with_overrides():
     ({"search": {"space": {"loss.ica.sigm": {"type": "uniform", "low": 0, "high": 1}}}}, "did you mean loss.ica.sigma"),
     ({"search": {"space": {"method": {"type": "categorical"}}}}, "non-empty list 'choices'"),
     ({"table": {"baselin": "agw"}}, "unknown key 'baselin'"),
+    ({"search": {"space": {"train.lr": {"type": "uniform", "low": 0, "high": 1}}, "epochs_per_report": 2}},
+     "unknown key 'epochs_per_report'"),  # validation is reported every epoch; nothing is dropped silently
     ({"name": "a b"}, "must be letters"),
 ])
 def test_invalid_specs_are_reported_before_running(data, fragment):
