@@ -88,9 +88,8 @@ def atomic_open(target: str | Path, mode: str = "w", encoding: str | None = "utf
     """Open a temporary file for writing; it replaces `target` only if the block succeeds."""
     if "b" in mode:
         encoding = None
-    with atomic_path(target) as temporary:
-        with open(temporary, mode, encoding=encoding) as handle:
-            yield handle
+    with atomic_path(target) as temporary, open(temporary, mode, encoding=encoding) as handle:
+        yield handle
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

@@ -8,8 +8,9 @@ import json
 import os
 import sqlite3
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from harness.errors import ConfigError, HarnessError, InputError
 
@@ -33,9 +34,9 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import TrialConfig, load_yaml
     from harness.recipes import apply_recipe
-    from harness.sweep import SweepSpec, check_sweep_name
-    from harness.runner import run_sweep
     from harness.results import print_report, write_report
+    from harness.runner import run_sweep
+    from harness.sweep import SweepSpec, check_sweep_name
 
     check_sweep_name(args.name, "--name")
     base = load_yaml(args.config) if args.config else {}
@@ -54,8 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.published import published_by_protocol
-    from harness.results import TABLE_METRICS, print_report, write_report
-    from harness.results import ResultStore
+    from harness.results import TABLE_METRICS, ResultStore, print_report, write_report
     from harness.runner import run_sweep
     from harness.runner.common import sweep_failures
     from harness.sweep import load_spec

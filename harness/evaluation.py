@@ -29,8 +29,9 @@ processed together.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -291,7 +292,7 @@ class _Labels:
         protocol: str,
         device: torch.device,
         where: str,
-    ) -> "_Labels":
+    ) -> _Labels:
         if num_queries == 0 or num_gallery == 0:
             raise InputError(
                 f"{where}: needs at least one query and one gallery entry, got {num_queries} x {num_gallery}"
@@ -332,7 +333,7 @@ class _GalleryView:
     rows_per_block: int
 
     @staticmethod
-    def build(labels: _Labels, columns: torch.Tensor | None, num_rows: int) -> "_GalleryView":
+    def build(labels: _Labels, columns: torch.Tensor | None, num_rows: int) -> _GalleryView:
         code = labels.g_code if columns is None else labels.g_code[columns]
         cam = labels.g_cam if columns is None else labels.g_cam[columns]
         size = int(code.numel())

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.errors import ConfigError, InputError
-
+from harness.errors import InputError
 from harness.sweep import SweepSpec
 
 if TYPE_CHECKING:

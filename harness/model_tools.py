@@ -21,8 +21,8 @@ import torch
 
 from harness.atomic import atomic_path
 from harness.config import TrialConfig
-from harness.data.images import decode_images
 from harness.data.cache_root import cache_root
+from harness.data.images import decode_images
 from harness.data.registry import load_dataset
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, DatasetBundle
 from harness.errors import InputError

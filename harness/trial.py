@@ -6,9 +6,10 @@ import json
 import platform
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,16 +17,16 @@ import torch
 from harness.config import TrialConfig
 from harness.curves import CurveRecorder, curves_resume_file
 from harness.data.augment import normalize
-from harness.data.images import load_images
 from harness.data.cache_root import cache_root
+from harness.data.images import load_images
 from harness.data.registry import load_dataset
 from harness.data.splits import DatasetBundle, EvalProtocol
+from harness.errors import TrialFailure
 from harness.evaluation import evaluate_trials
-from harness.results.records import TrialRecord
 from harness.progress import TaskProgress
 from harness.provenance import config_key, library_versions
+from harness.results.records import TrialRecord
 from harness.saved_models import TrainedModel
-from harness.errors import TrialFailure
 from harness.training import TrainData, autocast_context, build_components, prepare_run
 
 RANKS = (1, 5, 10, 20)

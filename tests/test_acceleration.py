@@ -13,9 +13,9 @@ import os
 import pytest
 import torch
 
-from harness.training import optim as training_optim
 from harness.bench import bench_config, build_step_setup
 from harness.training import lr_factor, sgd_implementation
+from harness.training import optim as training_optim
 
 HEIGHT, WIDTH, BATCH = 32, 16, 8
 INDUCTOR_ENV = "VIREID_TEST_INDUCTOR"

@@ -12,7 +12,6 @@ from harness import evaluation
 from harness.errors import HarnessError
 from harness.evaluation import evaluate_trials, pairwise_distance, rank_metrics
 
-
 # --------------------------------------------------------------------------------------------
 # Literal reference: one query at a time, written from the protocol text
 # --------------------------------------------------------------------------------------------

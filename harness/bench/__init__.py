@@ -22,11 +22,26 @@ is free in that count), and compared with the device's dense peak where it is kn
 
 from harness.bench.epoch import EpochBenchmark, format_epoch_report, measure_epoch, run_epoch_benchmark
 from harness.bench.peaks import PEAK_TFLOPS, compute_precision, device_peak_tflops
-from harness.bench.setup import (BenchSettings, StepSetup, batch_layout, bench_config, bench_settings,
-                                 build_step_setup, parse_image_counts, parse_size)
+from harness.bench.setup import (
+                                 BenchSettings,
+                                 StepSetup,
+                                 batch_layout,
+                                 bench_config,
+                                 bench_settings,
+                                 build_step_setup,
+                                 parse_image_counts,
+                                 parse_size,
+)
 from harness.bench.step import StepBenchmark, format_report, measure_step, run_step_benchmark, training_step_flops
-from harness.bench.trainsets import (BENCH_NUM_CAMERAS, BENCH_NUM_CLASSES, SYSU_EVAL_IMAGES, SYSU_TRAIN_INFRARED,
-                                     SYSU_TRAIN_VISIBLE, sized_train_set, synthetic_train_set)
+from harness.bench.trainsets import (
+                                 BENCH_NUM_CAMERAS,
+                                 BENCH_NUM_CLASSES,
+                                 SYSU_EVAL_IMAGES,
+                                 SYSU_TRAIN_INFRARED,
+                                 SYSU_TRAIN_VISIBLE,
+                                 sized_train_set,
+                                 synthetic_train_set,
+)
 
 __all__ = [
     "BENCH_NUM_CAMERAS", "BENCH_NUM_CLASSES", "PEAK_TFLOPS", "SYSU_EVAL_IMAGES", "SYSU_TRAIN_INFRARED",

@@ -7,11 +7,19 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.bench.setup import BenchSettings, bench_config, bench_settings, build_step_setup, parse_image_counts, parse_size
+from harness.bench.setup import (
+    BenchSettings,
+    bench_config,
+    bench_settings,
+    build_step_setup,
+    parse_image_counts,
+    parse_size,
+)
 from harness.bench.trainsets import BENCH_NUM_CLASSES, SYSU_EVAL_IMAGES, SYSU_TRAIN_INFRARED, SYSU_TRAIN_VISIBLE
 from harness.config import TrialConfig
 from harness.errors import ConfigError, TrialFailure
 from harness.training import synchronize
+
 
 @dataclass
 class EpochBenchmark(BenchSettings):

@@ -8,11 +8,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.bench.trainsets import (BENCH_NUM_CAMERAS, BENCH_NUM_CLASSES, SYSU_TRAIN_INFRARED, SYSU_TRAIN_VISIBLE,
-                                     sized_train_set, synthetic_train_set)
+from harness.bench.trainsets import (
+    BENCH_NUM_CAMERAS,
+    BENCH_NUM_CLASSES,
+    SYSU_TRAIN_INFRARED,
+    SYSU_TRAIN_VISIBLE,
+    sized_train_set,
+    synthetic_train_set,
+)
 from harness.config import TrialConfig
 from harness.errors import ConfigError
-from harness.training import PhaseTimer, Trainer, TrainData, build_components, prepare_run
+from harness.training import PhaseTimer, TrainData, Trainer, build_components, prepare_run
+
 
 def parse_size(size: str) -> tuple[int, int]:
     """"288x144" -> (288, 144)."""

@@ -17,6 +17,7 @@ from harness.config import TrialConfig
 from harness.errors import ConfigError
 from harness.training import PhaseTimer, autocast_context, resolve_device, synchronize
 
+
 def training_step_flops(method: nn.Module, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor,
                         cams: torch.Tensor) -> int:
     """FLOPs of one forward + backward of `method.training_losses` (FlopCounterMode's count).

@@ -144,8 +144,8 @@ def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = No
                      protocol: str | None = None, queries: int = 6, top_k: int = 10, trial: int = 0,
                      max_points: int = 2000, quiet: bool = False) -> list[Path]:
     """Ranked lists, t-SNE and distance histograms of a saved model on one protocol's trial."""
-    from harness.data.images import load_images
     from harness.data.cache_root import cache_root
+    from harness.data.images import load_images
     from harness.evaluation import pairwise_distance
     from harness.model_tools import prepare_saved_model
     from harness.reranking import original_distance, rerank_distance

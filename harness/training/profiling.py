@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ class PhaseTimer:
 
 
 class _TimedSection:
-    __slots__ = ("timer", "phase")
+    __slots__ = ("phase", "timer")
 
     def __init__(self, timer: PhaseTimer, phase: str) -> None:
         self.timer, self.phase = timer, phase
