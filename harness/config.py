@@ -14,6 +14,7 @@ dotted key, the value and the accepted range. A key without `ranged` accepts any
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -373,10 +374,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return check_int(value, where)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -448,10 +447,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"override {text!r}: {exc}") from None
     if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" as a string
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e-3" as a string
             value = float(value)
-        except ValueError:
-            pass
     return key.strip(), value
 
 

@@ -29,7 +29,7 @@ def test_non_local_starts_as_identity(train):
 
 def brute_force_non_local(block: NonLocalBlock, x: torch.Tensor) -> torch.Tensor:
     """Per-position loops over the published formula, eval-mode batch norm written out."""
-    batch, channels, height, width = x.shape
+    batch, _channels, height, width = x.shape
     positions = [(h, w) for h in range(height) for w in range(width)]
 
     def conv1x1(conv: nn.Conv2d, vector: torch.Tensor) -> torch.Tensor:

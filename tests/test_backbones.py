@@ -107,7 +107,7 @@ def test_visible_batch_equals_plain_timm_model(name, train):
     with torch.no_grad():
         out = backbone(x, torch.zeros(4, dtype=torch.long))
         expected = as_map(name, reference.forward_features(x))
-    assert out.shape == (4, backbone.num_features) + expected.shape[2:]
+    assert out.shape == (4, backbone.num_features, *expected.shape[2:])
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 

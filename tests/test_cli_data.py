@@ -44,7 +44,7 @@ def test_data_split_prints_the_spec_draw(tmp_path, capsys):
 
 
 def test_data_synth_writes_each_layout(tmp_path, capsys):
-    for layout, args in (("sysu", ["sysu"]), ("regdb", ["regdb"]), ("llcm", ["llcm"])):
+    for layout in ("sysu", "regdb", "llcm"):
         out = tmp_path / layout
         assert main(["data", "synth", "--layout", layout, str(out), "--identities", "8", "--images-per-camera",
                      "1", "--height", "32", "--width", "16"]) == 0

@@ -415,7 +415,7 @@ def test_llcm_errors(tmp_path):
     (tree.root / "nir" / "0003" / "x.jpg").write_bytes((tree.root / tree.train["nir"][0][0]).read_bytes())
     with pytest.raises(HarnessError, match=r"x\.jpg: cannot tell the camera"):
         load_llcm(tree.root)
-    (tree.root / "idx" / "train_nir.txt").write_text("".join(f"{r} {l}\n" for r, l, _ in tree.train["nir"]))
+    (tree.root / "idx" / "train_nir.txt").write_text("".join(f"{path} {label}\n" for path, label, _ in tree.train["nir"]))
     (tree.root / "idx" / "test_id.txt").write_text("23,20,21,99")
     with pytest.raises(HarnessError, match="identity 99"):
         load_llcm(tree.root)
@@ -427,7 +427,7 @@ def test_llcm_errors(tmp_path):
 def test_validation_protocol_on_sysu(sysu_bundle):
     train = sysu_bundle.train
     remaining, protocol = validation_protocol(train, 2, seed=3, metric_protocol="sysu", trials=4)
-    remaining_again, protocol_again = validation_protocol(train, 2, seed=3, metric_protocol="sysu", trials=4)
+    _remaining_again, protocol_again = validation_protocol(train, 2, seed=3, metric_protocol="sysu", trials=4)
     assert list(protocol.gallery.paths) == list(protocol_again.gallery.paths)
     assert (protocol.trial_masks == protocol_again.trial_masks).all()
 

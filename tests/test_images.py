@@ -100,12 +100,12 @@ def test_corrupt_file_fails_and_leaves_no_cache(files, tmp_path):
     empty.write_bytes(b"")
     cache = tmp_path / "cache"
     with pytest.raises(HarnessError, match=r"broken\.jpg"):
-        load_images(files[:2] + [str(bad)] + files[2:], 8, 4, cache_dir=cache)
+        load_images([*files[:2], str(bad), *files[2:]], 8, 4, cache_dir=cache)
     assert list(cache.iterdir()) == []
     with pytest.raises(HarnessError, match=r"empty\.png.*empty"):
-        load_images([str(empty)] + files, 8, 4, cache_dir=cache)
+        load_images([str(empty), *files], 8, 4, cache_dir=cache)
     with pytest.raises(HarnessError, match=r"nothere\.png"):
-        load_images(files + [str(tmp_path / "nothere.png")], 8, 4, cache_dir=cache)
+        load_images([*files, str(tmp_path / "nothere.png")], 8, 4, cache_dir=cache)
     assert list(cache.iterdir()) == []
 
 

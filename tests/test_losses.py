@@ -563,7 +563,7 @@ def reference_wrt_authors_code(features: torch.Tensor, labels: torch.Tensor) -> 
             squared = features[i].dot(features[i]) + features[j].dot(features[j]) - 2 * features[i].dot(features[j])
             dist.append(torch.clamp(squared, min=1e-12).sqrt())
         terms = []
-        for sign, member in ((1.0, lambda j: ids[j] == ids[i]), (-1.0, lambda j: ids[j] != ids[i])):
+        for sign, member in ((1.0, lambda j, i=i: ids[j] == ids[i]), (-1.0, lambda j, i=i: ids[j] != ids[i])):
             mask = [1.0 if member(j) else 0.0 for j in range(n)]
             values = [sign * dist[j] * mask[j] for j in range(n)]
             top = max(values[j] * mask[j] for j in range(n))

@@ -82,7 +82,7 @@ def _reference_erasing_boxes(h: int, w: int, draws: int, *, p: float, area: tupl
             for _attempt in range(100):
                 target = rng.uniform(*area) * h * w
                 aspect = rng.uniform(*ratio)
-                eh, ew = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+                eh, ew = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
                 if ew < w and eh < h:
                     box = (eh, ew)
                     break

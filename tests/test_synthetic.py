@@ -125,7 +125,6 @@ def test_regdb_layout(regdb_root: Path) -> None:
 
 
 def test_llcm_layout(llcm_root: Path) -> None:
-    spec = LAYOUT_SPEC
     name_pattern = r"(\d{4})_c(\d{2})_s\d{6}_f\d{4}_(vis|nir)\.jpg"
     test_ids = _id_line(llcm_root / "idx" / "test_id.txt")
     assert len(test_ids) == 4
@@ -272,7 +271,7 @@ def _rank1_by_loop(query: np.ndarray, gallery: np.ndarray, query_ids: np.ndarray
 
 
 def test_visible_colour_varies_and_infrared_is_single_channel(gap_images, sysu_root: Path) -> None:
-    visible, visible_ids, infrared, infrared_ids = gap_images
+    visible, visible_ids, infrared, _infrared_ids = gap_images
     h, w = GAP_SPEC.height, GAP_SPEC.width
     torso = (slice(int(0.3 * h), int(0.5 * h)), slice(int(0.4 * w), int(0.6 * w)))
     per_identity = np.array([np.mean([img[torso].mean(axis=(0, 1)) for img, p in zip(visible, visible_ids) if p == pid], axis=0) for pid in range(1, 21)])

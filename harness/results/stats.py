@@ -90,10 +90,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> Pai
     if ci.n < SMALL_N:
         return PairedDifference(ci.mean, ci.n, ci.low, ci.high, sign_flip_p(d), "sign-flip")
     if ci.std == 0:  # identical differences: the t statistic is 0/0 or infinite
-        p = 1.0 if ci.mean == 0 else 0.0
-    else:
-        p = float(stats.ttest_1samp(d, 0.0).pvalue)
-    return PairedDifference(ci.mean, ci.n, ci.low, ci.high, p, "paired t")
+        return PairedDifference(ci.mean, ci.n, ci.low, ci.high, 1.0 if ci.mean == 0 else 0.0, "paired t")
+    return PairedDifference(ci.mean, ci.n, ci.low, ci.high, float(stats.ttest_1samp(d, 0.0).pvalue), "paired t")
 
 
 def significance_caption() -> str:

@@ -1,0 +1,38 @@
+"""The committed main-job reference repeats digit for digit on the library versions it names.
+
+One trial of `results/reference/ablation-synthetic` (the cheapest preset, seed 0) is retrained from
+the config stored in its record and must give exactly the stored metrics. Where the installed
+library versions differ from those the reference was made with (another torch, say), the numbers
+are not expected to repeat and the test says so instead of failing.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.config import TrialConfig
+from harness.provenance import library_versions
+from harness.results import ResultStore
+from harness.trial import run_trial
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "ablation-synthetic"
+METRICS = ("rank1", "rank10", "rank20", "mAP", "mINP")
+
+
+@pytest.mark.slow
+def test_one_trial_of_the_committed_main_job_repeats_digit_for_digit():
+    records = ResultStore(REFERENCE).dataframe()
+    ok = records[(records["status"] == "ok") & (records["method"] == "agw") & (records["seed"] == 0)]
+    assert len(ok) >= 1, "the reference holds the agw seed-0 trial"
+    stored_versions = json.loads(ok.iloc[0]["versions"])
+    installed = library_versions()
+    if stored_versions != installed:
+        pytest.skip(f"reference made with {stored_versions}, installed {installed}: "
+                    "install from requirements/lock.txt to repeat it digit for digit")
+    result = run_trial(TrialConfig.from_dict(json.loads(ok.iloc[0]["config"])))
+    assert result.status == "ok", result.failure
+    fresh = {r["protocol"]: r for r in result.records}
+    for _, stored in ok.iterrows():
+        for metric in METRICS:
+            assert fresh[stored["protocol"]][metric] == stored[metric], (stored["protocol"], metric)
