@@ -185,8 +185,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     print(run_step_benchmark(method=args.method, backbone=args.backbone, size=args.size, batch=args.batch,
                              device=args.device, steps=args.steps, warmup=args.warmup, amp=args.amp,
-                             channels_last=args.channels_last, compile=args.compile, overrides=_overrides(args.overrides),
-                             as_json=args.json))
+                             channels_last=args.channels_last, compile=args.compile,
+                             overrides=_overrides(args.overrides), as_json=args.json))
     return 0
 
 
@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True, choices=datasets, help="layout of ROOT")
     sp.add_argument("root", help="dataset root folder")
     for option in SPLIT_OPTIONS:  # each dataset states the split options it takes
-        takes = [f"{d.title}: {d.split_options[option]}" for d in map(get_dataset, datasets) if option in d.split_options]
+        takes = [f"{d.title}: {d.split_options[option]}"
+                 for d in map(get_dataset, datasets) if option in d.split_options]
         others = "" if len(takes) == len(datasets) else " (not an option of the other datasets)"
         sp.add_argument(f"--{option}", type=int if option in ("shots", "trial") else str,
                         help="; ".join(takes) + others)

@@ -343,7 +343,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+            keys = sorted(f.name for f in dataclasses.fields(tp))
+            raise ConfigError(f"{where}: expected a mapping of {keys}, got {value!r}")
         return build_dataclass(tp, value, where)
     if origin in (Union, types.UnionType):
         for option in typing.get_args(tp):

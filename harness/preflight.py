@@ -16,7 +16,8 @@ from harness.errors import ConfigError
 
 
 @functools.lru_cache(maxsize=256)
-def _check_network(backbone: str, height: int, width: int, non_local: bool, ratio: float, last_stride_one: bool) -> None:
+def _check_network(backbone: str, height: int, width: int, non_local: bool, ratio: float,
+                   last_stride_one: bool) -> None:
     from methods.agw import check_network_input
 
     check_network_input(backbone, height, width, non_local=non_local, non_local_ratio=ratio,

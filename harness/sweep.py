@@ -15,7 +15,8 @@ from harness.preflight import check_buildable
 from harness.recipes import apply_recipe
 from harness.results.metrics import metric
 
-SPEC_KEYS = ("name", "description", "recipe", "backend", "base", "grid", "search", "table", "dry_run", "keep_models", "final")
+SPEC_KEYS = ("name", "description", "recipe", "backend", "base", "grid", "search", "table", "dry_run", "keep_models",
+             "final")
 SPACE_TYPES = ("uniform", "loguniform", "int", "categorical")
 SEARCH_KEYS = ("space", "n_trials", "objective", "direction", "sampler", "pruner", "workers", "objectives")
 FINAL_KEYS = ("seeds", "objective", "trial", "backend")

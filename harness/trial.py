@@ -174,7 +174,8 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
     """Train `cfg` to its final epoch and evaluate that model on every test protocol.
 
     `on_iter(epoch, step, fields)` follows each training step (`step_fields`) and each batch of
-    the final evaluation (`fields["phase"] == "evaluating"`), for progress displays. `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
+    the final evaluation (`fields["phase"] == "evaluating"`), for progress displays.
+    `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
     held-out training identities only) and may raise to stop the trial. A checkpoint in
     `workdir` is resumed from. The result carries the per-epoch training curves and, when
     successful, the final network (`trained`) for the runner to keep.

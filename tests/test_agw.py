@@ -195,7 +195,8 @@ def test_discriminator_step_moves_only_the_classifier(batchnorm_out):
     for key, value in _snapshot(extractor).items():
         torch.testing.assert_close(value, extractor_before[key], rtol=0, atol=0)
     assert all(p.grad is None for p in extractor.parameters())
-    changed = [not torch.equal(mcm.classifier.state_dict()[k], mcm_before[k]) for k in mcm_before if "num_batches" not in k]
+    changed = [not torch.equal(mcm.classifier.state_dict()[k], mcm_before[k])
+               for k in mcm_before if "num_batches" not in k]
     assert all(changed[:4])  # both linear layers moved
     assert all(p.grad is None for p in mcm.classifier.parameters())
 

@@ -178,7 +178,8 @@ def test_stem_batchnorm_statistics_come_from_its_own_modality():
         with torch.no_grad():
             conv_out = conv_copies[m](x[modality == m])
         momentum = stem["bn1"].momentum
-        torch.testing.assert_close(stem["bn1"].running_mean, momentum * conv_out.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stem["bn1"].running_mean, momentum * conv_out.mean(dim=(0, 2, 3)), rtol=1e-4,
+                                   atol=1e-6)
 
 
 def test_vit_keeps_class_token_and_position_embedding_shared():

@@ -106,7 +106,8 @@ REFUSED = [(name, option) for name in backend_names() for option in OPTION_VALUE
 def test_options_a_backend_does_not_take_are_refused_naming_the_flag(tmp_path, backend, option):
     spec = grid_spec("refused", {"train.lr": [0.01]})
     with pytest.raises(ConfigError) as err:
-        run_sweep(spec, backend=backend, results_dir=tmp_path, quiet=True, trial_fn=FAKE, **{option: OPTION_VALUES[option]})
+        run_sweep(spec, backend=backend, results_dir=tmp_path, quiet=True, trial_fn=FAKE,
+                  **{option: OPTION_VALUES[option]})
     message = str(err.value)
     assert OPTION_FLAGS[option] in message and f"the {backend} backend does not take it" in message
     assert all(other in message for other in accepting(option)) and accepting(option)

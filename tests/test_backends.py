@@ -545,7 +545,8 @@ def test_ray_outcomes_after_fit_pruned_records_and_interruptions(tmp_path):
     results = [
         SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.01}, error=None,
                         metrics={"trial_status": "ok", "val_mAP": 1.0, "done": True}),
-        SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.02}, error=RuntimeError("boom"), metrics={}),
+        SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.02}, error=RuntimeError("boom"),
+                        metrics={}),
         SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.03}, error=None,
                         metrics={"val_mAP": 0.5, "epoch": 1, "done": True, "trial_id": "t3", "time_total_s": 2.0}),
         SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.04}, error=None,

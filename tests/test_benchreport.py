@@ -77,7 +77,8 @@ def test_report_and_check_exit_code(data, tmp_path):
     assert code == 1  # the CCA target is missed
     assert out.read_text() == report
     assert "Test CPU, 2 logical CPUs" in report and "abc123 (uncommitted changes)" in report
-    cca_row = "| marginal center loss, CCA over 6 cameras vs a per-class Python loop | cpu | 4.00x | 3.00x | 3.00x | MISSED |"
+    cca_row = ("| marginal center loss, CCA over 6 cameras vs a per-class Python loop | cpu | 4.00x | 3.00x | 3.00x "
+               "| MISSED |")
     assert cca_row in report
     assert "## train step: acceleration (mclnet) (cpu)\n\nbackbone: resnet18, size: 128x64\n" in report  # shared only
     assert "128.0" in report

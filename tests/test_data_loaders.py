@@ -415,7 +415,8 @@ def test_llcm_errors(tmp_path):
     (tree.root / "nir" / "0003" / "x.jpg").write_bytes((tree.root / tree.train["nir"][0][0]).read_bytes())
     with pytest.raises(HarnessError, match=r"x\.jpg: cannot tell the camera"):
         load_llcm(tree.root)
-    (tree.root / "idx" / "train_nir.txt").write_text("".join(f"{path} {label}\n" for path, label, _ in tree.train["nir"]))
+    (tree.root / "idx" / "train_nir.txt").write_text(
+        "".join(f"{path} {label}\n" for path, label, _ in tree.train["nir"]))
     (tree.root / "idx" / "test_id.txt").write_text("23,20,21,99")
     with pytest.raises(HarnessError, match="identity 99"):
         load_llcm(tree.root)
@@ -469,7 +470,8 @@ def test_validation_protocol_rules_and_errors(regdb):
     one_modality = ImageSplit(train.paths, train.pids, train.cams, np.zeros(len(train), np.int64))
     with pytest.raises(HarnessError, match="both visible and infrared"):
         validation_protocol(one_modality, 1, seed=0, metric_protocol="regdb")
-    held_by_seed = {int(validation_protocol(train, 1, seed=s, metric_protocol="regdb")[1].query.pids[0]) for s in range(10)}
+    held_by_seed = {int(validation_protocol(train, 1, seed=s, metric_protocol="regdb")[1].query.pids[0])
+                    for s in range(10)}
     assert len(held_by_seed) > 1  # the seed picks the held-out ids
 
 

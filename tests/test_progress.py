@@ -34,7 +34,8 @@ def test_plain_lines_are_timestamped_and_rate_bounded():
 
 def test_sweep_progress_in_a_log_shows_trials_and_bounded_step_lines():
     out, clock = io.StringIO(), Clock()
-    progress = SweepProgress(total=2, title="demo", plain=True, lines=PlainLines(interval=30.0, stream=out, clock=clock))
+    progress = SweepProgress(total=2, title="demo", plain=True,
+                             lines=PlainLines(interval=30.0, stream=out, clock=clock))
     with progress:
         progress.trial_started("agw seed=0", epochs=2)
         images = 0
@@ -77,7 +78,8 @@ def test_task_progress_writes_a_final_line_with_the_count():
 
 def test_evaluation_progress_in_a_log():
     out, clock = io.StringIO(), Clock()
-    progress = SweepProgress(total=1, title="demo", plain=True, lines=PlainLines(interval=30.0, stream=out, clock=clock))
+    progress = SweepProgress(total=1, title="demo", plain=True,
+                             lines=PlainLines(interval=30.0, stream=out, clock=clock))
     progress.trial_started("agw seed=0", epochs=1)
     clock.now = 40.0
     progress.iteration(1, 63, {"phase": "evaluating", "steps": 200})

@@ -454,8 +454,8 @@ def test_a_rerun_removes_temporaries_a_killed_run_left(tmp_path, capsys):
                           check=True)
     checkpoints = tmp_path / "results" / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    left = checkpoints / (_temporary_name(checkpoints / "k.ckpt").replace(f".{os.getpid()}.", f".{dead.stdout.strip()}.")
-                          + ".x.ckpt")
+    stem = _temporary_name(checkpoints / "k.ckpt").replace(f".{os.getpid()}.", f".{dead.stdout.strip()}.")
+    left = checkpoints / (stem + ".x.ckpt")
     left.write_bytes(b"half a checkpoint")
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "method": "agw", "train": {**TINY["train"], "epochs": 1}}))

@@ -176,7 +176,8 @@ def test_summary_statistics_failed_and_pruned_counts(tmp_path):
     ])
     s = summarise(store.dataframe(), protocol="all-single")
     rows = s.rows.set_index("method")
-    assert rows.loc["agw", "rank1"] == pytest.approx(42.0) and rows.loc["agw", "rank1_std"] == pytest.approx(math.sqrt(8))
+    assert rows.loc["agw", "rank1"] == pytest.approx(42.0)
+    assert rows.loc["agw", "rank1_std"] == pytest.approx(math.sqrt(8))
     assert rows.loc["mclnet", "rank1_std"] == pytest.approx(3.0) and rows.loc["mclnet", "n"] == 3
     assert (rows.loc["agw", "n"], rows.loc["agw", "failed"], rows.loc["agw", "pruned"]) == (2, 1, 1)
     assert rows.loc["agw", "rank1_gallery_std"] == pytest.approx(1.5)  # gallery spread kept apart from seeds

@@ -97,7 +97,8 @@ def test_regdb_layout(regdb_root: Path) -> None:
             with Image.open(files[0]) as image:
                 assert image.format == "BMP" and image.mode == mode and image.size == (spec.width, spec.height)
 
-    expected = {f"{part}_{m}_{t}.txt" for part in ("train", "test") for m in ("visible", "thermal") for t in range(1, 11)}
+    expected = {f"{part}_{m}_{t}.txt"
+                for part in ("train", "test") for m in ("visible", "thermal") for t in range(1, 11)}
     assert {p.name for p in (regdb_root / "idx").iterdir()} == expected
     splits = []
     for trial in range(1, 11):
@@ -262,7 +263,8 @@ def _colour_histogram(image: np.ndarray, bins: int = 4) -> np.ndarray:
     return hist / hist.sum()
 
 
-def _rank1_by_loop(query: np.ndarray, gallery: np.ndarray, query_ids: np.ndarray, gallery_ids: np.ndarray, distance) -> float:
+def _rank1_by_loop(query: np.ndarray, gallery: np.ndarray, query_ids: np.ndarray, gallery_ids: np.ndarray,
+                   distance) -> float:
     hits = 0
     for q, qid in zip(query, query_ids):
         best = min(range(len(gallery)), key=lambda j: distance(q, gallery[j]))
@@ -274,7 +276,8 @@ def test_visible_colour_varies_and_infrared_is_single_channel(gap_images, sysu_r
     visible, visible_ids, infrared, _infrared_ids = gap_images
     h, w = GAP_SPEC.height, GAP_SPEC.width
     torso = (slice(int(0.3 * h), int(0.5 * h)), slice(int(0.4 * w), int(0.6 * w)))
-    per_identity = np.array([np.mean([img[torso].mean(axis=(0, 1)) for img, p in zip(visible, visible_ids) if p == pid], axis=0) for pid in range(1, 21)])
+    per_identity = np.array([np.mean([img[torso].mean(axis=(0, 1)) for img, p in zip(visible, visible_ids) if p == pid],
+                                     axis=0) for pid in range(1, 21)])
     assert per_identity.shape == (20, 3)
     chroma = per_identity - per_identity.mean(axis=1, keepdims=True)
     assert per_identity.std(axis=0).min() > 0.08, "garment colour hardly varies across identities"
@@ -296,7 +299,8 @@ def test_identity_survives_in_infrared_but_colour_does_not(gap_images) -> None:
     for crop in (lambda x: x, _garment_crop):
         colour_q = np.stack([_colour_histogram(crop(x)) for x in infrared])
         colour_g = np.stack([_colour_histogram(crop(x)) for x in visible])
-        colour_rank1 = _rank1_by_loop(colour_q, colour_g, infrared_ids, visible_ids, lambda a, b: float(np.abs(a - b).sum()))
+        colour_rank1 = _rank1_by_loop(colour_q, colour_g, infrared_ids, visible_ids,
+                                      lambda a, b: float(np.abs(a - b).sum()))
         assert colour_rank1 <= 2 * chance, (colour_rank1, chance)
         assert shape_rank1 >= colour_rank1 + 0.1
 
@@ -305,9 +309,11 @@ def test_colour_identifies_within_visible(gap_images) -> None:
     # Garment colour carries identity between visible cameras; only the infrared cameras lose it.
     visible, visible_ids, _, _ = gap_images
     hist = np.stack([_colour_histogram(_garment_crop(x)) for x in visible])
-    cameras = np.array([c.number for c in SYSU_CAMERAS if not c.infrared for _ in range(GAP_SPEC.images_per_camera)] * GAP_SPEC.num_identities)
+    one_identity = [c.number for c in SYSU_CAMERAS if not c.infrared for _ in range(GAP_SPEC.images_per_camera)]
+    cameras = np.array(one_identity * GAP_SPEC.num_identities)
     query, gallery = cameras == 1, cameras != 1
-    rank1 = _rank1_by_loop(hist[query], hist[gallery], visible_ids[query], visible_ids[gallery], lambda a, b: float(np.abs(a - b).sum()))
+    rank1 = _rank1_by_loop(hist[query], hist[gallery], visible_ids[query], visible_ids[gallery],
+                           lambda a, b: float(np.abs(a - b).sum()))
     assert rank1 >= 0.5, rank1
 
 
@@ -384,7 +390,8 @@ def test_ensure_synthetic_reuses_a_complete_tree(tmp_path: Path) -> None:
     second = ensure_synthetic(REGDB, CACHE_SPEC, tmp_path)
     assert second == first and (marker.stat().st_mtime_ns, image.stat().st_mtime_ns) == stamps
     assert [p.name for p in tmp_path.iterdir()] == [first.name], "temporary folders were left behind"
-    other = ensure_synthetic(REGDB, SynthSpec(num_identities=5, images_per_camera=1, height=32, width=16, seed=2), tmp_path)
+    other = ensure_synthetic(REGDB, SynthSpec(num_identities=5, images_per_camera=1, height=32, width=16, seed=2),
+                             tmp_path)
     assert other != first and other.parent == first.parent
 
 
@@ -398,7 +405,8 @@ def test_partial_tree_without_marker_is_regenerated(tmp_path: Path) -> None:
     assert (root / "exp" / "test_id.txt").is_file()
 
 
-def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     def write_half_then_fail(self, out: Path, spec: SynthSpec) -> Path:
         (out / "cam1").mkdir()
         raise KeyboardInterrupt

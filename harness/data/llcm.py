@@ -210,8 +210,10 @@ class LLCM(Dataset):
     title = "LLCM"
     sensors = LLCM_SENSORS
     synthetic_code = 3
-    config_keys: ClassVar[dict[str, str]] = {"gallery_trials": "seeded draws per direction (random.Random(t), t = 0..trials-1)"}
-    split_options: ClassVar[dict[str, str]] = {"direction": "ir2vis | vis2ir (default ir2vis)", "trial": "draw t >= 0 (default 0)"}
+    config_keys: ClassVar[dict[str, str]] = {
+        "gallery_trials": "seeded draws per direction (random.Random(t), t = 0..trials-1)"}
+    split_options: ClassVar[dict[str, str]] = {"direction": "ir2vis | vis2ir (default ir2vis)",
+                                               "trial": "draw t >= 0 (default 0)"}
     splits = ("Train from idx/train_vis.txt and idx/train_nir.txt (labels relabelled 0..K-1); test ids "
               "idx/test_id.txt under test_vis/ and test_nir/; ir2vis and vis2ir as the official test code.")
     validation_metric = "regdb"
@@ -285,7 +287,8 @@ class LLCM(Dataset):
                 ]
                 write_identity_images(folder, spec, self, pid, camera, names)
                 if pid not in test_set:
-                    index_lines[camera.infrared] += [f"{modality}/{pid:04d}/{name} {train_label[pid]}\n" for name in names]
+                    index_lines[camera.infrared] += [f"{modality}/{pid:04d}/{name} {train_label[pid]}\n"
+                                                     for name in names]
         (out / "idx").mkdir()
         (out / "idx" / "train_vis.txt").write_text("".join(index_lines[False]))
         (out / "idx" / "train_nir.txt").write_text("".join(index_lines[True]))

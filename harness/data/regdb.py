@@ -158,7 +158,8 @@ class RegDB(Dataset):
     sensors = tuple(REGDB_SENSORS.values())
     synthetic_code = 2
     config_keys: ClassVar[dict[str, str]] = {"trial": "the split 1..10 (each split trains its own model)"}
-    split_options: ClassVar[dict[str, str]] = {"trial": "split 1..10 (default 1)", "direction": "v2t | t2v (default v2t)"}
+    split_options: ClassVar[dict[str, str]] = {"trial": "split 1..10 (default 1)",
+                                               "direction": "v2t | t2v (default v2t)"}
     splits = ("Ten splits from idx/{train,test}_{visible,thermal}_<t>.txt; a split trains on its train "
               "lists (labels relabelled 0..K-1) and tests v2t and t2v on all of its test images.")
     validation_metric = "regdb"

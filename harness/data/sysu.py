@@ -236,7 +236,8 @@ class SysuMM01(Dataset):
                 for _ in folder.files
             )
         every_image = [
-            path for by_pid in layout.tree.folders.values() for folder in by_pid.values() for path in folder.file_paths()
+            path for by_pid in layout.tree.folders.values()
+            for folder in by_pid.values() for path in folder.file_paths()
         ]
         verify_images(every_image, report.problems)
 

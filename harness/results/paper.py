@@ -109,7 +109,8 @@ def _published_rows(frame: pd.DataFrame, summaries: Sequence[Summary], published
         for m in summary.metrics:
             info = metric(m)
             col = (protocol_title(summary.protocol), info.short if short else info.label)
-            numbers = published.get(summary.protocol) or (published.get(ANY_PROTOCOL, {}) if len(summaries) == 1 else {})
+            numbers = published.get(summary.protocol) or (
+                published.get(ANY_PROTOCOL, {}) if len(summaries) == 1 else {})
             values = [numbers.get(name, {}).get(m) for name in names]
             out[col] = [format_number(v, info.digits) if v is not None else "-" for v in values]
     return out

@@ -63,8 +63,8 @@ def consistency_warnings(records: pd.DataFrame) -> list[str]:
         out.append("rows of this table come from different library versions: " + "; ".join(
             f"{lib} {', '.join(v)}" for lib, v in differing.items()) + " (numbers are not comparable digit for digit)")
     if "device" in ok and ok["device"].nunique() > 1:
-        out.append("rows of this table come from different devices: " + "; ".join(sorted(ok["device"].astype(str).unique()))
-                   + " (throughput columns are not comparable)")
+        devices = "; ".join(sorted(ok["device"].astype(str).unique()))
+        out.append(f"rows of this table come from different devices: {devices} (throughput columns are not comparable)")
     return out
 
 
@@ -166,7 +166,8 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
     files += [folder / "table.md", folder / "table.tex", folder / "table.csv"]
     failures = records[records["status"] == "failed"].drop_duplicates("trial_key")
     failed_text = "".join(f"- {r['method']} seed {r['seed']}: {r['failure']}\n" for _, r in failures.iterrows())
-    markdown = paper_md + "".join("\n" + s for s in sections) + (f"\nFailed trials:\n{failed_text}" if failed_text else "")
+    markdown = (paper_md + "".join("\n" + s for s in sections)
+                + (f"\nFailed trials:\n{failed_text}" if failed_text else ""))
     if plots and importlib.util.find_spec("matplotlib") is None:
         plots = False
         markdown += "\n(plots skipped: matplotlib is not installed)\n"

@@ -140,8 +140,9 @@ class Trainer:
             self.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 -- a checkpoint that does not fit: start afresh
             self.load_state_dict(fresh)
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
             log.warning("ignoring checkpoint %s that does not fit this trial (%s: %s); the trial restarts from "
-                        "scratch", self.checkpoint_path, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                        "scratch", self.checkpoint_path, type(exc).__name__, first_line)
             return False
         return True
 

@@ -41,7 +41,8 @@ def _ellipse(X: np.ndarray, Y: np.ndarray, cx: float, cy: float, rx: float, ry: 
     return _coverage((radial - 1.0) * min(rx, ry))
 
 
-def _box(X: np.ndarray, Y: np.ndarray, cx: float, cy: float, half_w: float, half_h: float, round_r: float = 0.0) -> np.ndarray:
+def _box(X: np.ndarray, Y: np.ndarray, cx: float, cy: float, half_w: float, half_h: float,
+         round_r: float = 0.0) -> np.ndarray:
     qx = np.abs(X - cx) - half_w + round_r
     qy = np.abs(Y - cy) - half_h + round_r
     outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
@@ -54,7 +55,8 @@ def _trapezoid(X: np.ndarray, Y: np.ndarray, cx: float, y0: float, y1: float, w0
     return _coverage(np.maximum(np.abs(X - cx) - half, np.maximum(y0 - Y, Y - y1)))
 
 
-def _capsule(X: np.ndarray, Y: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], radius: float) -> tuple[np.ndarray, np.ndarray]:
+def _capsule(X: np.ndarray, Y: np.ndarray, p0: tuple[float, float], p1: tuple[float, float],
+             radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Coverage of a thick segment and the position t in [0, 1] along it."""
     dx, dy = p1[0] - p0[0], p1[1] - p0[1]
     t = np.clip(((X - p0[0]) * dx + (Y - p0[1]) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
@@ -111,8 +113,10 @@ class _Frame:
         g = self.grid(cx - half_w, cx + half_w, cy - half_h, cy + half_h)
         return None if g is None else (g[0], _box(g[1], g[2], cx, cy, half_w, half_h, round_r))
 
-    def capsule(self, p0: tuple[float, float], p1: tuple[float, float], radius: float) -> tuple[Window, np.ndarray, np.ndarray] | None:
-        g = self.grid(min(p0[0], p1[0]) - radius, max(p0[0], p1[0]) + radius, min(p0[1], p1[1]) - radius, max(p0[1], p1[1]) + radius)
+    def capsule(self, p0: tuple[float, float], p1: tuple[float, float],
+                radius: float) -> tuple[Window, np.ndarray, np.ndarray] | None:
+        g = self.grid(min(p0[0], p1[0]) - radius, max(p0[0], p1[0]) + radius, min(p0[1], p1[1]) - radius,
+                      max(p0[1], p1[1]) + radius)
         if g is None:
             return None
         alpha, t = _capsule(g[1], g[2], p0, p1, radius)
@@ -126,7 +130,8 @@ class _Canvas:
         self.image = background.copy()
         self.infrared = infrared
 
-    def paint(self, shape: Shape | None, colour: tuple[float, float, float], heat: float, shade: np.ndarray | None = None) -> None:
+    def paint(self, shape: Shape | None, colour: tuple[float, float, float], heat: float,
+              shade: np.ndarray | None = None) -> None:
         if shape is None:
             return
         window, alpha = shape
@@ -138,7 +143,8 @@ class _Canvas:
             value = np.asarray(colour) if shade is None else np.asarray(colour) * shade[window][..., None]
             target += alpha[..., None] * (value - target)
 
-    def paint_garment(self, shape: Shape | None, garment: Garment, pattern: np.ndarray | None, shade: np.ndarray | None) -> None:
+    def paint_garment(self, shape: Shape | None, garment: Garment, pattern: np.ndarray | None,
+                      shade: np.ndarray | None) -> None:
         if shape is None:
             return
         if pattern is None:
@@ -275,9 +281,11 @@ def _paint_behind_body(canvas: _Canvas, f: _Figure) -> None:
     """Long hair and backpack sit behind the body."""
     if f.ident.hair_long > 0:
         hair_bottom = f.shoulder_y + f.ident.hair_long * f.unit
-        canvas.paint(f.frame.box(f.cx, (f.head_cy + hair_bottom) / 2, f.head_rx * 1.1, (hair_bottom - f.head_cy) / 2, f.head_rx * 0.6), *f.hair)
+        canvas.paint(f.frame.box(f.cx, (f.head_cy + hair_bottom) / 2, f.head_rx * 1.1, (hair_bottom - f.head_cy) / 2,
+                                 f.head_rx * 0.6), *f.hair)
     if f.ident.bag == "backpack":
-        canvas.paint(f.frame.box(f.cx, (f.shoulder_y + f.hip_y) / 2, f.sw + 0.025 * f.ux, (f.hip_y - f.shoulder_y) * 0.4, 0.03 * f.ux), *f.bag)
+        canvas.paint(f.frame.box(f.cx, (f.shoulder_y + f.hip_y) / 2, f.sw + 0.025 * f.ux,
+                                 (f.hip_y - f.shoulder_y) * 0.4, 0.03 * f.ux), *f.bag)
 
 
 def _paint_legs(canvas: _Canvas, f: _Figure, rng: np.random.Generator) -> None:
@@ -295,14 +303,18 @@ def _paint_legs(canvas: _Canvas, f: _Figure, rng: np.random.Generator) -> None:
         if leg is not None:
             canvas.paint(leg[:2], *f.skin)
             if covered > 0:
-                canvas.paint_garment(_masked(leg, lambda w, a, t, length=length: np.clip((covered - t) * length + 0.5, 0, 1)), ident.lower, f.lower_pattern, None)
-        canvas.paint(frame.ellipse(foot[0] + side * foot_r * 0.3, foot[1] + foot_r * 0.2, foot_r * 1.25, foot_r * 0.8), ident.shoe_colour, ident.shoe_heat)
-    canvas.paint_garment(frame.box(cx, f.hip_y + 0.01 * unit, hw, 0.04 * unit, 0.01 * unit), ident.lower, f.lower_pattern, f.torso_shade)
+                trouser = _masked(leg, lambda w, a, t, length=length: np.clip((covered - t) * length + 0.5, 0, 1))
+                canvas.paint_garment(trouser, ident.lower, f.lower_pattern, None)
+        canvas.paint(frame.ellipse(foot[0] + side * foot_r * 0.3, foot[1] + foot_r * 0.2, foot_r * 1.25, foot_r * 0.8),
+                     ident.shoe_colour, ident.shoe_heat)
+    canvas.paint_garment(frame.box(cx, f.hip_y + 0.01 * unit, hw, 0.04 * unit, 0.01 * unit), ident.lower,
+                         f.lower_pattern, f.torso_shade)
     if ident.lower_kind == "skirt":
         y0, y1 = f.hip_y - 0.03 * unit, f.hip_y + 0.2 * unit
         g = frame.grid(cx - hw * 1.6, cx + hw * 1.6, y0, y1)
         if g is not None:
-            canvas.paint_garment((g[0], _trapezoid(g[1], g[2], cx, y0, y1, hw, hw * 1.6)), ident.lower, f.lower_pattern, f.torso_shade)
+            canvas.paint_garment((g[0], _trapezoid(g[1], g[2], cx, y0, y1, hw, hw * 1.6)), ident.lower,
+                                 f.lower_pattern, f.torso_shade)
 
 
 def _paint_torso(canvas: _Canvas, f: _Figure) -> None:
@@ -314,11 +326,13 @@ def _paint_torso(canvas: _Canvas, f: _Figure) -> None:
     if g is not None:
         window, gx, gy = g
         torso = _trapezoid(gx, gy, cx, shoulder_y + arm_r * 0.6, torso_bottom, sw, f.hw * 1.05)
-        shoulders, _ = _capsule(gx, gy, (cx - sw + arm_r, shoulder_y + arm_r), (cx + sw - arm_r, shoulder_y + arm_r), arm_r)
+        shoulders, _ = _capsule(gx, gy, (cx - sw + arm_r, shoulder_y + arm_r), (cx + sw - arm_r, shoulder_y + arm_r),
+                                arm_r)
         canvas.paint_garment((window, np.maximum(torso, shoulders)), f.ident.upper, f.upper_pattern, f.torso_shade)
     if f.ident.bag == "backpack":
         for side in (-1, 1):
-            canvas.paint(frame.box(cx + side * sw * 0.55, shoulder_y + 0.09 * unit, 0.012 * f.ux + 0.5, 0.09 * unit), *f.bag)
+            canvas.paint(frame.box(cx + side * sw * 0.55, shoulder_y + 0.09 * unit, 0.012 * f.ux + 0.5, 0.09 * unit),
+                         *f.bag)
 
 
 def _paint_arms(canvas: _Canvas, f: _Figure, rng: np.random.Generator) -> None:
@@ -333,16 +347,19 @@ def _paint_arms(canvas: _Canvas, f: _Figure, rng: np.random.Generator) -> None:
         arm = frame.capsule(shoulder, hand, arm_r)
         if arm is not None:
             canvas.paint(arm[:2], *f.skin)
-            sleeve = _masked(arm, lambda w, a, t, length=length: np.clip((ident.sleeve_fraction - t) * length + 0.5, 0, 1))
+            sleeve = _masked(
+                arm, lambda w, a, t, length=length: np.clip((ident.sleeve_fraction - t) * length + 0.5, 0, 1))
             canvas.paint_garment(sleeve, ident.upper, f.upper_pattern, None)
         canvas.paint(frame.ellipse(hand[0], hand[1] + arm_r * 0.4, arm_r * 1.1, arm_r * 1.35), *f.skin)
         if ident.bag == "handbag" and side == ident.bag_side:
             canvas.paint(frame.box(hand[0], hand[1] + 0.06 * unit, 0.05 * ux, 0.045 * unit, 0.01 * unit), *f.bag)
     if ident.bag == "shoulder":
         side = ident.bag_side
-        strap = frame.capsule((cx - side * f.sw * 0.6, f.shoulder_y), (cx + side * f.hw * 1.1, f.hip_y - 0.02 * unit), 0.012 * ux + 0.4)
+        strap = frame.capsule((cx - side * f.sw * 0.6, f.shoulder_y), (cx + side * f.hw * 1.1, f.hip_y - 0.02 * unit),
+                              0.012 * ux + 0.4)
         canvas.paint(None if strap is None else strap[:2], *f.bag)
-        canvas.paint(frame.box(cx + side * (f.hw + 0.035 * ux), f.hip_y + 0.02 * unit, 0.055 * ux, 0.05 * unit, 0.01 * unit), *f.bag)
+        canvas.paint(frame.box(cx + side * (f.hw + 0.035 * ux), f.hip_y + 0.02 * unit, 0.055 * ux, 0.05 * unit,
+                               0.01 * unit), *f.bag)
 
 
 def _paint_head(canvas: _Canvas, f: _Figure) -> None:
@@ -358,7 +375,8 @@ def _paint_head(canvas: _Canvas, f: _Figure) -> None:
         crown_y = head_cy - head_ry * 0.3
         crown = frame.ellipse(cx, head_cy - head_ry * 0.25, head_rx * 1.1, head_ry * 0.85)
         canvas.paint(_masked(crown, lambda w, a: np.clip(crown_y - Y[w] + 0.5, 0, 1)), *hat)
-        canvas.paint(frame.box(cx + ident.bag_side * head_rx * 0.35, head_cy - head_ry * 0.35, head_rx * 1.35, max(head_ry * 0.08, 0.6)), *hat)
+        canvas.paint(frame.box(cx + ident.bag_side * head_rx * 0.35, head_cy - head_ry * 0.35, head_rx * 1.35,
+                               max(head_ry * 0.08, 0.6)), *hat)
     elif ident.hat == "beanie":
         crown_y = head_cy - head_ry * 0.15
         crown = frame.ellipse(cx, crown_y, head_rx * 1.12, head_ry * 1.05)

@@ -56,7 +56,8 @@ class SynthSpec:
             value = getattr(self, name)
             number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
             if not number or not (0.0 <= float(value) < 1.0) or (float(value) == 0.0 and not zero_allowed):
-                raise InputError(f"SynthSpec.{name}={value!r}: expected a number in {'[0' if zero_allowed else '(0'}, 1)")
+                low = "[0" if zero_allowed else "(0"
+                raise InputError(f"SynthSpec.{name}={value!r}: expected a number in {low}, 1)")
             object.__setattr__(self, name, float(value))
 
         integer("num_identities", 4)
