@@ -22,7 +22,8 @@ class NonLocalBlock(nn.Module):
         super().__init__()
         if in_channels < 1 or inner_channels < 1:
             raise ConfigError(
-                f"NonLocalBlock needs positive channel counts; got in_channels={in_channels}, inner_channels={inner_channels}"
+                "NonLocalBlock needs positive channel counts; "
+                f"got in_channels={in_channels}, inner_channels={inner_channels}"
             )
         self.in_channels = in_channels
         self.inner_channels = inner_channels
@@ -166,7 +167,8 @@ class ReIDNet(nn.Module):
         return {"pool": pooled, "bn": bn_feature, "logits": logits}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters split for separate learning rates: backbone (+ non-local, GeM) and head (BNNeck + classifier)."""
+        """Trainable parameters split for separate learning rates: backbone (+ non-local, GeM) and head
+        (BNNeck + classifier)."""
         head_ids = {id(p) for p in self.neck.parameters()}
         backbone = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         head = [p for p in self.neck.parameters() if p.requires_grad]

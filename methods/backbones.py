@@ -58,7 +58,7 @@ class ModalityRouting:
     counts: tuple[int, ...]  # rows per modality
 
     @staticmethod
-    def from_modality(modality: torch.Tensor, batch_size: int) -> "ModalityRouting":
+    def from_modality(modality: torch.Tensor, batch_size: int) -> ModalityRouting:
         if not isinstance(modality, torch.Tensor) or modality.dim() != 1 or modality.shape[0] != batch_size:
             shape = tuple(modality.shape) if isinstance(modality, torch.Tensor) else type(modality).__name__
             raise InputError(
@@ -73,7 +73,8 @@ class ModalityRouting:
         # one host sync for validation and the split sizes together
         low_value, high_value, visible = torch.stack([low, high, (modality == 0).sum()]).tolist()
         if low_value < 0 or high_value >= MODALITY_COUNT:
-            raise InputError(f"modality values must be 0 (visible) or 1 (infrared); got values in [{low_value}, {high_value}]")
+            raise InputError(f"modality values must be 0 (visible) or 1 (infrared); "
+                             f"got values in [{low_value}, {high_value}]")
         counts = (visible, batch_size - visible)
         if 0 in counts:
             return ModalityRouting(batch_size, None, None, counts)
@@ -225,7 +226,8 @@ def find_stem_module_names(model: nn.Module) -> tuple[str, ...]:
     spec = model.group_matcher(coarse=True).get("stem")
     if spec is None:
         raise InputError(f"{type(model).__name__}.group_matcher names no 'stem': cannot build a two-stream backbone")
-    patterns = [spec] if isinstance(spec, str) else [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in spec]
+    entries = [spec] if isinstance(spec, str) else spec
+    patterns = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in entries]
     compiled = [re.compile(pattern) for pattern in patterns]
     matched = [name for name, _ in model.named_parameters() if any(p.match(name) for p in compiled)]
     owners: list[str] = []
@@ -240,7 +242,8 @@ def find_stem_module_names(model: nn.Module) -> tuple[str, ...]:
     order = list(children)
     owners.sort(key=order.index)
     if not owners:
-        raise InputError(f"the stem of {type(model).__name__} owns no module with parameters: cannot split it per modality")
+        raise InputError(f"the stem of {type(model).__name__} owns no module with parameters: "
+                         "cannot split it per modality")
     if bare_parameters:
         # tokens / position embeddings are added after the patch embedding: only that stays per modality
         owners = owners[:1]
@@ -267,13 +270,15 @@ def set_last_stride_one(model: nn.Module) -> None:
     anti-aliasing layers become identities, as timm builds them for stride 1.
     """
     if not is_resnet_family(model):
-        raise InputError(f"last_stride_one applies to ResNet-family backbones (layer1..layer4); got {type(model).__name__}")
+        raise InputError("last_stride_one applies to ResNet-family backbones (layer1..layer4); "
+                         f"got {type(model).__name__}")
     first_block = model.layer4[0]
     replacements: list[str] = []
     for name, module in first_block.named_modules():
         if isinstance(module, nn.Conv2d):
             if any(d != 1 for d in module.dilation):
-                raise InputError(f"layer4.0.{name} uses dilation {module.dilation}; last_stride_one expects an undilated layer4")
+                raise InputError(f"layer4.0.{name} uses dilation {module.dilation}; "
+                                 "last_stride_one expects an undilated layer4")
             if any(s != 1 for s in module.stride):
                 module.stride = (1, 1)
         elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)) or name.rpartition(".")[2] == "aa":
@@ -282,7 +287,8 @@ def set_last_stride_one(model: nn.Module) -> None:
                 replacements.append(name)
         elif name and _stride_of(module) != 1:
             raise InputError(
-                f"layer4.0.{name} ({type(module).__name__}) has stride {module.stride}; last_stride_one cannot remove it"
+                f"layer4.0.{name} ({type(module).__name__}) has stride {module.stride}; "
+                "last_stride_one cannot remove it"
             )
     if hasattr(first_block, "stride"):
         first_block.stride = 1
@@ -291,9 +297,9 @@ def set_last_stride_one(model: nn.Module) -> None:
         parent = first_block.get_submodule(parent_name) if parent_name else first_block
         setattr(parent, child_name, nn.Identity())
     feature_info = getattr(model, "feature_info", None)
-    if isinstance(feature_info, list) and feature_info and isinstance(feature_info[-1], dict):
-        if feature_info[-1].get("module") == "layer4" and "reduction" in feature_info[-1]:
-            feature_info[-1]["reduction"] = feature_info[-2]["reduction"] if len(feature_info) > 1 else feature_info[-1]["reduction"]
+    last = feature_info[-1] if isinstance(feature_info, list) and feature_info else None
+    if isinstance(last, dict) and last.get("module") == "layer4" and "reduction" in last:
+        last["reduction"] = feature_info[-2]["reduction"] if len(feature_info) > 1 else last["reduction"]
 
 
 class TwoStreamBackbone(nn.Module):
@@ -312,7 +318,8 @@ class TwoStreamBackbone(nn.Module):
         self.model_name = name
         self.model = create_timm_model(name, pretrained=pretrained, pretrained_file=pretrained_file, **timm_kwargs)
         candidates = find_stem_module_names(self.model)
-        self.stem_module_names: tuple[str, ...] = tuple(c for c in candidates if _has_state(self.model.get_submodule(c)))
+        stateful = tuple(c for c in candidates if _has_state(self.model.get_submodule(c)))
+        self.stem_module_names: tuple[str, ...] = stateful
         for stem_name in self.stem_module_names:
             setattr(self.model, stem_name, ModalitySwitch(self.model.get_submodule(stem_name)))
         # last stride 1 is a ResNet re-ID convention; other families keep their strides
@@ -366,7 +373,8 @@ class TwoStreamBackbone(nn.Module):
             if grid is not None and grid[0] * grid[1] == count:
                 return tokens.transpose(1, 2).reshape(batch, channels, grid[0], grid[1])
             return tokens.transpose(1, 2).unsqueeze(-1)
-        raise InputError(f"{self.model_name!r} forward_features returned shape {tuple(features.shape)}; expected 3 or 4 dims")
+        raise InputError(f"{self.model_name!r} forward_features returned shape {tuple(features.shape)}; "
+                         "expected 3 or 4 dims")
 
     def _token_grid(self, image_size: tuple[int, int]) -> tuple[int, int] | None:
         patch_embed = getattr(self.model, "patch_embed", None)

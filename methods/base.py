@@ -18,8 +18,9 @@ part of `training_losses` (the default times nothing).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

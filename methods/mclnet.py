@@ -7,7 +7,8 @@ this space; any combination can also be written as `agw+mcm+ica+cca` etc.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,8 @@ class MCLNet(ReIDMethod):
             pool, bn = _at_least_float32(out["pool"]), _at_least_float32(out["bn"])
         losses = {}
         with phase("ce"):
-            losses["ce"] = L.ce_weight * F.cross_entropy(_at_least_float32(out["logits"]), pids, label_smoothing=L.label_smoothing)
+            losses["ce"] = L.ce_weight * F.cross_entropy(_at_least_float32(out["logits"]), pids,
+                                                         label_smoothing=L.label_smoothing)
         with phase("wrt"):
             losses["wrt"] = L.wrt_weight * wrt_loss(pool, pids, variant=L.wrt_variant)
         if self.use_mcm:

@@ -33,7 +33,8 @@ class ModalityClassifier(nn.Module):
     def __init__(self, in_dim: int = 2048, hidden: int = 128, batchnorm_out: bool = False) -> None:
         super().__init__()
         if in_dim < 1 or hidden < 1:
-            raise ConfigError(f"ModalityClassifier needs in_dim >= 1 and hidden >= 1; got in_dim={in_dim}, hidden={hidden}")
+            raise ConfigError("ModalityClassifier needs in_dim >= 1 and hidden >= 1; "
+                              f"got in_dim={in_dim}, hidden={hidden}")
         layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.Linear(hidden, 2)]
         if batchnorm_out:
             layers.append(nn.BatchNorm1d(2))

@@ -13,9 +13,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError
 
@@ -122,7 +123,7 @@ def resolve_method(name: str) -> MethodInfo:
     )
 
 
-def create_method(cfg: "TrialConfig", num_classes: int, num_cameras: int) -> "ReIDMethod":
+def create_method(cfg: TrialConfig, num_classes: int, num_cameras: int) -> ReIDMethod:
     """Build `cfg.method` from the config sections its builder declares."""
     info = resolve_method(cfg.method)
     sections = {f"{section}_cfg": getattr(cfg, section) for section in info.configs}
