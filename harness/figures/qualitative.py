@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.data.registry import get_dataset
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, ImageSplit
 from harness.errors import InputError
 from harness.figures import pyplot
@@ -34,11 +35,14 @@ def excluded_pairs(metric_protocol: str, q_ids: np.ndarray, g_ids: np.ndarray, q
                    g_cams: np.ndarray) -> np.ndarray:
     """(Q, G) gallery entries a protocol removes from a query's ranking (cameras 0-based).
 
-    SYSU-MM01: a query from cam3 never sees cam2 (both indoor); LLCM: the query's own identity
-    in the query's own camera; RegDB: nothing.
+    SYSU-MM01: a query from cam3 never sees cam2 (one room, as SYSU's sensors state it); LLCM: the
+    query's own identity in the query's own camera; RegDB: nothing.
     """
     if metric_protocol == "sysu":
-        return (q_cams[:, None] == 2) & (g_cams[None, :] == 1)
+        excluded = np.zeros((len(q_ids), len(g_ids)), dtype=bool)
+        for query_cam, gallery_cams in get_dataset("sysu").shared_scene_cameras().items():  # one per shared scene
+            excluded |= (q_cams[:, None] == query_cam - 1) & np.isin(g_cams, np.array(gallery_cams) - 1)[None, :]
+        return excluded
     if metric_protocol == "llcm":
         return (q_ids[:, None] == g_ids[None, :]) & (q_cams[:, None] == g_cams[None, :])
     return np.zeros((len(q_ids), len(g_ids)), dtype=bool)
