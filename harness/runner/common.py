@@ -93,8 +93,8 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
         raise
     except Exception as exc:  # noqa: BLE001  (a crashing trial must not end the sweep)
         reason = f"{type(exc).__name__}: {exc}"
-        record = {**base_record(cfg, status="failed", failure=reason, started=started, info=info),
-                  "traceback": traceback.format_exc(limit=8)}
+        record = base_record(cfg, status="failed", failure=reason, started=started,
+                             info={**info, "traceback": traceback.format_exc(limit=8)})
         result = TrialResult(key=record["trial_key"], status="failed", failure=reason, records=[record],
                              checkpoint=store.folder / "checkpoints" / f"{record['trial_key']}.ckpt")
     if keep_model and result.trained is not None:
@@ -139,8 +139,9 @@ def store_pruned(store: ResultStore, cfg: TrialConfig, *, history: dict[int, flo
     """A stopped trial keeps one record (status "pruned", why in "failure") and loses its checkpoint."""
     epochs = max(history) + 1 if history else 0
     reason = f"pruned after epoch {epochs}" + (f" (validation {history[epochs - 1]:.2f})" if history else "")
-    record = {**base_record(cfg, status="pruned", failure=reason, started=started, info=info), "epochs": epochs,
-              "val_history": json.dumps({str(k): v for k, v in sorted(history.items())})}
+    record = base_record(cfg, status="pruned", failure=reason, started=started,
+                         info={**info, "epochs": epochs,
+                               "val_history": json.dumps({str(k): v for k, v in sorted(history.items())})})
     store.put_trial(record["trial_key"], [record])
     checkpoint = store.folder / "checkpoints" / f"{record['trial_key']}.ckpt"
     if checkpoint.exists():
