@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import evaluation
 from harness.errors import HarnessError
 from harness.evaluation import evaluate_trials, pairwise_distance, rank_metrics
+from harness.evaluation import ranking as evaluation_internals
 
 # --------------------------------------------------------------------------------------------
 # Literal reference: one query at a time, written from the protocol text
@@ -195,7 +195,7 @@ def test_random_cases_match_reference(protocol):
 def test_small_blocks_and_late_first_match(monkeypatch, protocol):
     """Many query blocks, and first matches far behind a few frequent identities (the slow
     path of the de-duplicated CMC)."""
-    monkeypatch.setattr(evaluation, "_CPU_BLOCK_ELEMENTS", 500)  # many blocks per query set
+    monkeypatch.setattr(evaluation_internals, "_CPU_BLOCK_ELEMENTS", 500)  # many blocks per query set
     rng = np.random.default_rng(7)
     num_gallery = 300
     g_ids = np.where(rng.random(num_gallery) < 0.05, 4, rng.integers(0, 4, num_gallery))
@@ -210,7 +210,7 @@ def test_small_blocks_and_late_first_match(monkeypatch, protocol):
 
 
 def test_tiny_dedup_window_still_exact(monkeypatch):
-    monkeypatch.setattr(evaluation, "_DEDUP_FIRST_WINDOW", 1)
+    monkeypatch.setattr(evaluation_internals, "_DEDUP_FIRST_WINDOW", 1)
     rng = np.random.default_rng(11)
     case = random_case(rng, 50, 200, 30, "llcm")
     for max_rank in (1, 5, 20):
@@ -396,8 +396,8 @@ def test_trials_with_duplicate_gallery_features_keep_index_order():
 
 @pytest.mark.parametrize("protocol", ["sysu", "regdb", "llcm"])
 def test_trials_with_small_blocks_late_matches_and_a_cam2_only_trial(monkeypatch, protocol):
-    monkeypatch.setattr(evaluation, "_CPU_BLOCK_ELEMENTS", 700)
-    monkeypatch.setattr(evaluation, "_DEDUP_FIRST_WINDOW", 1)
+    monkeypatch.setattr(evaluation_internals, "_CPU_BLOCK_ELEMENTS", 700)
+    monkeypatch.setattr(evaluation_internals, "_DEDUP_FIRST_WINDOW", 1)
     rng = np.random.default_rng(29)
     num_queries, num_gallery = 40, 300
     g_ids = np.where(rng.random(num_gallery) < 0.05, 4, rng.integers(0, 4, num_gallery))
