@@ -54,6 +54,15 @@ def _is_stale(path: Path, now: float) -> bool:
         return False
 
 
+_REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _raise_if_refused(exc: OSError, target: Path) -> None:
+    """A full disk or a refused write is the environment's fault: exit 2 with a message, not a traceback."""
+    if exc.errno in _REFUSALS:
+        raise EnvironmentFault(f"{target}: cannot write ({exc.strerror}); nothing was left behind") from None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it is renamed onto `target`.
@@ -75,8 +84,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.fsync(done.fileno())
         os.replace(temporary, target)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            raise EnvironmentFault(f"{target}: cannot write ({exc.strerror}); nothing was left behind") from None
+        _raise_if_refused(exc, target)
         raise
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -142,8 +150,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         yield temporary
         os.replace(temporary, target)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            raise EnvironmentFault(f"{target}: cannot write ({exc.strerror}); nothing was left behind") from None
+        _raise_if_refused(exc, target)
         raise
     finally:
         if temporary.exists():
