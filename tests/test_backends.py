@@ -342,17 +342,9 @@ def test_optuna_rejects_bad_searches_before_running(tmp_path, fake, search, matc
 # --------------------------------------------------------------------------- optuna: worker processes
 
 
-def _env(**extra) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
-
-
-def test_optuna_killed_worker_trial_is_retried_via_heartbeat(tmp_path, fake):
-    spec = make_spec("killed", search={"space": LR_SPACE, "n_trials": 3, "sampler": "random", "pruner": "none"})
-    job = OptunaJob(spec=spec, folder=tmp_path, overrides={}, trial_fn=FAKE, heartbeat_interval=1, grace_period=2)
-    prepare_study(job)
-    block = tmp_path / "block"
-    block.write_text("")
-    worker = subprocess.Popen(worker_command(write_job(job), 0, 1), cwd=REPO, env=_env(**{BLOCK_ENV: str(block)}))
+def kill_worker_mid_trial(job: OptunaJob, block: Path, env: dict[str, str]) -> None:
+    """Start one worker process of `job`, SIGKILL it once its trial has started, and unblock the rest."""
+    worker = subprocess.Popen(worker_command(write_job(job), 0, 1), cwd=REPO, env=env)
     try:
         deadline = time.time() + 60
         while not Path(str(block) + ".started").exists():
@@ -364,6 +356,19 @@ def test_optuna_killed_worker_trial_is_retried_via_heartbeat(tmp_path, fake):
         if worker.poll() is None:
             worker.kill()
     block.unlink()
+
+
+def _env(**extra) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def test_optuna_killed_worker_trial_is_retried_via_heartbeat(tmp_path, fake):
+    spec = make_spec("killed", search={"space": LR_SPACE, "n_trials": 3, "sampler": "random", "pruner": "none"})
+    job = OptunaJob(spec=spec, folder=tmp_path, overrides={}, trial_fn=FAKE, heartbeat_interval=1, grace_period=2)
+    prepare_study(job)
+    block = tmp_path / "block"
+    block.write_text("")
+    kill_worker_mid_trial(job, block, _env(**{BLOCK_ENV: str(block)}))
     study = load(tmp_path, "killed")
     [killed] = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     run_optuna(spec, tmp_path, quiet=True, trial_fn=fake, heartbeat_interval=1, grace_period=2)

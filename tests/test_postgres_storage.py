@@ -7,11 +7,9 @@ import glob
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +18,10 @@ optuna = pytest.importorskip("optuna")
 pytest.importorskip("psycopg2", reason="psycopg2-binary is in the test extra: pip install -e '.[test]'")
 
 from harness.results import ResultStore
-from harness.runner.optuna_backend.driver import run_optuna, worker_command, write_job
+from harness.runner.optuna_backend.driver import run_optuna
 from harness.runner.optuna_backend.job import OptunaJob
 from harness.runner.optuna_backend.study import prepare_study
-from tests.test_backends import BLOCK_ENV, FAKE, REPO, make_spec
+from tests.test_backends import BLOCK_ENV, FAKE, REPO, kill_worker_mid_trial, make_spec
 
 
 def _binaries() -> Path | None:
@@ -97,18 +95,7 @@ def test_two_workers_on_one_postgres_study_exact_budget_retry_and_same_records_a
     block = tmp_path / "block"
     block.write_text("")
     env = {**os.environ, "PYTHONPATH": str(REPO), BLOCK_ENV: str(block), "CUDA_VISIBLE_DEVICES": ""}
-    worker = subprocess.Popen(worker_command(write_job(job), 0, 1), cwd=REPO, env=env)
-    try:
-        deadline = time.time() + 60
-        while not Path(str(block) + ".started").exists():
-            assert worker.poll() is None and time.time() < deadline, "worker did not start its trial"
-            time.sleep(0.05)
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait()
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    block.unlink()
+    kill_worker_mid_trial(job, block, env)
 
     run_optuna(spec, tmp_path / "pg", quiet=True, trial_fn=FAKE, workers=2, storage=postgres_url, grace_period=2)
     study = optuna.load_study(study_name="pg", storage=postgres_url)
