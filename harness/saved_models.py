@@ -28,8 +28,9 @@ CARD_SUFFIX = ".json"
 
 # Keys of a saved config that evaluating the model may change: the data it is evaluated on, how
 # the evaluation runs, and the hardware. Everything else describes the trained network.
-EVALUATION_KEY_PREFIXES = ("data.", "evaluation.", "train.device", "train.eval_batch_size", "train.amp",
-                           "train.channels_last", "train.threads")
+EVALUATION_KEY_PREFIXES = ("data.", "evaluation.", "model.test_feature", "train.device", "train.eval_batch_size",
+                           "train.amp", "train.channels_last", "train.threads")
+"""Keys an evaluation may change: the weights fit either test feature (pooled or BNNeck)."""
 
 
 @dataclass
@@ -122,8 +123,8 @@ def evaluation_config(saved: SavedModel, overrides: dict[str, Any] | None) -> Tr
     fixed = sorted(k for k in overrides if not k.startswith(EVALUATION_KEY_PREFIXES))
     if fixed:
         raise ConfigError(f"--set {', '.join(fixed)}: a saved model's network and training keys cannot change; "
-                          f"evaluation accepts data.*, evaluation.* and train.device / eval_batch_size / amp / "
-                          f"channels_last / threads")
+                          f"evaluation accepts data.*, evaluation.*, model.test_feature and train.device / "
+                          f"eval_batch_size / amp / channels_last / threads")
     return saved.config.with_overrides(overrides, where="--set")
 
 

@@ -199,3 +199,30 @@ def test_keep_models_is_a_spec_key_and_a_flag(tiny_config, tmp_path):
         kept = sorted(p.name for p in (folder / "models").glob("*")) if (folder / "models").exists() else []
         key = config_key(cfg)
         assert kept == ([f"{key}.json", f"{key}.safetensors"] if keep else [])
+
+
+def test_eval_may_switch_the_test_feature(trained_sweep, tmp_path):
+    """The weights fit both test features: --set model.test_feature=pool evaluates exactly as a
+    model whose card asked for the pooled feature."""
+    import shutil
+
+    from harness.results import ResultStore
+
+    model = next((trained_sweep / "models").glob("*.safetensors"))
+    trial = ResultStore(trained_sweep).dataframe()
+    assert json.loads(model.with_suffix(".json").read_text())["config"]["model"]["test_feature"] == "bn"
+    assert main(["eval", str(model), "--results-dir", str(tmp_path), "--name", "switched", "--quiet",
+                 "--set", "model.test_feature=pool"]) == 0
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(model, copy / model.name)
+    card = json.loads(model.with_suffix(".json").read_text())
+    card["config"]["model"]["test_feature"] = "pool"
+    (copy / model.with_suffix(".json").name).write_text(json.dumps(card))
+    assert main(["eval", str(copy / model.name), "--results-dir", str(tmp_path), "--name", "card",
+                 "--quiet"]) == 0
+    switched = ResultStore(tmp_path / "switched").dataframe()
+    from_card = ResultStore(tmp_path / "card").dataframe()
+    for metric in ("rank1", "mAP", "mINP"):
+        assert switched[metric].iloc[0] == pytest.approx(from_card[metric].iloc[0], abs=1e-12)
+    assert switched["mAP"].iloc[0] != pytest.approx(trial["mAP"].iloc[0], abs=1e-9)  # not the BN feature
