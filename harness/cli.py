@@ -333,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--train-images", metavar="VIS,IR", default=None,
                     help="visible,infrared training images (default SYSU-MM01: 22258,11909)")
     ep.add_argument("--train-identities", type=int, default=395, help="training identities (default 395)")
-    ep.add_argument("--estimate-epochs", type=int, default=200,
-                    help="epochs of the extrapolated training (default 200, MCLNet's schedule)")
+    ep.add_argument("--estimate-epochs", type=int, default=None,
+                    help="epochs of the extrapolated training (default: the mclnet-authors recipe's 201)")
     ep.add_argument("--eval-images", type=int, default=7643,
                     help="images of one evaluation pass (default 7643: SYSU-MM01's 3803 queries + a 3840-image "
                          "multi-shot gallery)")

@@ -1,4 +1,4 @@
-"""`vireid eval`, `vireid extract` and `vireid show`: the commands that work on a saved model."""
+"""`vireid eval`, `extract`, `show` and `export-backbone`: the commands that work on a saved model."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def cmd_show(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                              protocol=args.protocol, queries=args.queries, top_k=args.top_k,
                              trial=args.trial, quiet=args.quiet)
     print("written: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def cmd_export_backbone(args: argparse.Namespace) -> int:
+    from harness.model_tools import export_backbone
+
+    out = export_backbone(args.model, args.out, stem=args.stem)
+    print(f"wrote {out} and {out.with_suffix('.json')}; start a run from it with --set model.pretrained_file={out}")
     return 0
 
 
@@ -94,3 +102,15 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     sh.add_argument("--out", default="figures", help="output folder (default: figures)")
     sh.add_argument("--quiet", action="store_true", help="no progress display")
     sh.set_defaults(func=bind(cmd_show))
+
+    eb = sub.add_parser("export-backbone", help="write a saved model's backbone as timm weights for model.pretrained_file",
+                        description="Write the backbone of a saved model as the plain timm model's weights "
+                                    "(safetensors) with a JSON card beside it (source model and config, "
+                                    "versions, SHA-256). A run started with --set model.pretrained_file=OUT "
+                                    "initialises its backbone (both modality stems) from it, as from ImageNet "
+                                    "weights; the heads start fresh.")
+    eb.add_argument("model", help=MODEL_HELP)
+    eb.add_argument("out", help="output .safetensors file (the card is written beside it as .json)")
+    eb.add_argument("--stem", default="visible", choices=["visible", "infrared"],
+                    help="which modality's stem becomes the timm stem (default visible)")
+    eb.set_defaults(func=cmd_export_backbone)

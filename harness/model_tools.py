@@ -1,4 +1,5 @@
-"""What can be done with a saved model: evaluate it on any dataset, extract features of a folder.
+"""What can be done with a saved model: evaluate it on any dataset, extract features of a folder,
+export its backbone as the pretrained weights of another run.
 
 `evaluate_saved_model` is cross-dataset evaluation: the network is rebuilt from its card, the
 dataset, protocols and evaluation options come from the card's config with `--set` overrides
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.atomic import atomic_path
+from harness.atomic import atomic_path, atomic_write_text
 from harness.config import TrialConfig
 from harness.data.cache_root import cache_root
 from harness.data.images import decode_images
@@ -144,4 +145,44 @@ def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out:
     names = np.array([str(p.relative_to(Path(folder))) for p in files])
     with atomic_path(out) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, features=features.numpy().astype(np.float32), paths=names)
+    return out
+
+
+# --------------------------------------------------------------------------- backbone export
+
+BACKBONE_FORMAT = "vireid-backbone/1"
+
+
+def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible") -> Path:
+    """Write a saved model's backbone as plain timm weights (safetensors) and a JSON card beside it.
+
+    The file is what `model.pretrained_file` loads, so a backbone pre-trained here starts other
+    runs as ImageNet weights would (both modality stems start from the exported `stem`). The card
+    says where the weights come from: source model, its config and dataset, versions, SHA-256.
+    """
+    from safetensors.torch import save_file
+
+    from harness.provenance import file_sha256, library_versions
+    from methods.backbones import TwoStreamBackbone, timm_state_dict
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise InputError(f"{out}: expected a file name ending in .safetensors")
+    if stem not in MODALITIES:
+        raise InputError(f"--stem: {stem!r} is not one of {', '.join(MODALITIES)}")
+    saved = read_model(model)
+    backbones = [m for m in load_method(saved).modules() if isinstance(m, TwoStreamBackbone)]
+    if len(backbones) != 1:
+        raise InputError(f"{saved.weights}: expected one two-stream timm backbone in method "
+                         f"{saved.card.get('method')!r}, found {len(backbones)}")
+    backbone = backbones[0]
+    tensors = timm_state_dict(backbone, MODALITIES[stem])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as temporary:  # one metadata entry: safetensors writes several in random order
+        save_file(tensors, str(temporary), metadata={"format": BACKBONE_FORMAT})
+    card = {"format": BACKBONE_FORMAT, "backbone": backbone.model_name, "stem": stem,
+            "sha256": file_sha256(out), "source_model": saved.key, "source_sweep": saved.card.get("sweep"),
+            "trained_on": saved.card.get("dataset"), "source_config": saved.card.get("config"),
+            "versions": library_versions()}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=1, sort_keys=True, default=str) + "\n")
     return out

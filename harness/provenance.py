@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,26 @@ if TYPE_CHECKING:
 
 
 def config_key(cfg: TrialConfig) -> str:
-    """Stable id of a trial's full configuration (identical configs share results and checkpoints)."""
-    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    """Stable id of a trial's full configuration (identical configs share results and checkpoints).
+
+    A `model.pretrained_file` enters by its content (SHA-256) as well as its path: other weights
+    under the same name are another trial, never a finished one to skip or a checkpoint to resume.
+    """
+    data = cfg.to_dict()
+    weights = cfg.model.pretrained_file
+    if weights is not None and os.path.isfile(weights):
+        data["model"]["pretrained_file_sha256"] = file_sha256(weights)
+    blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes (read in blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -394,3 +394,32 @@ class TwoStreamBackbone(nn.Module):
         self._set_routing(ModalityRouting.from_modality(modality, x.shape[0]))
         features = self.model.forward_features(x)
         return self._to_map(features, (x.shape[-2], x.shape[-1]))
+
+
+def timm_state_dict(backbone: TwoStreamBackbone, modality: int = 0) -> dict[str, torch.Tensor]:
+    """A two-stream backbone's weights as its plain timm model names them, with one modality's stem.
+
+    What `model.pretrained_file` loads: a backbone trained here can initialise another run the
+    way ImageNet weights do (both stems start from the exported one). Modules the harness added
+    (non-local blocks) are left out; a timm weight that has no counterpart is an error.
+    """
+    if modality not in range(MODALITY_COUNT):
+        raise InputError(f"modality {modality!r}: expected 0 (visible) or 1 (infrared)")
+    with torch.device("meta"):
+        expected = create_timm_model(backbone.model_name).state_dict()
+    exported: dict[str, torch.Tensor] = {}
+    for key, value in backbone.model.state_dict().items():
+        for stem in backbone.stem_module_names:
+            prefix = f"{stem}.branches."
+            if key.startswith(prefix):
+                index, rest = key[len(prefix):].split(".", 1)
+                key = f"{stem}.{rest}" if int(index) == modality else ""
+                break
+        if key in expected:
+            exported[key] = value.detach().clone().contiguous()
+    missing = sorted(k for k in expected if k not in exported)
+    mismatched = sorted(k for k, v in exported.items() if tuple(v.shape) != tuple(expected[k].shape))
+    if missing or mismatched:
+        raise InputError(f"backbone {backbone.model_name!r}: the weights do not map onto the timm model "
+                         f"(missing {missing[:5]}, other shapes {mismatched[:5]})")
+    return exported

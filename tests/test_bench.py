@@ -272,11 +272,13 @@ def test_epoch_benchmark_runs_one_epoch_and_extrapolates(monkeypatch):
 def test_cli_epoch_json(capsys):
     code = main(["bench", "--epoch", "--backbone", "test_resnet", "--size", "32x16", "--batch", "8", "--device",
                  "cpu", "--warmup", "0", "--train-images", "24,17", "--train-identities", "3",
-                 "--estimate-epochs", "10", "--eval-images", "0", "--json"])
+                 "--eval-images", "0", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0
     assert data["iterations"] == 7 and data["batch"] == 8 and data["eval_s"] == 0.0
-    assert data["estimate_train_h"] == pytest.approx(10 * data["epoch_s"] / 3600)
+    # by default the estimate trains as long as the authors' loop, epochs 0..200
+    assert data["estimate_epochs"] == 201
+    assert data["estimate_train_h"] == pytest.approx(201 * data["epoch_s"] / 3600)
 
 
 def test_cli_epoch_rejects_bad_image_counts(capsys):

@@ -21,7 +21,8 @@ METRICS = ("rank1", "rank10", "rank20", "mAP", "mINP")
 
 
 @pytest.mark.slow
-def test_one_trial_of_the_committed_main_job_repeats_digit_for_digit():
+def test_one_trial_of_the_committed_main_job_repeats_digit_for_digit(monkeypatch):
+    monkeypatch.chdir(REFERENCE.parents[2])  # the stored config names the pre-trained backbone by a relative path
     records = ResultStore(REFERENCE).dataframe()
     ok = records[(records["status"] == "ok") & (records["method"] == "agw") & (records["seed"] == 0)]
     assert len(ok) >= 1, "the reference holds the agw seed-0 trial"
@@ -33,6 +34,8 @@ def test_one_trial_of_the_committed_main_job_repeats_digit_for_digit():
     result = run_trial(TrialConfig.from_dict(json.loads(ok.iloc[0]["config"])))
     assert result.status == "ok", result.failure
     fresh = {r["protocol"]: r for r in result.records}
+    # the key covers the backbone file's content: the committed weights are the ones it was made with
+    assert {r["trial_key"] for r in result.records} == {ok.iloc[0]["trial_key"]}
     for _, stored in ok.iterrows():
         for metric in METRICS:
             assert fresh[stored["protocol"]][metric] == stored[metric], (stored["protocol"], metric)

@@ -50,14 +50,19 @@ class EpochBenchmark(BenchSettings):
 
 def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: int = BENCH_NUM_CLASSES,
                   num_visible: int = SYSU_TRAIN_VISIBLE, num_infrared: int = SYSU_TRAIN_INFRARED,
-                  warmup: int = 3, estimate_epochs: int = 200, eval_images: int = SYSU_EVAL_IMAGES,
+                  warmup: int = 3, estimate_epochs: int | None = None, eval_images: int = SYSU_EVAL_IMAGES,
                   compile_backend: str = "inductor") -> EpochBenchmark:
     """Time one full epoch as a trial trains it (`Trainer.fit`), plus one evaluation's feature extraction.
 
     An epoch has as many iterations as a trial's (`harness.training.steps_per_epoch`). The images are
-    random: speed does not depend on their content.
+    random: speed does not depend on their content. `estimate_epochs` defaults to the epochs of the
+    authors' recipe (harness/recipes/mclnet-authors.yaml).
     """
+    from harness.recipes import load_recipe
     from harness.trial import extract_features
+
+    if estimate_epochs is None:
+        estimate_epochs = int(load_recipe("mclnet-authors").config["train"]["epochs"])
 
     if warmup < 0 or estimate_epochs < 1 or eval_images < 0:
         raise ConfigError(f"bench --epoch: expected --warmup >= 0, --estimate-epochs >= 1 and --eval-images >= 0; "
