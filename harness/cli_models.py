@@ -103,7 +103,8 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     sh.add_argument("--quiet", action="store_true", help="no progress display")
     sh.set_defaults(func=bind(cmd_show))
 
-    eb = sub.add_parser("export-backbone", help="write a saved model's backbone as timm weights for model.pretrained_file",
+    eb = sub.add_parser("export-backbone",
+                        help="write a saved model's backbone as timm weights for model.pretrained_file",
                         description="Write the backbone of a saved model as the plain timm model's weights "
                                     "(safetensors) with a JSON card beside it (source model and config, "
                                     "versions, SHA-256). A run started with --set model.pretrained_file=OUT "
