@@ -396,3 +396,33 @@ def test_records_of_several_node_folders_merge_into_one_table(tmp_path, capsys):
     assert not (tmp_path / "node-a" / "table.md").exists()  # sources are only read
     assert main(["table", str(tmp_path / "node-a"), str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_search_table_names_each_sampled_value_once_rounded_and_fits_the_terminal(tmp_path):
+    """A search's records carry `param_<key>` copies of the sampled values beside their config:
+    tables show each sampled key once, at 4 significant digits, and the terminal keeps them."""
+    from harness.results.records import sampled_params
+
+    lrs = [0.011438553337926058, 0.0020007364522262447, 0.041]
+    sigmas = [1.4496108060649282, 13.97321, 0.92052917]
+    records = []
+    for i, (lr, sigma) in enumerate(zip(lrs, sigmas)):
+        cfg = {"method": "mclnet", "seed": 0, "model": {"backbone": "test_resnet"},
+               "data": {"dataset": "sysu", "trial": 1}, "train": {"lr": lr}, "loss": {"ica": {"sigma": sigma}}}
+        status = "pruned" if i == 2 else "ok"
+        records.append(_record("mclnet", 0, 40.0 + i, 45.0 + i, trial_key=f"t{i}", config=json.dumps(cfg),
+                               status=status, **sampled_params({"train.lr": lr, "loss.ica.sigma": sigma})))
+    store = _store(tmp_path, records)
+    report = write_report(store.folder, plots=False)
+    summary = report.summaries[0]
+    assert sorted(summary.key_columns) == ["loss.ica.sigma", "method", "train.lr"]
+    frame = statistics_frame(summary)
+    assert not [c for c in frame.columns if c.startswith("param_")]
+    assert list(frame.drop_duplicates("train.lr")["train.lr"]) == ["0.01144", "0.002001", "0.041"]
+    assert list(frame.drop_duplicates("loss.ica.sigma")["loss.ica.sigma"]) == ["1.45", "13.97", "0.9205"]
+    text = render_terminal(report.summaries)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "method: mclnet" in text  # the same label on every row goes into the title
+    for value in ("0.01144", "0.002001", "13.97", "0.9205", "pruned"):
+        assert value in text
+    assert "sigma" in text and "lr" in text  # the swept keys, shortened, head their columns

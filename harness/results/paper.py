@@ -23,6 +23,7 @@ from harness.results.tables import (
     best_marks,
     format_cell,
     format_number,
+    key_text,
     protocol_title,
     runs_text,
 )
@@ -55,9 +56,9 @@ def _switch_cells(name: str) -> tuple[str, str, str] | None:
     return (CHECK if s["mcm"] else "", center, CHECK if s["cca"] else "")
 
 
-def _label_columns(summary: Summary) -> tuple[pd.DataFrame, bool]:
+def _label_columns(summary: Summary, short: bool = False) -> tuple[pd.DataFrame, bool]:
     rows = summary.rows
-    labels = pd.DataFrame({k: rows[k].astype(str) for k in summary.key_columns})
+    labels = pd.DataFrame({k: rows[k].map(key_text) for k in summary.key_columns})
     with_switches = summary.key_columns[0] == "method"
     if with_switches:
         cells = [_switch_cells(m) for m in rows["method"]]
@@ -65,7 +66,7 @@ def _label_columns(summary: Summary) -> tuple[pd.DataFrame, bool]:
         if with_switches:
             for i, col in enumerate(SWITCH_COLUMNS):
                 labels[col] = [c[i] for c in cells]
-    labels["runs"] = [runs_text(r) for _, r in rows.iterrows()]
+    labels["runs"] = [runs_text(r, short=short) for _, r in rows.iterrows()]
     return labels, with_switches
 
 
@@ -73,7 +74,7 @@ def paper_frame(summaries: Sequence[Summary], markup: Markup = MARKDOWN, *, with
                 short: bool = False, published: Published | None = None) -> pd.DataFrame:
     """The combined table: label columns, then (protocol, metric) columns; MultiIndex columns."""
     first = summaries[0]
-    labels, _ = _label_columns(first)
+    labels, _ = _label_columns(first, short)
     columns: dict[tuple[str, str], list[str]] = {("", c): labels[c].tolist() for c in labels.columns}
     for summary in summaries:
         rows = summary.rows.set_index("configuration").reindex(first.rows["configuration"])
@@ -151,20 +152,25 @@ def terminal_tables(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH) -
         frame = paper_frame(group, Markup(best="[bold]{}[/bold]", tied="{}" + TIED_MARK), with_std=False,
                             short=True)
         title = ", ".join(protocol_title(s.protocol) for s in group)
-        constant = [col for col in frame.columns[1:] if not col[0] and col[1] not in ("runs", *SWITCH_COLUMNS)
-                    and frame[col].nunique() == 1]
+        labels = [col for col in frame.columns if not col[0] and col[1] != "runs"]
+        constant = [col for col in labels if frame[col].nunique() == 1]
+        if len(constant) == len(labels):  # rows told apart by no label: keep the row names
+            constant = constant[1:]
         if constant:  # the same label on every row goes into the title, leaving the width to the numbers
             title += "\n" + "; ".join(f"{name}: {frame[(top, name)].iloc[0]}" for top, name in constant)
             frame = frame.drop(columns=constant)
         table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
+        dotted = [name for top, name in frame.columns if not top and "." in name]
         for (top, name), cells in zip(frame.columns, frame.T.itertuples(index=False)):
             header = name if not top or len(group) == 1 else f"{name}\n{top}"
-            label = {"ICA/center": "I/C", "runs": "n"}.get(name, name)
+            label = {"ICA/center": "I/C", "runs": "n"}.get(name, _short_key(name, dotted))
             numbers = bool(top) or name in ("runs", *SWITCH_COLUMNS) or name == frame.columns[0][1]
-            # numbers and row names are never cut: their columns keep their full width, other labels wrap
+            # numbers, row names and swept values are never cut: their columns keep the width of their
+            # widest cell (a swept key's header may wrap); other labels wrap
             widest = max([len(str(c).replace("[bold]", "").replace("[/bold]", "")) for c in cells] + [3])
             table.add_column(label if not top else header, justify="right" if top else "left",
-                             no_wrap=numbers, min_width=widest if numbers else None, overflow="fold")
+                             no_wrap=numbers, min_width=widest if numbers or name in dotted else None,
+                             overflow="fold")
         for row in frame.itertuples(index=False):
             table.add_row(*map(str, row))
         return table
@@ -174,6 +180,18 @@ def terminal_tables(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH) -
     if console.measure(whole).maximum <= width or len(summaries) == 1:
         return [whole]
     return [build([s]) for s in summaries]
+
+
+def _short_key(name: str, keys: Sequence[str]) -> str:
+    """The shortest dotted suffix of `name` that no other key of `keys` ends with (loss.ica.sigma -> sigma)."""
+    if name not in keys:
+        return name
+    parts = name.split(".")
+    for start in range(len(parts) - 1, 0, -1):
+        suffix = ".".join(parts[start:])
+        if not any(k != name and (k == suffix or k.endswith("." + suffix)) for k in keys):
+            return suffix
+    return name
 
 
 def render_terminal(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH, *, styles: bool = False) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from harness.atomic import atomic_path
 from harness.results.metrics import metric
 from harness.results.stats import pareto_front
-from harness.results.tables import Summary, protocol_title
+from harness.results.tables import Summary, key_text, protocol_title
 
 
 def _pyplot():
@@ -30,7 +30,7 @@ def _pyplot():
 
 
 def _row_labels(summary: Summary) -> list[str]:
-    return [" / ".join(str(row[k]) for k in summary.key_columns) for _, row in summary.rows.iterrows()]
+    return [" / ".join(key_text(row[k]) for k in summary.key_columns) for _, row in summary.rows.iterrows()]
 
 
 def _title(kind: str, summary: Summary) -> str:

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 Status = Literal["ok", "failed", "pruned"]
 STATUSES: tuple[str, ...] = ("ok", "failed", "pruned")
 IDENTITY_FIELDS = ("trial_key", "status", "method", "backbone", "dataset", "seed", "config", "failure", "protocol")
+PARAM_PREFIX = "param_"
+"""Record fields `param_<dotted key>` repeat a search's sampled values (as Optuna names them);
+the configuration holds them too, so tables read them from there."""
+
+
+def sampled_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A search trial's sampled values as record fields (`param_train.lr`, ...)."""
+    return {f"{PARAM_PREFIX}{key}": value for key, value in params.items()}
 
 
 def dataset_label(data: DataConfig) -> str:

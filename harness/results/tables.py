@@ -24,6 +24,7 @@ from harness.results.metrics import (
     TABLE_METRICS,
     metric,
 )
+from harness.results.records import PARAM_PREFIX
 from harness.results.stats import mean_interval, paired_difference, significance_caption
 
 REPLICATE_KEYS = ("seed", "data.trial")
@@ -74,12 +75,17 @@ def expand_records(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def config_columns(records: pd.DataFrame) -> list[str]:
+    """The dotted configuration columns (not the `param_*` copies a search records beside them)."""
+    return [c for c in records.columns if "." in c and not c.startswith(PARAM_PREFIX)]
+
+
 def swept_keys(records: pd.DataFrame) -> list[str]:
     """Configuration keys whose value differs between configurations (replicate keys excluded)."""
     if records.empty:
         return []
     firsts = records.drop_duplicates("configuration")
-    keys = [c for c in firsts.columns if "." in c or c == "method"]
+    keys = ["method", *config_columns(firsts)] if "method" in firsts else config_columns(firsts)
     return [k for k in keys if k not in REPLICATE_KEYS and firsts[k].astype(str).nunique() > 1]
 
 
@@ -92,7 +98,7 @@ def check_group_by(group_by: Sequence[str], records: pd.DataFrame) -> list[str]:
     if replicated:
         raise ConfigError(f"group_by: {', '.join(replicated)} repeats a configuration (averaged over); "
                           f"group by a configuration key instead")
-    dotted = [c for c in records.columns if "." in c and c not in REPLICATE_KEYS]
+    dotted = [c for c in config_columns(records) if c not in REPLICATE_KEYS]
     valid = list(dict.fromkeys([*RECORD_KEYS, *dotted]))
     unknown = [g for g in group_by if g not in valid]
     if unknown:
@@ -247,6 +253,13 @@ def best_marks(summary: Summary, m: str) -> list[str]:
 # --------------------------------------------------------------------------- formatting
 
 
+def key_text(value: Any) -> str:
+    """A configuration value as a table label: floats to 4 significant digits (sampled values)."""
+    if isinstance(value, (float, np.floating)) and not isinstance(value, bool):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
 def format_number(value: float, digits: int, *, sign: bool = False) -> str:
     """Fixed-point text without "-0.00" ("-" for a missing value)."""
     if value is None or not np.isfinite(value):
@@ -277,9 +290,13 @@ PLAIN = Markup(best="{}", tied="{}" + TIED_MARK, significant="{}" + SIGNIFICANT_
 LATEX = Markup(best="\\textbf{{{}}}", tied="{}$^\\dagger$", significant="{}$^*$")
 
 
-def runs_text(row: pd.Series) -> str:
-    extra = "".join(f" ({int(row[k])} {k})" for k in ("failed", "pruned") if row.get(k))
-    return f"{int(row['n'])}{extra}"
+def runs_text(row: pd.Series, *, short: bool = False) -> str:
+    """Finished runs, with failed and pruned ones in brackets (`short`: a run that only failed or
+    was pruned is named by that word, for narrow terminal tables)."""
+    stopped = [k for k in ("failed", "pruned") if row.get(k)]
+    if short and int(row["n"]) == 0 and len(stopped) == 1:
+        return stopped[0]
+    return f"{int(row['n'])}" + "".join(f" ({int(row[k])} {k})" for k in stopped)
 
 
 def statistics_frame(summary: Summary) -> pd.DataFrame:
@@ -289,7 +306,7 @@ def statistics_frame(summary: Summary) -> pd.DataFrame:
         for m in summary.metrics:
             info = metric(m)
             d = info.digits
-            line = {k: row[k] for k in summary.key_columns}
+            line = {k: key_text(row[k]) for k in summary.key_columns}
             line.update({"metric": info.label, "n": int(row[f"{m}_n"]), "mean": format_number(row[m], d),
                          "sd (seeds)": format_number(row[f"{m}_std"], d),
                          "95% CI": (f"[{format_number(row[f'{m}_ci_low'], d)}, {format_number(row[f'{m}_ci_high'], d)}]"

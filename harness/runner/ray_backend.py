@@ -131,6 +131,7 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     from ray import tune
 
     from harness.results import ResultStore
+    from harness.results.records import sampled_params
     from harness.trial import config_key
 
     cfg, params = _trial_config(payload, config)
@@ -139,7 +140,7 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     objectives = payload["objectives"]
     trial_id = tune.get_context().get_trial_id()
     info = {"ray_trial": trial_id, "label": trial_label(cfg, payload["swept"]),
-            **{f"param_{k}": v for k, v in params.items()}}
+            **sampled_params(params)}
     on_epoch = validation_reporter(
         payload["report_metric"], lambda value, epoch: tune.report({objectives[0]: value, "epoch": epoch + 1}),
         last_epoch=cfg.train.epochs - 1)  # the last epoch is reported with the records
@@ -175,6 +176,7 @@ def _cause(error: BaseException | None) -> BaseException | None:
 def _store_pruned_trials(results: Any, payload: dict[str, Any]) -> dict[str, int]:
     """Trials that Tune stopped early get a "pruned" record; counts of trial outcomes."""
     from harness.results import ResultStore
+    from harness.results.records import sampled_params
     from harness.trial import config_key
 
     store = ResultStore(payload["folder"])
@@ -199,7 +201,7 @@ def _store_pruned_trials(results: Any, payload: dict[str, Any]) -> dict[str, int
         history = {int(last["epoch"]) - 1: float(last[objective])} if objective in last and "epoch" in last else {}
         trial_id = last.get("trial_id", "")
         info = {"sweep": payload["sweep"], "backend": "ray", "trial_id": trial_id, "ray_trial": trial_id,
-                **{f"param_{k}": v for k, v in params.items()}}
+                **sampled_params(params)}
         store_pruned(store, cfg, history=history, info=info, started=time.time() - float(last.get("time_total_s", 0)))
     return counts
 

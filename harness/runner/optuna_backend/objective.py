@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from harness.config import TrialConfig
 from harness.errors import TrialFailure
 from harness.results import ResultStore
+from harness.results.records import sampled_params
 from harness.runner.common import (
     TrialFunction,
     execute_trial,
@@ -74,7 +75,7 @@ class Objective:
         label = trial_label(cfg, job.swept)
         trial.set_user_attr("label", label)
         info = {"optuna_trial": trial.number, "label": label,
-                **{f"param_{k}": v for k, v in params.items()}}
+                **sampled_params(params)}
         try:
             records = finished_records(self.store, key)
         except TrialFailure:
