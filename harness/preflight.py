@@ -44,7 +44,9 @@ def check_buildable(cfg: TrialConfig, where: str = "config") -> None:
         _check_method(cfg.method)
         m = cfg.model
         if m.pretrained_file is not None and not os.path.isfile(m.pretrained_file):
-            raise ConfigError(f"model.pretrained_file: {m.pretrained_file} is not a file")
+            relative = ("" if os.path.isabs(m.pretrained_file)
+                        else f" (a relative path is read from the current folder, {os.getcwd()})")
+            raise ConfigError(f"model.pretrained_file: {m.pretrained_file} is not a file{relative}")
         if m.pretrained is not None:
             if m.pretrained_file is not None:
                 raise ConfigError(f"model.pretrained={m.pretrained!r} and model.pretrained_file="

@@ -1,5 +1,7 @@
 """Every grid point is checked for what only the registries know, before anything trains."""
 
+import re
+
 import pytest
 
 from harness.config import TrialConfig
@@ -37,3 +39,12 @@ def test_a_known_tag_passes_without_touching_the_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     check_buildable(_cfg(pretrained="tv_in1k"))
+
+
+def test_a_missing_weights_file_says_where_a_relative_path_is_read_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"weights/w\.safetensors is not a file \(a relative path is read "
+                                          rf"from the current folder, {re.escape(str(tmp_path))}\)"):
+        check_buildable(_cfg(pretrained_file="weights/w.safetensors"))
+    with pytest.raises(ConfigError, match=r"is not a file$"):  # an absolute path needs no hint
+        check_buildable(_cfg(pretrained_file=str(tmp_path / "w.safetensors")))
