@@ -137,7 +137,7 @@ def test_trial_labels_name_the_swept_keys():
 
 def test_vireid_sweep_exits_1_listing_the_failures_when_every_trial_failed(tmp_path, capsys):
     from harness.cli import main
-    from harness.trial import config_key
+    from harness.provenance import config_key
 
     spec_file = tmp_path / "allfail.yaml"
     spec_file.write_text("name: allfail\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "

@@ -17,6 +17,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from harness.errors import ConfigError, HarnessError
+from harness.provenance import config_key
 from harness.results import ResultStore
 from harness.runner.optuna_backend.driver import run_optuna, worker_command, write_job
 from harness.runner.optuna_backend.job import (
@@ -27,7 +28,7 @@ from harness.runner.optuna_backend.job import (
 )
 from harness.runner.optuna_backend.study import prepare_study
 from harness.sweep import parse_spec
-from harness.trial import TrialResult, config_key
+from harness.trial import TrialResult
 
 FAKE = "tests.test_backends:fake_run_trial"
 BLOCK_ENV = "VIREID_TEST_BLOCK_FILE"

@@ -8,9 +8,9 @@ import yaml
 from harness.cli import main
 from harness.config import TrialConfig, load_yaml
 from harness.errors import ConfigError
+from harness.provenance import config_key
 from harness.results import ResultStore
 from harness.sweep import parse_spec
-from harness.trial import config_key
 from tests.conftest import TINY
 
 SEARCH = {"space": {"train.lr": {"type": "loguniform", "low": 0.001, "high": 0.05}}, "n_trials": 2,

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from harness.errors import ConfigError
+from harness.provenance import config_key
 from harness.training.checkpoint import load_checkpoint, save_checkpoint
-from harness.trial import config_key, run_trial
+from harness.trial import run_trial
 
 
 class _CreatesFile:

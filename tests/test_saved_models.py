@@ -172,10 +172,11 @@ def test_extract_writes_features_of_every_image_under_a_folder(trained_sweep, tm
 def test_keep_models_is_a_spec_key_and_a_flag(tiny_config, tmp_path):
     from harness.cli import build_parser
     from harness.errors import HarnessError
+    from harness.provenance import config_key
     from harness.results import ResultStore
     from harness.runner.common import execute_trial
     from harness.sweep import parse_spec
-    from harness.trial import TrialResult, config_key
+    from harness.trial import TrialResult
     from methods import create_method
 
     assert parse_spec({"name": "s"}).keep_models is True

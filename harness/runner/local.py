@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.config import TrialConfig
 from harness.progress import SweepProgress
+from harness.provenance import config_key
 from harness.results import ResultStore
 from harness.runner.common import (
     FINISHED,
@@ -24,7 +25,6 @@ from harness.runner.common import (
 from harness.runner.devices import parse_gpus, visible_gpus, worker_devices
 from harness.runner.registry import Backend, SweepRequest, register_backend
 from harness.search import swept_keys, trial_label
-from harness.trial import config_key
 
 
 def _pin_worker(devices: Any) -> None:

@@ -130,9 +130,9 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     """The Tune trainable: one harness trial, run inside a Ray worker."""
     from ray import tune
 
+    from harness.provenance import config_key
     from harness.results import ResultStore
     from harness.results.records import sampled_params
-    from harness.trial import config_key
 
     cfg, params = _trial_config(payload, config)
     key = config_key(cfg)
@@ -175,9 +175,9 @@ def _cause(error: BaseException | None) -> BaseException | None:
 
 def _store_pruned_trials(results: Any, payload: dict[str, Any]) -> dict[str, int]:
     """Trials that Tune stopped early get a "pruned" record; counts of trial outcomes."""
+    from harness.provenance import config_key
     from harness.results import ResultStore
     from harness.results.records import sampled_params
-    from harness.trial import config_key
 
     store = ResultStore(payload["folder"])
     statuses = store.statuses()

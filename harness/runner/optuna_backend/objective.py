@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from harness.config import TrialConfig
 from harness.errors import TrialFailure
+from harness.provenance import config_key
 from harness.results import ResultStore
 from harness.results.records import sampled_params
 from harness.runner.common import (
@@ -35,7 +36,6 @@ from harness.runner.optuna_backend.study import (
     watch_running_trials,
 )
 from harness.search import GRID_INDEX, suggest_space, trial_label
-from harness.trial import config_key
 
 GC_AFTER_SECONDS = 10.0
 
