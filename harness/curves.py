@@ -44,6 +44,17 @@ def curves_resume_file(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".curves.json")
 
 
+def read_curves_file(path: Path) -> list[dict[str, float]]:
+    """The rows waiting in a resume file; none when it is missing or unreadable (a torn write)."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "epoch" in r for r in rows):
+        return []
+    return rows
+
+
 class CurveRecorder:
     """Collects the per-epoch rows of one trial (see the module docstring)."""
 
@@ -62,7 +73,7 @@ class CurveRecorder:
         self.trainer.epoch_callbacks.insert(0, self._on_epoch)  # before callbacks that may stop the trial
         start = self.trainer.start_epoch
         if start and self.resume_file is not None and self.resume_file.is_file():
-            self.rows = [r for r in json.loads(self.resume_file.read_text()) if r["epoch"] <= start]
+            self.rows = [r for r in read_curves_file(self.resume_file) if r["epoch"] <= start]
         stats = self.trainer.stats
         self._seen = (stats.images_seen, stats.train_seconds)
         return self

@@ -104,3 +104,41 @@ def test_loss_curves_figure_draws_the_mean_over_seeds_per_method():
     ce = {line.get_label(): line.get_ydata().tolist() for line in panels[0].get_lines()}
     assert ce == {"agw": [3.0, 2.0], "mclnet": [5.0, 4.5]}  # mean over the two agw seeds
     assert [line.get_label() for line in panels[1].get_lines()] == ["mclnet"]
+
+
+def test_a_pruned_trial_keeps_the_curves_of_the_epochs_it_trained(tiny_config, tmp_path):
+    """Stopped after its first epoch the way a pruner stops it (an exception from the epoch
+    callback), a trial's stored record comes with that epoch's curves, in the store and in
+    TensorBoard, and nothing is left in the checkpoint folder."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from harness.results import ResultStore
+    from harness.runner.common import execute_trial, store_pruned
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(epoch, value=None, *args, **kwargs):
+        raise Stop
+
+    store = ResultStore(tmp_path / "sweep")
+    cfg = tiny_config(method="agw", **{"train.epochs": 3, "data.val_identities": 3})
+    started = time.time()
+    with pytest.raises(Stop):
+        execute_trial(cfg, store, sweep="sweep", backend="optuna", trial_id="0", on_epoch=stop_after_first_epoch,
+                      passthrough=(Stop,), keep_model=False)
+    assert list((tmp_path / "sweep" / "checkpoints").glob("*.curves.json"))  # the rows wait beside the checkpoint
+    store_pruned(store, cfg, history={0: 12.5}, info={"label": "agw lr=0.01"}, started=started)
+
+    [record] = store.dataframe().to_dict("records")
+    assert record["status"] == "pruned" and record["failure"] == "pruned after epoch 1 (validation 12.50)"
+    curves = store.curves()
+    assert curves["trial_key"].tolist() == [record["trial_key"]] and curves["epoch"].tolist() == [1]
+    assert {"loss/ce", "loss/wrt", "lr/backbone", "val/mAP"} <= set(curves)
+    assert not list((tmp_path / "sweep" / "checkpoints").iterdir())
+    events = EventAccumulator(str(tmp_path / "sweep" / "tensorboard" / f"agw lr=0.01 [{record['trial_key']}]"))
+    events.Reload()
+    [point] = events.Scalars("loss/ce")
+    assert point.step == 1 and point.value == pytest.approx(curves["loss/ce"].iloc[0], rel=1e-6)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import TrialConfig
-from harness.curves import TENSORBOARD_FOLDER, curves_resume_file, write_tensorboard
+from harness.curves import TENSORBOARD_FOLDER, curves_resume_file, read_curves_file, write_tensorboard
 from harness.errors import ConfigError, InputError, TrialFailure
 from harness.results import ResultStore, TrialRecord
 from harness.results.records import IDENTITY_FIELDS
@@ -100,9 +100,7 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
     if keep_model and result.trained is not None:
         save_model(store.folder / MODELS_FOLDER, result.key, result.trained, info={"sweep": sweep})
     result.trained = None  # the network is not needed past this point
-    if result.curves:
-        label = str(info.get("label") or f"{cfg.method} seed={cfg.seed}").replace(os.sep, "_")
-        write_tensorboard(store.folder / TENSORBOARD_FOLDER / f"{label} [{result.key}]", result.curves)
+    _write_tensorboard(store, cfg, info, result.key, result.curves)
     # storing the records marks the trial finished: nothing but cleanup may follow
     store.put_trial(result.key, result.records, curves=result.curves)
     if result.checkpoint is not None:
@@ -134,18 +132,30 @@ def finished_records(store: ResultStore, key: str) -> list[dict[str, Any]] | Non
     return records
 
 
+def _write_tensorboard(store: ResultStore, cfg: TrialConfig, info: dict[str, Any], key: str,
+                       curves: list[dict[str, float]] | None) -> None:
+    """A trial's curves as TensorBoard events under `<store>/tensorboard/<label> [<key>]/`."""
+    if curves:
+        label = str(info.get("label") or f"{cfg.method} seed={cfg.seed}").replace(os.sep, "_")
+        write_tensorboard(store.folder / TENSORBOARD_FOLDER / f"{label} [{key}]", curves)
+
+
 def store_pruned(store: ResultStore, cfg: TrialConfig, *, history: dict[int, float], info: dict[str, Any],
                  started: float) -> None:
-    """A stopped trial keeps one record (status "pruned", why in "failure") and loses its checkpoint."""
+    """A stopped trial keeps one record (status "pruned", why in "failure") and the curves of the
+    epochs it trained (store and TensorBoard); its checkpoint and the curves waiting beside it go."""
     epochs = max(history) + 1 if history else 0
     reason = f"pruned after epoch {epochs}" + (f" (validation {history[epochs - 1]:.2f})" if history else "")
     record = base_record(cfg, status="pruned", failure=reason, started=started,
                          info={**info, "epochs": epochs,
                                "val_history": json.dumps({str(k): v for k, v in sorted(history.items())})})
-    store.put_trial(record["trial_key"], [record])
-    checkpoint = store.folder / "checkpoints" / f"{record['trial_key']}.ckpt"
-    if checkpoint.exists():
-        checkpoint.unlink()
+    key = record["trial_key"]
+    checkpoint = store.folder / "checkpoints" / f"{key}.ckpt"
+    curves = read_curves_file(curves_resume_file(checkpoint))
+    _write_tensorboard(store, cfg, info, key, curves)
+    store.put_trial(key, [record], curves=curves or None)
+    for leftover in (checkpoint, curves_resume_file(checkpoint)):
+        leftover.unlink(missing_ok=True)
 
 
 def objective_values(store: ResultStore, cfg: TrialConfig, records: list[dict[str, Any]],
