@@ -10,15 +10,21 @@ samples or classes, so the same code runs on CPU and CUDA.
 
 from __future__ import annotations
 
-import contextlib
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from harness.errors import InputError
+from methods._loss_checks import (
+    autocast_disabled,
+    check_centers,
+    check_features,
+    check_label_range,
+    check_labels,
+    check_logits,
+    check_margin,
+    compute_dtype,
+)
 
 MARGINAL_VARIANTS: tuple[str, ...] = ("paper", "authors-code")
 WRT_VARIANTS: tuple[str, ...] = ("paper", "authors-code")
@@ -32,109 +38,6 @@ _SQUARED_DISTANCE_FLOOR = 1e-12
 _AUTHORS_IMAGES_PER_IDENTITY = 8.0
 # Above this many K x K x D elements the push-term search uses the |a|^2 + |b|^2 - 2ab matmul.
 _DIRECT_PAIRS_MAX_ELEMENTS = 1 << 20
-
-
-# --------------------------------------------------------------------------------------------
-# input checks and precision
-# --------------------------------------------------------------------------------------------
-
-
-def _autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast would silently run the distance matmuls in half precision again."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know cannot be autocasting either
-        return contextlib.nullcontext()
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for tensor in tensors:
-        dtype = torch.promote_types(dtype, tensor.dtype)
-    return dtype
-
-
-def _check_features(loss_name: str, features: Tensor) -> None:
-    if not isinstance(features, Tensor) or features.dim() != 2 or not features.is_floating_point():
-        raise InputError(
-            f"{loss_name}: features must be a 2-D floating tensor (N, D); got "
-            f"{_describe(features)}"
-        )
-    if features.shape[0] == 0:
-        raise InputError(f"{loss_name}: features is an empty batch (shape {tuple(features.shape)})")
-
-
-def _check_labels(loss_name: str, labels: Tensor, values: Tensor, field: str = "labels") -> None:
-    """`labels` must hold one integer per row of `values`, on the device of `values`."""
-    batch_size = values.shape[0]
-    if (
-        not isinstance(labels, Tensor)
-        or labels.dim() != 1
-        or labels.is_floating_point()
-        or labels.is_complex()
-        or labels.dtype == torch.bool
-    ):
-        raise InputError(
-            f"{loss_name}: {field} must be a 1-D integer tensor (N,); got {_describe(labels)}"
-        )
-    if labels.shape[0] != batch_size:
-        raise InputError(
-            f"{loss_name}: {field} has {labels.shape[0]} entries but the batch has {batch_size} samples"
-        )
-    if labels.device != values.device:
-        raise InputError(
-            f"{loss_name}: {field} are on {labels.device} but the batch is on {values.device}"
-        )
-
-
-def _check_centers(loss_name: str, features: Tensor, labels: Tensor, centers: Tensor) -> None:
-    if not isinstance(centers, Tensor) or centers.dim() != 2 or not centers.is_floating_point():
-        raise InputError(
-            f"{loss_name}: centers must be a 2-D floating tensor (num_classes, D); got "
-            f"{_describe(centers)}"
-        )
-    if centers.shape[0] == 0:
-        raise InputError(f"{loss_name}: centers has no rows (shape {tuple(centers.shape)})")
-    if centers.shape[1] != features.shape[1]:
-        raise InputError(
-            f"{loss_name}: centers have dimension {centers.shape[1]} but features have "
-            f"dimension {features.shape[1]}"
-        )
-    if centers.device != features.device:
-        raise InputError(
-            f"{loss_name}: centers are on {centers.device} but features are on {features.device}"
-        )
-    _check_label_range(loss_name, labels, centers.shape[0])
-
-
-def _check_label_range(loss_name: str, labels: Tensor, num_classes: int, field: str = "labels") -> None:
-    """Range check of CPU labels only.
-
-    Reading the range of accelerator labels back would cost a host sync in every call of every
-    loss; there the labels come from the trainer's tables, whose class counts are derived from the
-    same labels, and an out-of-range index still fails in the indexing kernel.
-    """
-    if labels.device.type != "cpu":
-        return
-    low, high = torch.aminmax(labels)
-    low, high = int(low), int(high)
-    if low < 0 or high >= num_classes:
-        raise InputError(
-            f"{loss_name}: {field} must lie in [0, {num_classes}) to index {num_classes} classes; "
-            f"got values from {low} to {high}"
-        )
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"shape {tuple(value.shape)}, dtype {value.dtype}"
-    return f"a {type(value).__name__}"
-
-
-def _check_margin(loss_name: str, field: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise InputError(f"{loss_name}: {field} must be a finite number; got {value!r}")
-    return float(value)
 
 
 def _squared_distances(left: Tensor, right: Tensor) -> Tensor:
@@ -165,12 +68,12 @@ def wrt_loss(features: Tensor, labels: Tensor, *, variant: str = "paper") -> Ten
     triplet; such anchors are left out of the mean, and a batch without any valid anchor gives a
     loss of exactly zero that is still attached to the graph.
     """
-    _check_features("wrt_loss", features)
-    _check_labels("wrt_loss", labels, features)
+    check_features("wrt_loss", features)
+    check_labels("wrt_loss", labels, features)
     if variant not in WRT_VARIANTS:
         raise InputError(f"wrt_loss: variant must be one of {', '.join(map(repr, WRT_VARIANTS))}; got {variant!r}")
-    dtype = _compute_dtype(features)
-    with _autocast_disabled(features.device):
+    dtype = compute_dtype(features)
+    with autocast_disabled(features.device):
         feats = features.to(dtype)
         if variant == "authors-code":
             return _wrt_authors_code(feats, labels)
@@ -243,11 +146,11 @@ def center_loss(features: Tensor, labels: Tensor, centers: Tensor) -> Tensor:
 
     Centers of classes absent from the batch receive no gradient.
     """
-    _check_features("center_loss", features)
-    _check_labels("center_loss", labels, features)
-    _check_centers("center_loss", features, labels, centers)
-    dtype = _compute_dtype(features, centers)
-    with _autocast_disabled(features.device):
+    check_features("center_loss", features)
+    check_labels("center_loss", labels, features)
+    check_centers("center_loss", features, labels, centers)
+    dtype = compute_dtype(features, centers)
+    with autocast_disabled(features.device):
         feats, cents = features.to(dtype), centers.to(dtype)
         return (feats - cents.index_select(0, labels)).square().sum(dim=1).mean()
 
@@ -424,14 +327,14 @@ def marginal_center_loss(
             f"{name}: nearest_weighting must be one of {', '.join(map(repr, NEAREST_WEIGHTINGS))}; "
             f"got {nearest_weighting!r}"
         )
-    sigma = _check_margin(name, "sigma", sigma)
-    rho = _check_margin(name, "rho", rho)
-    _check_features(name, features)
-    _check_labels(name, labels, features)
-    _check_centers(name, features, labels, centers)
+    sigma = check_margin(name, "sigma", sigma)
+    rho = check_margin(name, "rho", rho)
+    check_features(name, features)
+    check_labels(name, labels, features)
+    check_centers(name, features, labels, centers)
 
-    dtype = _compute_dtype(features, centers)
-    with _autocast_disabled(features.device):
+    dtype = compute_dtype(features, centers)
+    with autocast_disabled(features.device):
         return _MarginalCenterAggregation.apply(features.to(dtype), centers.to(dtype), labels, sigma, rho, variant,
                                                 nearest_weighting, bool(detach_nearest))
 
@@ -441,27 +344,14 @@ def marginal_center_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_logits(loss_name: str, logits: Tensor) -> None:
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        raise InputError(
-            f"{loss_name}: logits must be a 2-D floating tensor (N, num_modalities); got "
-            f"{_describe(logits)}"
-        )
-    if logits.shape[0] == 0 or logits.shape[1] < 2:
-        raise InputError(
-            f"{loss_name}: logits need at least one sample and two modalities; got shape "
-            f"{tuple(logits.shape)}"
-        )
-
-
 def modality_classification_loss(logits: Tensor, modality: Tensor) -> Tensor:
     """Cross-entropy of the modality classifier against the true modality (the M step)."""
     name = "modality_classification_loss"
-    _check_logits(name, logits)
-    _check_labels(name, modality, logits, field="modality")
-    _check_label_range(name, modality, logits.shape[1], field="modality")
-    with _autocast_disabled(logits.device):
-        return F.cross_entropy(logits.to(_compute_dtype(logits)), modality)
+    check_logits(name, logits)
+    check_labels(name, modality, logits, field="modality")
+    check_label_range(name, modality, logits.shape[1], field="modality")
+    with autocast_disabled(logits.device):
+        return F.cross_entropy(logits.to(compute_dtype(logits)), modality)
 
 
 def modality_confusion_loss(logits: Tensor) -> Tensor:
@@ -470,7 +360,7 @@ def modality_confusion_loss(logits: Tensor) -> Tensor:
     For two modalities this is -(1/N) sum_i 0.5 (log p0_i + log p1_i); it is smallest when the
     classifier cannot tell the modalities apart.
     """
-    _check_logits("modality_confusion_loss", logits)
-    with _autocast_disabled(logits.device):
-        log_probs = F.log_softmax(logits.to(_compute_dtype(logits)), dim=1)
+    check_logits("modality_confusion_loss", logits)
+    with autocast_disabled(logits.device):
+        log_probs = F.log_softmax(logits.to(compute_dtype(logits)), dim=1)
         return -log_probs.mean(dim=1).mean()
