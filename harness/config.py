@@ -10,6 +10,7 @@ Valid ranges live here and only here. A numeric key declares its range in its fi
 `length=` / `min_length=` / `ascending=True` (each element is range-checked). The range is checked
 whenever a config is built (from a dict, by overrides or directly), with a ConfigError naming the
 dotted key, the value and the accepted range. A key without `ranged` accepts any value of its type.
+How fields declare and check their ranges and types is harness.config_schema.
 """
 
 from __future__ import annotations
@@ -18,86 +19,21 @@ import contextlib
 import copy
 import dataclasses
 import difflib
-import itertools
-import math
-import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
+from harness.config_schema import RangeChecked, build_dataclass, ranged, registered
 from harness.data.synthetic.spec import SynthSpec
-from harness.errors import ConfigError, check_int
+from harness.errors import ConfigError
 from harness.yaml_loader import load_yaml_text
-
-# --------------------------------------------------------------------------- ranges
 
 SEED_MAX = 2**32 - 1
 """numpy's and torch's seeding accept [0, 2**32 - 1]."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid values of one numeric key (of each element, for list keys)."""
-
-    minimum: float | None = None
-    maximum: float | None = None
-    above: float | None = None
-    """Strict lower bound (value > above)."""
-    below: float | None = None
-    """Strict upper bound (value < below)."""
-    length: int | None = None
-    min_length: int | None = None
-    ascending: bool = False
-    """List keys: elements in non-decreasing order."""
-
-    def describe(self) -> str:
-        parts = []
-        if self.minimum is not None:
-            parts.append(f">= {self.minimum}")
-        if self.above is not None:
-            parts.append(f"> {self.above}")
-        if self.maximum is not None:
-            parts.append(f"<= {self.maximum}")
-        if self.below is not None:
-            parts.append(f"< {self.below}")
-        return " and ".join(parts)
-
-    def check_number(self, value: Any, where: str) -> None:
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            return
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        inside = ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
-                  and (self.above is None or value > self.above) and (self.below is None or value < self.below))
-        if not inside:
-            raise ConfigError(f"{where}: expected a value {self.describe()}, got {value!r}")
-
-    def check(self, value: Any, where: str) -> None:
-        if not isinstance(value, (list, tuple)):
-            self.check_number(value, where)
-            return
-        if self.length is not None and len(value) != self.length:
-            raise ConfigError(f"{where}: expected a list of {self.length} values, got {value!r}")
-        if self.min_length is not None and len(value) < self.min_length:
-            raise ConfigError(f"{where}: expected a list of at least {self.min_length} value(s), got {value!r}")
-        for i, item in enumerate(value):
-            self.check_number(item, f"{where}[{i}]")
-        if self.ascending and any(a > b for a, b in itertools.pairwise(value)):
-            raise ConfigError(f"{where}: expected values in ascending order, got {value!r}")
-
-
-def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
-    """A dataclass field whose valid range is declared next to its default (see the module docstring)."""
-    return field(default=default, default_factory=factory, metadata={"range": Range(**bounds)})
-
-
-def registered(default: str, *, names: Callable[[], Sequence[str]]) -> Any:
-    """A string field whose accepted values are the names of a registry (`names()`), checked like a range."""
-    return field(default=default, metadata={"names": names})
 
 
 def _dataset_names(*, synthetic: bool) -> Callable[[], tuple[str, ...]]:
@@ -110,31 +46,6 @@ def _dataset_names(*, synthetic: bool) -> Callable[[], tuple[str, ...]]:
         return ((SYNTHETIC,) if synthetic else ()) + dataset_names()
 
     return names
-
-
-def check_fields(cls: type, values: dict[str, Any], where: str) -> None:
-    """Range-check the values of `cls`'s fields (those declared with `ranged`; every float must be finite)."""
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        value = values[f.name]
-        path = f"{where}.{f.name}" if where else f.name
-        rule = f.metadata.get("range")
-        accepted = f.metadata.get("names")
-        if rule is not None:
-            rule.check(value, path)
-        elif accepted is not None and value not in accepted():
-            raise ConfigError(f"{path}: expected one of {', '.join(map(repr, accepted()))}, got {value!r}")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
-
-
-class RangeChecked:
-    """Checks the ranges of a config dataclass built directly in Python (from_dict checks with full paths)."""
-
-    def __post_init__(self) -> None:
-        check_fields(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-                     type(self).__name__)
 
 
 ResizeFilter = Literal["lanczos", "bilinear", "bicubic", "nearest"]
@@ -319,87 +230,6 @@ class TrialConfig(RangeChecked):
         for dotted, value in overrides.items():
             set_dotted(merged, dotted, value, where=where)
         return TrialConfig.from_dict(merged, where=where)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        return f"list of {_type_name(inner)}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            keys = sorted(f.name for f in dataclasses.fields(tp))
-            raise ConfigError(f"{where}: expected a mapping of {keys}, got {value!r}")
-        return build_dataclass(tp, value, where)
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(option, value, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
-        return value
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{where}: expected null, got {value!r}")
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        return check_int(value, where)
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} at {where}")
-
-
-def build_dataclass(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{path}: unknown key{hint}; accepted keys: {', '.join(names)}")
-        kwargs[key] = _coerce(hints[key], value, path)
-    check_fields(cls, kwargs, where)
-    return cls(**kwargs)
 
 
 def field_paths(cls: type = TrialConfig, prefix: str = "") -> list[str]:
