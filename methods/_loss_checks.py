@@ -31,12 +31,14 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+def check_matrix(loss_name: str, field: str, value: Tensor, dims: str) -> None:
+    """`value` must be a 2-D floating tensor; `dims` names its axes in the message."""
+    if not isinstance(value, Tensor) or value.dim() != 2 or not value.is_floating_point():
+        raise InputError(f"{loss_name}: {field} must be a 2-D floating tensor ({dims}); got {describe(value)}")
+
+
 def check_features(loss_name: str, features: Tensor) -> None:
-    if not isinstance(features, Tensor) or features.dim() != 2 or not features.is_floating_point():
-        raise InputError(
-            f"{loss_name}: features must be a 2-D floating tensor (N, D); got "
-            f"{describe(features)}"
-        )
+    check_matrix(loss_name, "features", features, "N, D")
     if features.shape[0] == 0:
         raise InputError(f"{loss_name}: features is an empty batch (shape {tuple(features.shape)})")
 
@@ -65,11 +67,7 @@ def check_labels(loss_name: str, labels: Tensor, values: Tensor, field: str = "l
 
 
 def check_centers(loss_name: str, features: Tensor, labels: Tensor, centers: Tensor) -> None:
-    if not isinstance(centers, Tensor) or centers.dim() != 2 or not centers.is_floating_point():
-        raise InputError(
-            f"{loss_name}: centers must be a 2-D floating tensor (num_classes, D); got "
-            f"{describe(centers)}"
-        )
+    check_matrix(loss_name, "centers", centers, "num_classes, D")
     if centers.shape[0] == 0:
         raise InputError(f"{loss_name}: centers has no rows (shape {tuple(centers.shape)})")
     if centers.shape[1] != features.shape[1]:
@@ -115,11 +113,7 @@ def check_margin(loss_name: str, field: str, value: float) -> float:
 
 
 def check_logits(loss_name: str, logits: Tensor) -> None:
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
-        raise InputError(
-            f"{loss_name}: logits must be a 2-D floating tensor (N, num_modalities); got "
-            f"{describe(logits)}"
-        )
+    check_matrix(loss_name, "logits", logits, "N, num_modalities")
     if logits.shape[0] == 0 or logits.shape[1] < 2:
         raise InputError(
             f"{loss_name}: logits need at least one sample and two modalities; got shape "
