@@ -52,8 +52,10 @@ class LocalBackend(Backend):
 
     def run(self, request: SweepRequest) -> None:
         spec = request.spec
-        # identical grid points (e.g. a --set that pins a grid key) run once
-        configs = list({config_key(c): c for c in spec.trials(request.overrides)}.values())
+        # identical grid points (e.g. a --set that pins a grid key) run once; each key is computed
+        # once here (it reads the pretrained weights file, if any)
+        keyed = {config_key(c): c for c in spec.trials(request.overrides)}
+        configs = list(keyed.values())
         explicit = parse_gpus(request.gpus)
         devices = worker_devices(explicit if explicit is not None else visible_gpus(), workers=request.workers,
                                  trials_per_gpu=request.trials_per_gpu)
@@ -62,11 +64,11 @@ class LocalBackend(Backend):
         store = ResultStore(request.folder)
         done = store.statuses()
         skip = ("ok",) if request.retry_failed else FINISHED
-        todo = [(i, cfg) for i, cfg in enumerate(configs) if done.get(config_key(cfg)) not in skip]
+        todo = [(i, cfg) for i, (key, cfg) in enumerate(keyed.items()) if done.get(key) not in skip]
         with SweepProgress(total=len(configs), title=spec.name, quiet=request.quiet) as progress:
-            for cfg in configs:
-                if done.get(config_key(cfg)) in skip:
-                    progress.trial_skipped(done[config_key(cfg)])
+            for key in keyed:
+                if done.get(key) in skip:
+                    progress.trial_skipped(done[key])
             if len(devices) == 1 and explicit is None and request.trials_per_gpu is None:
                 for i, cfg in todo:
                     label = trial_label(cfg, keys)
