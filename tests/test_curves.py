@@ -106,6 +106,37 @@ def test_loss_curves_figure_draws_the_mean_over_seeds_per_method():
     assert [line.get_label() for line in panels[1].get_lines()] == ["mclnet"]
 
 
+def test_loss_curves_give_each_method_one_colour_in_every_panel_and_a_legend_entry():
+    """The first panel (cca) holds only mclnet: the legend still names every method, and a colour
+    stands for the same method in every panel."""
+    import pandas as pd
+
+    from harness.figures.curves import loss_curves_figure
+
+    methods = ["agw", "agw+mcm", "agw+mcm+center", "agw+mcm+ica", "mclnet", "mclnet-no-mcm"]
+    records = pd.DataFrame({"trial_key": methods, "method": methods})
+    rows = []
+    for i, m in enumerate(methods):
+        for epoch in (1, 2):
+            row = {"trial_key": m, "epoch": epoch, "loss/ce": 5.0 - i - epoch, "loss/total": 9.0 - i - epoch}
+            if m in ("mclnet", "mclnet-no-mcm"):
+                row["loss/cca"] = 0.5 * i
+            if "mcm" in m and "no-mcm" not in m:
+                row["loss/mcm"] = 0.1 * i
+            rows.append(row)
+    fig = loss_curves_figure(pd.DataFrame(rows), records)
+    [legend] = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == methods
+    legend_colours = {t.get_text(): h.get_color() for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert len(set(legend_colours.values())) == len(methods)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["cca", "ce", "mcm", "total"]
+    for ax in panels:
+        for line in ax.get_lines():
+            assert line.get_color() == legend_colours[line.get_label()], (ax.get_title(), line.get_label())
+    assert [line.get_label() for line in panels[0].get_lines()] == ["mclnet", "mclnet-no-mcm"]
+
+
 def test_a_pruned_trial_keeps_the_curves_of_the_epochs_it_trained(tiny_config, tmp_path):
     """Stopped after its first epoch the way a pruner stops it (an exception from the epoch
     callback), a trial's stored record comes with that epoch's curves, in the store and in
