@@ -40,7 +40,7 @@ def cmd_show(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     files = show_saved_model(args.model, overrides=_with_rerank(overrides, args.rerank), out=args.out,
                              protocol=args.protocol, queries=args.queries, top_k=args.top_k,
-                             trial=args.trial, quiet=args.quiet)
+                             trial=args.trial, tsne_identities=args.tsne_identities, quiet=args.quiet)
     print("written: " + ", ".join(str(f) for f in files))
     return 0
 
@@ -98,6 +98,8 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     sh.add_argument("--trial", type=int, default=0, help="gallery trial drawn in the ranked lists (default 0)")
     sh.add_argument("--queries", type=int, default=6, help="queries in the ranked lists (default 6)")
     sh.add_argument("--top-k", type=int, default=10, help="gallery images per ranked list (default 10)")
+    sh.add_argument("--tsne-identities", type=int, default=10,
+                    help="identities in the t-SNE, a seeded sample, each in its own colour (default 10, at most 20)")
     sh.add_argument("--rerank", action="store_true", help="rank with k-reciprocal re-ranking")
     sh.add_argument("--out", default="figures", help="output folder (default: figures)")
     sh.add_argument("--quiet", action="store_true", help="no progress display")

@@ -366,6 +366,41 @@ def test_throughput_figure_marks_mixed_devices(tmp_path):
     assert "MIXED DEVICES" in fig.axes[0].get_xlabel()
 
 
+def test_throughput_figure_shows_95_intervals_and_no_front_through_noise(tmp_path):
+    """Bars are the t CIs of the means (3 seeds: t 4.3027). agw is faster but less accurate than
+    mclnet: with agw's throughput 150/250/350 img/s its interval covers mclnet's 100-102, so no
+    Pareto front is drawn and the figure says why; at 249/250/251 the front is drawn."""
+    from harness.results.plots import resolved_front, throughput_figure
+
+    def figure(speeds, name):
+        records = []
+        for seed in range(3):
+            records += [_record("agw", seed, 40.0, 35.0, train_img_per_s=speeds[seed]),
+                        _record("mclnet", seed, 48.0, 43.0 + seed)]
+        return throughput_figure(summarise(_store(tmp_path, records, name=name).dataframe())).axes[0]
+
+    ax = figure([150.0, 250.0, 350.0], "noisy")
+    assert "Pareto front" not in [line.get_label() for line in ax.get_lines()]
+    assert any("no Pareto front" in t.get_text() for t in ax.texts)
+    half = T975[2] * 100.0 / math.sqrt(3)  # sd of 150, 250, 350 is 100
+    xbar = ax.containers[0].lines[2][0].get_segments()[0]
+    assert xbar[0][0] == pytest.approx(250 - half, abs=0.01) and xbar[1][0] == pytest.approx(250 + half, abs=0.01)
+    ax = figure([249.0, 250.0, 251.0], "apart")
+    [front] = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
+    assert front.get_xdata().tolist() == [101.0, 250.0] and front.get_ydata().tolist() == [44.0, 35.0]
+    assert not any("no Pareto front" in t.get_text() for t in ax.texts)
+
+    points = np.array([[100.0, 40.0], [200.0, 30.0], [150.0, 20.0]])  # the third is dominated
+    apart = np.array([[[95, 105], [39, 41]], [[195, 205], [29, 31]], [[140, 160], [19, 21]]], dtype=float)
+    assert resolved_front(points, apart).tolist() == [0, 1]
+    noisy = apart.copy()
+    noisy[1, 0] = [-5.9, 242.9]  # a throughput CI spanning the other point's
+    assert resolved_front(points, noisy) is None
+    noisy = apart.copy()
+    noisy[1, 1] = [np.nan, np.nan]  # one run: no interval, nothing resolved
+    assert resolved_front(points, noisy) is None
+
+
 def test_spec_table_block_refuses_unknown_grouping_keys_and_metrics():
     from harness.sweep import parse_spec
     from tests.conftest import TINY
