@@ -236,7 +236,8 @@ def test_a_single_seed_claims_no_interval_and_says_so(tmp_path):
     report = write_report(store.folder, baseline="a", plots=False)
     s = report.summaries[0]
     assert best_marks(s, "rank1") == ["", ""]
-    assert "n = 1 have no CI and no significance" in report.markdown
+    assert "Every row has n = 1: no CI, no significance claim; nothing is marked." in report.markdown
+    assert "MCM: ;" not in report.terminal and "CCA: " not in report.terminal  # switches off: not named empty
     stats = statistics_frame(s)
     assert set(stats["95% CI"]) == {"-"} and set(stats["Δ 95% CI"]) == {"-"}
     assert "45.00 ±" not in report.markdown
@@ -286,18 +287,74 @@ def test_paper_table_layout_markdown_latex_and_terminal(tmp_path):
     assert [c for c in frame.columns[5:]] == [(p, m) for p in ("SYSU all", "SYSU indoor")
                                               for m in ("Rank-1", "Rank-10", "Rank-20", "mAP", "mINP")]
     assert frame.iloc[2, 1:4].tolist() == ["✓", "ICA", "✓"] and frame.iloc[1, 1:4].tolist() == ["✓", "center", ""]
-    assert frame[("SYSU all", "Rank-1")].iloc[0] == "41.00 ± 1.00†"  # 3 seeds: no difference can be significant
+    assert frame[("SYSU all", "Rank-1")].iloc[0] == "41.00 ± 1.00"
     md = (store.folder / "table.md").read_text()
     assert "| method | MCM | ICA/center | CCA | runs | SYSU all Rank-1 |" in md
     tex = (store.folder / "table.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\multicolumn{5}{c}{SYSU all}" in tex
     assert "\\checkmark" in tex and "$\\pm$" in tex
+    assert tex.startswith("% needs \\usepackage{booktabs}") and "\\usepackage{amssymb}" in tex.splitlines()[0]
+    assert "\\begin{table*}" in tex and "\\end{table*}" in tex  # 15 columns: both columns of a paper
+    assert "\\label{tab:sweep}" in tex
+    caption = tex[tex.index("\\caption{"):tex.index("\\label")]
+    assert "table-" not in caption and ".md" not in caption and ".csv" not in caption  # no file names
+    stats_tex = (store.folder / "table-all-single.tex").read_text()
+    assert "\\label{tab:sweep-all-single}" in stats_tex and "p $<$ 0.05" in stats_tex
     csv = pd.read_csv(store.folder / "table-all-single.csv")
     assert {"rank1_delta_ci_low", "rank1_delta_ci_high", "rank1_delta_p", "rank1_ci_low", "rank1_gallery_std"} \
         <= set(csv.columns)
     text = render_terminal(report.summaries)
     lines = text.splitlines()
     assert max(map(len, lines)) <= 80 and any("R1" in line for line in lines) and "mclnet" in text
+    assert any(line.split() == ["±", "1.00"] * 3 + ["±", "0.00"] * 2 for line in lines)  # each mean's sd below it
+
+
+def test_paper_csv_holds_numbers_pandas_reads_back(tmp_path):
+    """table.csv: mean, sd and n per (protocol, metric) as numbers and the mark apart; the means and
+    sds are those of the seeds (40/41/42 -> 41, sd 1)."""
+    records = []
+    for seed, e in enumerate([0.3, -0.2, 0.1, -0.4, 0.2, 0.0]):
+        records += [_record("agw", seed, 40.0 + e, 30.0), _record("mclnet", seed, 46.0 - e, 31.0 + seed)]
+    store = _store(tmp_path, records)
+    write_report(store.folder, plots=False, published=None)
+    csv = pd.read_csv(store.folder / "table.csv")
+    assert csv["method"].tolist() == ["agw", "mclnet"] and csv["n"].tolist() == [6, 6]
+    for column in ("all-single.rank1.mean", "all-single.rank1.sd", "all-single.mAP.mean", "all-single.rank1.n"):
+        assert pd.api.types.is_numeric_dtype(csv[column]), column
+    agw = [40.0 + e for e in (0.3, -0.2, 0.1, -0.4, 0.2, 0.0)]
+    assert csv.loc[0, "all-single.rank1.mean"] == pytest.approx(sum(agw) / 6)
+    assert csv.loc[0, "all-single.rank1.sd"] == pytest.approx(float(np.std(agw, ddof=1)))
+    assert csv.loc[1, "all-single.mAP.mean"] == pytest.approx(33.5) and csv.loc[1, "all-single.rank1.n"] == 6
+    assert csv["all-single.rank1.mark"].fillna("").tolist() == ["", "best"]  # 6 pairs, all mclnet ahead
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5])
+def test_fewer_than_six_seeds_mark_nothing_and_the_caption_says_what_n_allows(tmp_path, seeds):
+    """The exact sign-flip test's smallest p with n pairs is 2/2^n: 0.0625 at n = 5, so even a gap
+    every seed agrees on cannot be significant; at n = 6 (0.031) it can."""
+    records = []
+    for seed in range(seeds):
+        records += [_record("agw", seed, 40.0 + 0.1 * seed, 30.0), _record("mclnet", seed, 50.0 + 0.2 * seed, 40.0)]
+    report = write_report(_store(tmp_path, records).folder, baseline="agw", plots=False)
+    s = report.summaries[0]
+    assert best_marks(s, "rank1") == ["", ""]
+    cells = paper_frame([s])[("SYSU all", "Rank-1")].tolist()
+    assert not any("†" in c or "**" in c for c in cells)
+    caption = report.footer.replace("\n", " ")
+    smallest = 2 / 2 ** seeds
+    assert f"With n = {seeds} seeds no difference can be significant" in caption
+    assert f"2/{2 ** seeds} = {smallest:.3g}" in caption and "Bold: best" not in caption
+    assert smallest > 0.05
+    assert not statistics_frame(s)["Δ"].str.endswith("*").any()
+
+
+def test_six_seeds_can_mark_the_best(tmp_path):
+    records = []
+    for seed in range(6):
+        records += [_record("agw", seed, 40.0 + 0.1 * seed, 30.0), _record("mclnet", seed, 50.0 + 0.2 * seed, 40.0)]
+    report = write_report(_store(tmp_path, records).folder, plots=False)
+    assert best_marks(report.summaries[0], "rank1") == ["", "best"]
+    assert "Bold: best" in report.footer.replace("\n", " ") and "no difference can be" not in report.footer
 
 
 def test_published_numbers_only_beside_real_data(tmp_path):

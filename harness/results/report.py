@@ -17,22 +17,22 @@ from harness.results.metrics import TABLE_METRICS
 from harness.results.paper import (
     ANY_PROTOCOL,
     TERMINAL_WIDTH,
+    WIDE_LATEX_COLUMNS,
     Published,
-    flat_columns,
-    paper_frame,
     paper_latex,
     paper_markdown,
+    paper_numbers,
     render_terminal,
     terminal_tables,
 )
-from harness.results.stats import significance_caption
+from harness.results.stats import pairs_caption, significance_caption
 from harness.results.store import STORE_NAME, ResultStore
 from harness.results.tables import (
-    PLAIN,
     Summary,
     add_deltas,
     csv_frame,
     expand_records,
+    latex_label,
     statistics_frame,
     summarise,
     summary_caption,
@@ -151,18 +151,19 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
         stats_frame = statistics_frame(summary)
         md = f"### {folder.name}: {summary.protocol}\n\n{to_markdown(stats_frame)}\n{caption}\n"
         sections.append(md)
-        for name, text in ((f"table{suffix}.md", md),
-                           (f"table{suffix}.tex", to_latex(stats_frame, caption=caption,
-                                                           left_columns=len(summary.key_columns) + 1)),
+        tex = to_latex(stats_frame, caption=caption, left_columns=len(summary.key_columns) + 1,
+                       environment="table*" if len(stats_frame.columns) > WIDE_LATEX_COLUMNS else "table",
+                       label=latex_label(f"{folder.name}-{summary.protocol or 'no-protocol'}"))
+        for name, text in ((f"table{suffix}.md", md), (f"table{suffix}.tex", tex),
                            (f"table{suffix}.csv", csv_frame(summary).to_csv(index=False))):
             atomic_write_text(folder / name, text)
             files.append(folder / name)
     caption = _paper_caption(summaries, baseline, notes)
     paper_md = f"### {folder.name}\n\n{paper_markdown(summaries, published)}\n{caption}\n"
     atomic_write_text(folder / "table.md", paper_md)
-    atomic_write_text(folder / "table.tex", paper_latex(summaries, caption, published))
-    atomic_write_text(folder / "table.csv", flat_columns(paper_frame(summaries, PLAIN,
-                                                                     published=published)).to_csv(index=False))
+    atomic_write_text(folder / "table.tex", paper_latex(summaries, caption, published,
+                                                        label=latex_label(folder.name)))
+    atomic_write_text(folder / "table.csv", paper_numbers(summaries, published).to_csv(index=False))
     files += [folder / "table.md", folder / "table.tex", folder / "table.csv"]
     failures = records[records["status"] == "failed"].drop_duplicates("trial_key")
     failed_text = "".join(f"- {r['method']} seed {r['seed']}: {r['failure']}\n" for _, r in failures.iterrows())
@@ -195,12 +196,16 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
 
 
 def _paper_caption(summaries: Sequence[Summary], baseline: str | None, notes: list[str]) -> str:
-    parts = [("Mean ± sd over seeds (n in the runs column). Bold: best, significantly better than the runner-up "
-              "(paired by seed); † : best not significantly better than these rows (tied).")]
+    parts = ["Mean ± sd over seeds (n in the runs column)."]
+    limit = pairs_caption([n for s in summaries for n in s.rows["n"]])
+    if limit is None or not limit.endswith("nothing is marked."):
+        parts.append("Bold: best, significantly better than the runner-up (paired by seed); † : best not "
+                     "significantly better than these rows (tied).")
+    if limit:
+        parts.append(limit)
     if baseline:
-        parts.append(f"Deltas to {baseline} with CI and p in table-<protocol>.md/csv; " + significance_caption())
-    if min((s.min_n for s in summaries), default=0) < 2:
-        parts.append("Rows with n = 1 have no CI and no significance claim.")
+        parts.append(f"Differences to {baseline}, with CIs and p-values, are in the per-protocol tables. "
+                     + significance_caption())
     parts += notes
     return " ".join(dict.fromkeys(parts))
 
