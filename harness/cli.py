@@ -86,8 +86,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.final or args.final_trial or spec.final:
         from harness.final import run_final
 
-        _, report = run_final(spec, results_dir=args.results_dir, trial=args.final_trial, quiet=args.quiet)
+        folder, report = run_final(spec, results_dir=args.results_dir, trial=args.final_trial, quiet=args.quiet)
         print_report(report)
+        from harness.final import CHOSEN_CONFIG
+
+        print(f"the chosen configuration: {folder / CHOSEN_CONFIG} (vireid run --config accepts it)", file=sys.stderr)
     return 0
 
 

@@ -50,8 +50,11 @@ def fake_throughput(cfg) -> float:
     return 1000.0 * (1.0 - cfg.train.lr / 0.1) * (0.5 + cfg.train.weight_decay / 0.02)
 
 
-def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None) -> TrialResult:
-    """Stands in for harness.trial.run_trial: per-epoch validation rises linearly to fake_val_map."""
+def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None, test_protocols=True) -> TrialResult:
+    """Stands in for harness.trial.run_trial: per-epoch validation rises linearly to fake_val_map.
+
+    Test protocols "a" and "b" get one record each; `test_protocols=False` (a search trial) gives one
+    `val` record instead, as run_trial does."""
     block = os.environ.get(BLOCK_ENV)
     if block and Path(block).exists():  # park here until the test kills this process
         Path(block + ".started").write_text(str(os.getpid()))
@@ -75,6 +78,9 @@ def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None
                      "failure": None, "epochs": epochs, "val_mAP": final, "train_img_per_s": fake_throughput(cfg),
                      "pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                      **(extra or {})}
+    if not test_protocols:
+        return TrialResult(key=key, status="ok", records=[{**common_fields, "protocol": "val", "rank1": final,
+                                                           "mAP": final}])
     records = [{**common_fields, "protocol": p, "rank1": 10.0 + i, "mAP": 5.0 + i} for i, p in enumerate(("a", "b"))]
     return TrialResult(key=key, status="ok", records=records)
 
@@ -165,7 +171,8 @@ def test_optuna_tpe_search_records_every_trial_with_its_params(tmp_path, fake):
     spec = make_spec("tpe", search={"space": LR_SPACE, "n_trials": 6, "sampler": "tpe", "pruner": "none"})
     run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     df = ok_records(tmp_path).drop_duplicates("trial_key")
-    assert len(df) == 6 and len(ResultStore(tmp_path).dataframe()) == 12
+    assert len(df) == 6 and len(ResultStore(tmp_path).dataframe()) == 6  # one validation record per trial
+    assert set(df["protocol"]) == {"val"} and set(df["objectives"]) == {json.dumps({"val_mAP": "maximize"})}
     study = load(tmp_path, "tpe")
     by_number = {t.number: t for t in study.trials}
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) and len(study.trials) == 6
@@ -246,7 +253,7 @@ def test_optuna_median_pruning_stores_pruned_records(tmp_path, fake):
         rows = df[df["optuna_trial"] == t.number]
         assert list(rows["status"]) == ["pruned"]
         step = max(t.intermediate_values)
-        assert rows["epochs"].iloc[0] == step + 1 < 4
+        assert rows["epochs"].iloc[0] == step < 4  # steps are epochs 1..n
         # brute force: its best value so far is below the median of the earlier completed trials at that step
         earlier = [u.intermediate_values[step] for u in trials
                    if u.number < t.number and u.state == optuna.trial.TrialState.COMPLETE]
@@ -389,7 +396,7 @@ def test_optuna_two_worker_processes_share_one_budget(tmp_path):
     trials = load(tmp_path, "two").trials
     assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     df = ok_records(tmp_path)
-    assert df["trial_key"].nunique() == 6 and len(df) == 12
+    assert df["trial_key"].nunique() == 6 and len(df) == 6  # one validation record per search trial
     assert os.getpid() not in set(df["pid"])  # the trials ran in the worker processes
     assert sorted(df.drop_duplicates("trial_key")["optuna_trial"]) == list(range(6))
 
@@ -544,10 +551,12 @@ def test_ray_outcomes_after_fit_pruned_records_and_interruptions(tmp_path):
     from types import SimpleNamespace
 
     from harness.runner.ray_backend import _store_pruned_trials
+    from harness.search import search_fields
 
     spec = make_spec("outcomes", search={"space": LR_SPACE, "n_trials": 4})
     payload = {"configs": [c.to_dict() for c in spec.trials()], "folder": str(tmp_path), "sweep": "outcomes",
-               "source": "outcomes.yaml", "objectives": ["val_mAP"], "labels": ["mclnet seed=0"]}
+               "source": "outcomes.yaml", "objectives": ["val_mAP"], "labels": ["mclnet seed=0"],
+               "swept": ["train.lr"], "search_fields": search_fields(spec)}
     results = [
         SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.01}, error=None,
                         metrics={"trial_status": "ok", "val_mAP": 1.0, "done": True}),
@@ -563,9 +572,10 @@ def test_ray_outcomes_after_fit_pruned_records_and_interruptions(tmp_path):
     df = ResultStore(tmp_path).dataframe()
     [row] = df.to_dict("records")
     assert row["status"] == "pruned" and json.loads(row["config"])["train"]["lr"] == 0.03
-    assert row["epochs"] == 1 and json.loads(row["val_history"]) == {"0": 0.5} and row["trial_id"] == "t3"
+    assert row["epochs"] == 1 and json.loads(row["val_history"]) == {"1": 0.5} and row["trial_id"] == "t3"
     assert row["failure"] == "pruned after epoch 1 (validation 0.50)"
     assert row["trial_key"] == config_key(spec.trials()[0].with_overrides({"train.lr": 0.03}))
+    assert row["label"] == "mclnet train.lr=0.03 seed=0" and json.loads(row["objectives"]) == {"val_mAP": "maximize"}
 
 
 def test_ray_tables_mark_the_pareto_front(tmp_path):
@@ -615,14 +625,15 @@ def test_optuna_end_to_end_with_the_real_trial(tmp_path):
     spec = tiny_real_spec("real", tmp_path / "cache", n_trials=2, pruner="median")
     run_optuna(spec, tmp_path / "out", quiet=True)
     df = ResultStore(tmp_path / "out").dataframe()
-    assert set(df["status"]) == {"ok"} and set(df["protocol"]) == {"all-single"} and len(df) == 2
+    assert set(df["status"]) == {"ok"} and set(df["protocol"]) == {"val"} and len(df) == 2  # no test protocol
     study = load(tmp_path / "out", "real")
     for t in study.trials:
         [row] = df[df["optuna_trial"] == t.number].to_dict("records")
         assert t.value == pytest.approx(row["val_mAP"])  # the objective is the validation metric
         assert 0.0 <= row["val_mAP"] <= 100.0 and 0.0 <= row["rank1"] <= 100.0
-        assert sorted(t.intermediate_values) == [0, 1]  # validated after each epoch for the pruner
-        assert t.intermediate_values[1] == pytest.approx(row["val_mAP"])  # the final model, validated once more
+        assert sorted(t.intermediate_values) == [1, 2]  # validated after each epoch (1..n) for the pruner
+        assert t.intermediate_values[2] == pytest.approx(row["val_mAP"])  # the final model, validated once more
+        assert row["mAP"] == pytest.approx(row["val_mAP"])  # its one record is the validation protocol's
         assert json.loads(row["config"])["train"]["lr"] == pytest.approx(t.params["train.lr"])
     assert not list((tmp_path / "out" / "checkpoints").glob("*.ckpt"))
 

@@ -37,6 +37,36 @@ def test_rows_hold_every_term_learning_rate_speed_and_validation(tiny_config):
     assert rows[-1]["val/mAP"] == pytest.approx(result.records[0]["val_mAP"])  # the last validation is reused
 
 
+def test_a_search_trial_never_loads_a_test_image(tiny_config, monkeypatch):
+    """test_protocols=False: the trial is scored on its validation protocol (the last epoch's
+    validation, shared with the curves) and not one test image is decoded."""
+    import harness.trial
+    from harness.data.registry import load_dataset
+
+    cfg = tiny_config(method="agw", **{"data.val_identities": 3})
+    loaded: set[str] = set()
+    load_images = harness.trial.load_images
+
+    def recording(paths, *args, **kwargs):
+        loaded.update(paths)
+        return load_images(paths, *args, **kwargs)
+
+    monkeypatch.setattr(harness.trial, "load_images", recording)
+    result = run_trial(cfg, test_protocols=False)
+    assert result.status == "ok" and [r["protocol"] for r in result.records] == ["val"]
+    bundle = load_dataset(cfg.data, seed=cfg.seed)
+    test_images = {p for protocol in bundle.protocols.values() for split in (protocol.query, protocol.gallery)
+                   for p in split.paths}
+    validation = set(bundle.validation.query.paths) | set(bundle.validation.gallery.paths)
+    assert validation <= loaded and not loaded & test_images
+    [record] = result.records
+    assert record["mAP"] == pytest.approx(result.curves[-1]["val/mAP"]) == pytest.approx(record["val_mAP"])
+    assert record["infer_img_per_s"] > 0
+    loaded.clear()
+    tested = run_trial(cfg)  # the default evaluates every test protocol
+    assert {r["protocol"] for r in tested.records} == set(bundle.protocols) and loaded & test_images
+
+
 def test_rows_survive_a_resumed_trial(tiny_config, tmp_path):
     cfg = tiny_config(method="agw")
     whole = run_trial(cfg).curves

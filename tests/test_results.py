@@ -518,3 +518,45 @@ def test_search_table_names_each_sampled_value_once_rounded_and_fits_the_termina
     for value in ("0.01144", "0.002001", "13.97", "0.9205", "pruned"):
         assert value in text
     assert "sigma" in text and "lr" in text  # the swept keys, shortened, head their columns
+
+
+def _search_records():
+    """Four trials of a search on val_mAP: two finished, one pruned after epoch 2, one failed."""
+    from harness.results.records import objectives_field, sampled_params
+
+    rows = []
+    for i, (lr, status, val) in enumerate([(0.011438553, "ok", 31.5), (0.0020007, "pruned", None),
+                                           (0.041, "ok", 44.25), (0.02, "failed", None)]):
+        cfg = {"method": "mclnet", "seed": 0, "model": {"backbone": "test_resnet"},
+               "data": {"dataset": "synthetic", "trial": 1}, "train": {"lr": lr}}
+        extra = {"trial_key": f"t{i}", "trial_id": str(i), "config": json.dumps(cfg), "status": status,
+                 "protocol": "val" if status == "ok" else None, "epochs": 10 if status == "ok" else 2,
+                 **objectives_field({"val_mAP": "maximize"}), **sampled_params({"train.lr": lr})}
+        if status == "ok":
+            extra["val_mAP"] = val
+        if status == "pruned":
+            extra.update(failure="pruned after epoch 2 (validation 12.50)", val_history=json.dumps({"1": 9.0,
+                                                                                                  "2": 12.5}))
+        if status == "failed":
+            extra["failure"] = "RuntimeError: boom"
+        rows.append(_record("mclnet", 0, 40.0, val or 0.0, **extra))
+    return rows
+
+
+def test_search_table_shows_objective_sampled_values_and_pruning_state(tmp_path):
+    store = _store(tmp_path, _search_records())
+    report = write_report(store.folder, protocols=["all-single"], baseline="agw")
+    assert [f.name for f in report.files] == ["table.md", "table.csv"]  # no test-protocol tables, no CMC
+    table = pd.read_csv(store.folder / "table.csv")
+    assert table["trial"].tolist() == [2, 0, 1, 3]  # finished best first, then pruned, then failed
+    assert table["state"].tolist() == ["ok", "ok", "pruned", "failed"]
+    assert table["val_mAP"].tolist()[:2] == [44.25, 31.5] and table["val_mAP"].iloc[2:].isna().all()
+    assert table["last_reported"].iloc[2] == 12.5 and table["epochs"].tolist()[:3] == [10, 10, 2]
+    assert table["chosen"].tolist() == [True, False, False, False]
+    assert table["train.lr"].tolist() == pytest.approx([0.041, 0.011438553, 0.0020007, 0.02])
+    md = (store.folder / "table.md").read_text()
+    assert "| 1 | mclnet | 0.002001 | pruned @2 | 2 | (12.50) |  |" in md
+    assert "| 2 | mclnet | 0.041 | ok | 10 | 44.25 | ✓ |" in md
+    assert "test protocols were not evaluated" in md and "Rank-1" not in md
+    lines = report.terminal.splitlines()
+    assert max(map(len, lines)) <= 80 and "method: mclnet" in report.terminal and "val mAP" in report.terminal

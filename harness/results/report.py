@@ -25,6 +25,14 @@ from harness.results.paper import (
     render_terminal,
     terminal_tables,
 )
+from harness.results.search_table import (
+    search_caption,
+    search_csv,
+    search_markdown,
+    search_objectives,
+    search_table,
+    search_terminal,
+)
 from harness.results.stats import pairs_caption, significance_caption
 from harness.results.store import STORE_NAME, ResultStore
 from harness.results.tables import (
@@ -118,11 +126,16 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
     measured on real data. `label_columns` adds constant label columns (e.g. which search chose a
     configuration) and `notes` sentences to every caption. `sources` are the results folders whose
     stores are read (default: `folder` alone); several are merged, e.g. the folders of the nodes of
-    one multi-node sweep, and the tables and figures are written to `folder`.
+    one multi-node sweep, and the tables and figures are written to `folder`. The records of a
+    search get the search table instead (harness.results.search_table: objectives, sampled values,
+    pruning; no test protocol was evaluated), whatever `protocols` says.
     """
     folder = Path(folder)
     df, curves = read_stores([Path(s) for s in sources] or [folder])
     records = expand_records(df)
+    objectives = search_objectives(records)
+    if objectives is not None:
+        return _write_search_report(folder, records, curves, objectives, plots=plots)
     recorded = list(dict.fromkeys(records.loc[records["status"] == "ok", "protocol"].dropna()))
     protocols = [p for p in (protocols or recorded or [None])]
     summaries = []
@@ -195,6 +208,25 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
                   warnings=warnings, summaries=summaries)
 
 
+def _write_search_report(folder: Path, records: pd.DataFrame, curves: pd.DataFrame, objectives: dict[str, str],
+                         *, plots: bool) -> Report:
+    """table.md / table.csv of a search (one row per trial) and its loss curves."""
+    table = search_table(records, objectives)
+    markdown = search_markdown(table, folder.name)
+    files = [folder / "table.md", folder / "table.csv"]
+    atomic_write_text(files[0], markdown)
+    atomic_write_text(files[1], search_csv(table))
+    if plots and importlib.util.find_spec("matplotlib") is not None and not curves.empty:
+        from harness.figures.curves import loss_curves_figure
+        from harness.results.plots import save_figure
+
+        files += save_figure(loss_curves_figure(curves, records), folder / "loss_curves.png")
+    warnings = consistency_warnings(records)
+    footer = textwrap.fill(search_caption(table, folder.name), TERMINAL_WIDTH) + "\n"
+    return Report(markdown=markdown, terminal=search_terminal(table, folder.name) + footer, footer=footer,
+                  files=files, warnings=warnings)
+
+
 def _paper_caption(summaries: Sequence[Summary], baseline: str | None, notes: list[str]) -> str:
     parts = ["Mean ± sd over seeds (n in the runs column)."]
     limit = pairs_caption([n for s in summaries for n in s.rows["n"]])
@@ -216,7 +248,7 @@ def print_report(report: Report) -> None:
 
     from rich.console import Console
 
-    if sys.stdout.isatty():
+    if sys.stdout.isatty() and report.summaries:
         console = Console()
         for table in terminal_tables(report.summaries, min(console.width, TERMINAL_WIDTH)):
             console.print(table)

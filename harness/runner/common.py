@@ -73,7 +73,8 @@ def base_record(cfg: TrialConfig, *, status: str, failure: str | None, started: 
 def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: str, trial_id: str,
                   trial_fn: TrialFunction | None = None, on_epoch: Callable | None = None,
                   on_iter: Callable[..., None] | None = None, extra: dict[str, Any] | None = None,
-                  passthrough: tuple[type[BaseException], ...] = (), keep_model: bool = True) -> TrialResult:
+                  passthrough: tuple[type[BaseException], ...] = (), keep_model: bool = True,
+                  test_protocols: bool = True) -> TrialResult:
     """Run one trial and store its records atomically; any failure inside it becomes a failed record.
 
     Bad input (InputError: missing dataset, unknown backbone) is not a trial failure: it
@@ -83,12 +84,15 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
     `<store>/models/` (harness.saved_models) unless `keep_model` is False; the training curves
     go into the store with the records and into `<store>/tensorboard/<label> [<key>]/`, where
     the label (`extra["label"]`, see harness.search.trial_label) names the swept keys.
+    `test_protocols=False` (search trials) is passed on: the trial is scored on its validation
+    protocol and never sees the test images.
     """
     info = {"sweep": sweep, "backend": backend, "trial_id": trial_id, **(extra or {})}
     started = time.time()
     run = trial_fn if trial_fn is not None else run_trial
     try:
-        result = run(cfg, workdir=store.folder / "checkpoints", on_epoch=on_epoch, on_iter=on_iter, extra=info)
+        result = run(cfg, workdir=store.folder / "checkpoints", on_epoch=on_epoch, on_iter=on_iter, extra=info,
+                     test_protocols=test_protocols)
     except (InputError, KeyboardInterrupt, *passthrough):
         raise
     except Exception as exc:  # noqa: BLE001  (a crashing trial must not end the sweep)
@@ -142,13 +146,14 @@ def _write_tensorboard(store: ResultStore, cfg: TrialConfig, info: dict[str, Any
 
 def store_pruned(store: ResultStore, cfg: TrialConfig, *, history: dict[int, float], info: dict[str, Any],
                  started: float) -> None:
-    """A stopped trial keeps one record (status "pruned", why in "failure") and the curves of the
-    epochs it trained (store and TensorBoard); its checkpoint and the curves waiting beside it go."""
+    """A stopped trial keeps one record (status "pruned", why in "failure", `val_history` the values
+    reported after epochs 1..n) and the curves of the epochs it trained (store and TensorBoard); its
+    checkpoint and the curves waiting beside it go. `history` maps 0-based epochs to values."""
     epochs = max(history) + 1 if history else 0
     reason = f"pruned after epoch {epochs}" + (f" (validation {history[epochs - 1]:.2f})" if history else "")
     record = base_record(cfg, status="pruned", failure=reason, started=started,
-                         info={**info, "epochs": epochs,
-                               "val_history": json.dumps({str(k): v for k, v in sorted(history.items())})})
+                         info={**info, "epochs": epochs,  # history by 0-based epoch, stored as epochs 1..n
+                               "val_history": json.dumps({str(k + 1): v for k, v in sorted(history.items())})})
     key = record["trial_key"]
     checkpoint = store.folder / "checkpoints" / f"{key}.ckpt"
     curves = read_curves_file(curves_resume_file(checkpoint))

@@ -51,6 +51,7 @@ from harness.search import (
     objective_directions,
     objective_names,
     reports_every_epoch,
+    search_fields,
     search_plan,
     suggest_space,
     swept_keys,
@@ -139,8 +140,8 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     store = ResultStore(payload["folder"])
     objectives = payload["objectives"]
     trial_id = tune.get_context().get_trial_id()
-    info = {"ray_trial": trial_id, "label": trial_label(cfg, payload["swept"]),
-            **sampled_params(params)}
+    info = {"ray_trial": trial_id, "label": trial_label(cfg, payload["swept"]), **sampled_params(params),
+            **payload["search_fields"]}
     on_epoch = validation_reporter(
         payload["report_metric"], lambda value, epoch: tune.report({objectives[0]: value, "epoch": epoch + 1}),
         last_epoch=cfg.train.epochs - 1)  # the last epoch is reported with the records
@@ -149,7 +150,7 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     if records is None:
         result = execute_trial(cfg, store, sweep=payload["sweep"], backend="ray", trial_id=trial_id,
                                trial_fn=resolve_trial_function(payload["trial_fn"]), on_epoch=on_epoch, extra=info,
-                               keep_model=payload["keep_models"])
+                               keep_model=payload["keep_models"], test_protocols=not payload["search"])
         if result.status != "ok":
             raise TrialFailure(result.failure or "trial failed")
         records = result.records
@@ -201,7 +202,7 @@ def _store_pruned_trials(results: Any, payload: dict[str, Any]) -> dict[str, int
         history = {int(last["epoch"]) - 1: float(last[objective])} if objective in last and "epoch" in last else {}
         trial_id = last.get("trial_id", "")
         info = {"sweep": payload["sweep"], "backend": "ray", "trial_id": trial_id, "ray_trial": trial_id,
-                **sampled_params(params)}
+                "label": trial_label(cfg, payload["swept"]), **sampled_params(params), **payload["search_fields"]}
         store_pruned(store, cfg, history=history, info=info, started=time.time() - float(last.get("time_total_s", 0)))
     return counts
 
@@ -335,7 +336,7 @@ def run_ray(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None =
                "source": spec.source, "objectives": objectives, "directions": directions,
                "report_metric": reports_every_epoch(spec), "search": spec.search is not None, "trial_fn": trial_fn,
                "swept": swept, "labels": [trial_label(c, [k for k in swept if k in spec.grid]) for c in configs],
-               "keep_models": spec.keep_models}
+               "keep_models": spec.keep_models, "search_fields": search_fields(spec)}
     resolve_trial_function(trial_fn)  # a bad path fails here, not in every trial
     folder.mkdir(parents=True, exist_ok=True)
     started_here = not ray.is_initialized()
