@@ -27,11 +27,16 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def cmd_extract(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    import numpy as np
+
     from harness.model_tools import extract_folder
 
     out = extract_folder(args.model, args.folder, modality=args.modality, out=args.out, overrides=overrides,
                          quiet=args.quiet)
-    print(f"wrote {out}")
+    with np.load(out, allow_pickle=False) as data:
+        count, dim = data["features"].shape
+    print(f"wrote {out}: {count} {args.modality} image(s) under {args.folder}, {dim}-dimensional features "
+          "(np.load: features, paths)")
     return 0
 
 
@@ -69,7 +74,8 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     add_set(ev)
     ev.add_argument("--rerank", action="store_true",
                     help="k-reciprocal re-ranking (evaluation.rerank.k1 / k2 / lambda_value: 20, 6, 0.3)")
-    ev.add_argument("--protocol", help="protocol to tabulate (default: the first recorded)")
+    ev.add_argument("--protocol", help="tabulate only this protocol (default: every protocol evaluated; all of "
+                    "them are evaluated and recorded either way)")
     ev.add_argument("--name", default="eval", help="results sub-folder (default: eval)")
     ev.add_argument("--results-dir", default="results", help="where result folders go (default: results)")
     ev.add_argument("--quiet", action="store_true", help="no progress display")
