@@ -217,17 +217,26 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def trial_hparams(cfg: TrialConfig, keys: Sequence[str]) -> dict[str, Any]:
+    """What TensorBoard's HParams view compares a trial by: its method, seed and every swept key's value."""
+    tree = cfg.to_dict()
+    return {"method": cfg.method, "seed": cfg.seed, **{key: _dotted(tree, key) for key in keys}}
+
+
+def _dotted(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def trial_label(cfg: TrialConfig, keys: Sequence[str]) -> str:
     """`agw data.trial=3 seed=0`: the method, then every swept key with this trial's value."""
     tree = cfg.to_dict()
     parts = [cfg.method]
     for key in keys:
-        if key == "method":
-            continue
-        node: Any = tree
-        for part in key.split("."):
-            node = node[part]
-        parts.append(f"{key}={_short(node)}")
+        if key != "method":
+            parts.append(f"{key}={_short(_dotted(tree, key))}")
     if "seed" not in keys:
         parts.append(f"seed={cfg.seed}")
     return " ".join(parts)

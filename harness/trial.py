@@ -171,7 +171,8 @@ def protocol_records(cfg: TrialConfig, common: dict[str, Any], protocols: dict[s
 def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
               on_epoch: Callable[[int, dict[str, float], Callable[[], dict[str, float]]], None] | None = None,
               on_iter: Callable[[int, int, dict[str, Any]], None] | None = None,
-              extra: dict[str, Any] | None = None, test_protocols: bool = True) -> TrialResult:
+              extra: dict[str, Any] | None = None, test_protocols: bool = True,
+              on_curves: Callable[[list[dict[str, float]]], None] | None = None) -> TrialResult:
     """Train `cfg` to its final epoch and evaluate that model on every test protocol.
 
     `test_protocols=False` (a search trial) evaluates the validation protocol instead and never
@@ -181,8 +182,9 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
     `on_iter(epoch, step, fields)` follows each training step (`step_fields`) and each batch of
     the final evaluation (`fields["phase"] == "evaluating"`), for progress displays.
     `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
-    held-out training identities only) and may raise to stop the trial. A checkpoint in
-    `workdir` is resumed from. The result carries the per-epoch training curves and, when
+    held-out training identities only) and may raise to stop the trial. `on_curves(rows)` gets
+    the training curves so far after each epoch (harness.curves; live TensorBoard). A checkpoint
+    in `workdir` is resumed from. The result carries the per-epoch training curves and, when
     successful, the final network (`trained`) for the runner to keep.
     """
     key = config_key(cfg)
@@ -234,7 +236,7 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         **(extra or {}),
     }
     curves = CurveRecorder(trainer, validate=validate if bundle.validation is not None else None,
-                           resume_file=curves_resume_file(ckpt) if ckpt else None)
+                           resume_file=curves_resume_file(ckpt) if ckpt else None, on_rows=on_curves)
     if not test_protocols and bundle.validation is None:
         raise ConfigError("a search trial is scored on held-out training identities and never on the test "
                           "protocols: set data.val_identities > 0")

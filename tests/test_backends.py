@@ -32,6 +32,7 @@ from harness.trial import TrialResult
 
 FAKE = "tests.test_backends:fake_run_trial"
 BLOCK_ENV = "VIREID_TEST_BLOCK_FILE"
+SLEEP_ENV = "VIREID_TEST_TRIAL_SECONDS"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,11 +51,14 @@ def fake_throughput(cfg) -> float:
     return 1000.0 * (1.0 - cfg.train.lr / 0.1) * (0.5 + cfg.train.weight_decay / 0.02)
 
 
-def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None, test_protocols=True) -> TrialResult:
+def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None, test_protocols=True,
+                   on_curves=None) -> TrialResult:
     """Stands in for harness.trial.run_trial: per-epoch validation rises linearly to fake_val_map.
 
     Test protocols "a" and "b" get one record each; `test_protocols=False` (a search trial) gives one
     `val` record instead, as run_trial does."""
+    started = time.time()
+    time.sleep(float(os.environ.get(SLEEP_ENV) or 0))
     block = os.environ.get(BLOCK_ENV)
     if block and Path(block).exists():  # park here until the test kills this process
         Path(block + ".started").write_text(str(os.getpid()))
@@ -77,6 +81,7 @@ def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None
                      "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True), "status": "ok",
                      "failure": None, "epochs": epochs, "val_mAP": final, "train_img_per_s": fake_throughput(cfg),
                      "pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                     "started_at": started, "finished_at": time.time(),
                      **(extra or {})}
     if not test_protocols:
         return TrialResult(key=key, status="ok", records=[{**common_fields, "protocol": "val", "rank1": final,
@@ -438,6 +443,51 @@ def test_ray_fractional_gpus_per_trial(cluster, nodes, per_trial, expected):
     from harness.runner.ray_backend import trial_resources
 
     assert trial_resources(cluster, nodes, per_trial) == expected
+
+
+@pytest.mark.parametrize("cluster, nodes, threads, expected", [
+    ({"CPU": 2.0}, [2.0], 1, {"cpu": 1.0, "gpu": 0.0}),  # train.threads 1 on 2 cores: two trials at once
+    ({"CPU": 16.0}, [8.0, 8.0], 4, {"cpu": 4.0, "gpu": 0.0}),
+    ({"CPU": 4.0}, [4.0], 16, {"cpu": 4.0, "gpu": 0.0}),  # never more than a node has
+    ({"CPU": 2.0}, [2.0], None, {"cpu": 2.0, "gpu": 0.0}),  # threads left to torch: every core
+    ({"CPU": 16.0, "GPU": 4.0}, [16.0], 2, {"cpu": 2.0, "gpu": 1.0}),
+])
+def test_ray_cpus_per_trial_follow_train_threads(cluster, nodes, threads, expected):
+    from harness.runner.ray_backend import trial_resources, trial_threads
+
+    assert trial_resources(cluster, nodes, threads=threads) == expected
+    spec = make_spec("threads", grid={"train.threads": [1, 2]})
+    assert trial_threads(spec.trials()) == 2 and trial_threads(make_spec("none").trials()) is None
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
+def test_ray_runs_one_thread_trials_side_by_side_reports_metrics_and_names_the_harness_board(
+        tmp_path, monkeypatch, capsys):
+    """Two CPUs, train.threads 1: the two trials run at the same time (their fake runs of 1.5 s
+    overlap); Tune's results hold the harness's metrics, and the sweep names the harness's
+    TensorBoard folder, not one of Ray's own."""
+    import pandas as pd
+
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV
+    from harness.runner.ray_backend import run_ray
+
+    monkeypatch.setenv(SLEEP_ENV, "1.5")
+    spec = make_spec("rthreads", grid={"train.lr": [0.01, 0.02]},
+                     base={"data": {"val_identities": 4}, "train": {"epochs": 3, "threads": 1}})
+    run_ray(spec, tmp_path, trial_fn=FAKE, num_cpus=2)
+    out = capsys.readouterr().out
+    df = ok_records(tmp_path).drop_duplicates("trial_key").sort_values("started_at")
+    first, second = df.to_dict("records")
+    assert second["started_at"] < first["finished_at"]  # side by side, not one after the other
+    tune_rows = pd.read_csv(tmp_path / RAY_CSV).set_index("config/grid_point")
+    row = tune_rows.loc["mclnet train.lr=0.01 seed=0"]
+    assert row["test/a/rank1"] == 10.0 and row["test/b/mAP"] == 6.0 and row["epochs"] == 3  # the fake's numbers
+    assert row["train_img_per_s"] == pytest.approx(1000.0 * 0.9 * (0.5 + 0.0005 / 0.02))
+    assert "1 CPU(s) and 0 GPU(s) per trial" in out
+    assert f"tensorboard --logdir '{tmp_path.resolve() / 'tensorboard'}'" in out
+    assert "To visualize your results with TensorBoard" not in out  # Ray writes no board of its own
+    assert not list((tmp_path / "ray").rglob("events.out.tfevents*"))
 
 
 @pytest.mark.parametrize("cluster, per_trial, match", [

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from harness.provenance import config_key
 from harness.trial import run_trial
 
 
@@ -116,6 +117,53 @@ def test_sweep_stores_curves_and_tensorboard_reads_them_back(tiny_config, tmp_pa
 
     files = write_report(tmp_path / "sweep").files
     assert tmp_path / "sweep" / "loss_curves.png" in files and tmp_path / "sweep" / "loss_curves.pdf" in files
+
+
+def _events(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return events
+
+
+def test_tensorboard_follows_a_running_trial_then_gets_test_metrics_and_hparams(tiny_config, tmp_path):
+    """After each epoch the trial's TensorBoard run already holds that epoch (watched from inside the
+    trial); once stored, `test/<protocol>/rank1|mAP|mINP` equal the records and an HParams session
+    names the swept keys with this trial's values and the final metrics."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from harness.results import ResultStore
+    from harness.runner.common import execute_trial
+
+    cfg = tiny_config(method="agw", **{"train.epochs": 3, "data.val_identities": 3, "data.modes": ["all", "indoor"]})
+    folder = tmp_path / "sweep" / "tensorboard" / f"agw train.lr=0.01 [{config_key(cfg)}]"
+    seen = []
+
+    def watch(epoch, losses, validate):
+        events = _events(folder)
+        seen.append([s.step for s in events.Scalars("loss/ce")])
+        assert not [t for t in events.Tags()["scalars"] if t.startswith("test/")]  # not before the end
+
+    result = execute_trial(cfg, ResultStore(tmp_path / "sweep"), sweep="sweep", backend="local", trial_id="0",
+                           on_epoch=watch, keep_model=False, extra={"label": "agw train.lr=0.01"},
+                           hparams={"method": "agw", "train.lr": 0.01, "train.milestones": [1]})
+    assert seen == [[1], [1, 2], [1, 2, 3]]  # live: each epoch visible while the trial still runs
+    events = _events(folder)
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    for record in result.records:
+        for name in ("rank1", "mAP", "mINP"):
+            [point] = events.Scalars(f"test/{record['protocol']}/{name}")
+            assert point.step == 3 and point.value == pytest.approx(record[name], rel=1e-6)
+    assert {r["protocol"] for r in result.records} == {"all-single", "indoor-single"}
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [h.name for h in experiment.hparam_infos] == ["method", "train.lr", "train.milestones"]
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"test/all-single/mAP", "test/indoor-single/rank1", "val/mAP"} <= metric_tags
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["method"].string_value == "agw" and start.hparams["train.lr"].number_value == 0.01
+    assert start.hparams["train.milestones"].string_value == "[1]"
 
 
 def test_loss_curves_figure_draws_the_mean_over_seeds_per_method():

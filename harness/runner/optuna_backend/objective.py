@@ -35,7 +35,7 @@ from harness.runner.optuna_backend.study import (
     study_lock,
     watch_running_trials,
 )
-from harness.search import GRID_INDEX, search_fields, suggest_space, trial_label
+from harness.search import GRID_INDEX, search_fields, suggest_space, trial_hparams, trial_label
 
 GC_AFTER_SECONDS = 10.0
 
@@ -93,10 +93,11 @@ class Objective:
                                    trial_fn=self.trial_fn, on_epoch=self._epoch_callback(trial, history),
                                    on_iter=self.progress.iteration if self.progress else None, extra=info,
                                    passthrough=(optuna.TrialPruned,), keep_model=job.spec.keep_models,
-                                   test_protocols=job.spec.search is None)
+                                   test_protocols=job.spec.search is None, hparams=trial_hparams(cfg, job.swept))
         except optuna.TrialPruned:
             sweep_info = {"sweep": job.spec.name, "backend": "optuna", "trial_id": str(trial.number), **info}
-            store_pruned(self.store, cfg, history=history, info=sweep_info, started=started)
+            store_pruned(self.store, cfg, history=history, info=sweep_info, started=started,
+                         hparams=trial_hparams(cfg, job.swept))
             trial.set_user_attr("outcome", "pruned")
             raise
         if result.status != "ok":
