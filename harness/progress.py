@@ -118,8 +118,8 @@ class SweepProgress:
     def _summary(self) -> str:
         c = self.counts
         best = f", best Rank-1 {self.best:.1f}" if self.best is not None else ""
-        earlier = f" ({self.earlier_failures} failed)" if self.earlier_failures else ""
-        done = f", {c['skipped']} done earlier{earlier}" if c["skipped"] else ""
+        earlier = f" ({self.earlier_failures} of them failed)" if self.earlier_failures else ""
+        done = f", {c['skipped']} done by earlier runs{earlier}" if c["skipped"] else ""
         return f"{self.title}: {c['ok']} ok, {c['failed']} failed, {c['pruned']} pruned{done}{best}"
 
     def _plain(self, text: str, *, force: bool = True) -> None:

@@ -123,7 +123,7 @@ def test_the_live_display_keeps_counts_bars_and_etas_in_80_columns():
     text = " ".join(" ".join(lines).split())
     assert "13/36" in text and "6/30" in text and "2/16" in text  # every count kept
     assert text.count("ETA") == 2 and "…" not in text  # the sweep's and the trial's ETA; nothing cut
-    assert "best Rank-1 38.0" in text and "12 done earlier" in text and "mclnet-no-mcm" in text
+    assert "best Rank-1 38.0" in text and "12 done by earlier runs" in text and "mclnet-no-mcm" in text
     assert sum(any(c in line for c in "━╸╺") for line in lines) >= 3  # a bar on every row
 
 

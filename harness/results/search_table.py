@@ -162,10 +162,11 @@ def search_terminal(table: SearchTable, search: str, width: int = 80) -> str:
     keys = [k for k in table.key_columns if k not in constant]
     rich_table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
     for column in text.columns:
-        numbers = column not in keys
-        rich_table.add_column(_short_key(column, keys) if column in keys else column,
-                              justify="left" if column in ("trial", "state", *keys) else "right",
-                              no_wrap=numbers, overflow="fold")
+        header = _short_key(column, keys) if column in keys else {"chosen": CHOSEN}.get(column, column)
+        widest = max([len(str(v)) for v in text[column]] + [len(header)])
+        # nothing is cut: a column keeps its widest cell or header
+        rich_table.add_column(header, justify="left" if column in ("trial", "state", *keys) else "right",
+                              no_wrap=True, min_width=widest, overflow="fold")
     for row in text.itertuples(index=False):
         rich_table.add_row(*map(str, row))
     buffer = io.StringIO()
