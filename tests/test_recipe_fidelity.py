@@ -121,6 +121,34 @@ def test_authors_random_erasing_statistics_match_the_reference_algorithm():
     assert rows.mean().item() == pytest.approx(ref_height, abs=0.8)
 
 
+@pytest.mark.parametrize(("h", "w", "area", "ratio", "erased"), [
+    (4, 4, 1.0, 1.0, None),      # 4 x 4 box: as tall and as wide as the image
+    (4, 8, 0.5, 1.0, None),      # 4 x 4 box: as tall as the image, narrower
+    (8, 4, 0.5, 1.0, None),      # 4 x 4 box: as wide as the image, shorter
+    (5, 8, 0.4, 1.0, (4, 4)),    # 4 x 4 box: one row shorter, narrower: erased
+    (8, 5, 0.4, 1.0, (4, 4)),
+    (9, 4, 0.5, 2.25, (6, 3)),   # sqrt(18 * 2.25) = 6.36 -> 6 rows, sqrt(18 / 2.25) = 2.83 -> 3 columns
+])
+def test_erasing_boxes_must_fit_strictly_inside_the_image(h, w, area, ratio, erased):
+    """Zhong et al.'s RandomErasing keeps a box only if `w < img_w and h < img_h`: with every draw pinned
+    (one area, one aspect), a box exactly as tall or as wide as the image is never used, one pixel
+    smaller always is, wherever it lands."""
+    import torch
+
+    from harness.data.augment import random_erasing
+
+    images = torch.zeros(64, 3, h, w)
+    out = random_erasing(images, torch.Generator().manual_seed(0), p=1.0, area=(area, area), ratio=(ratio, ratio),
+                         aspect="uniform", fill="constant", fill_value=(1.0, 1.0, 1.0), attempts=100)
+    mask = out[:, 0] != 0
+    if erased is None:
+        assert not mask.any()
+    else:
+        assert torch.all(mask.any(dim=2).sum(dim=1) == erased[0])
+        assert torch.all(mask.any(dim=1).sum(dim=1) == erased[1])
+        assert torch.all(mask.flatten(1).sum(dim=1) == erased[0] * erased[1])
+
+
 def test_log_uniform_aspect_draws_boxes_symmetric_in_log_ratio():
     import torch
 
@@ -403,3 +431,77 @@ def test_gem_variant_reaches_the_network_and_the_recipe_uses_both_authors_forms(
         TrialConfig.from_dict(base).with_overrides({"model.gem_variant": "clamp"})
     config = load_recipe("mclnet-authors").config
     assert config["model"]["gem_variant"] == "authors-code" and config["mcm"]["confusion_variant"] == "authors-code"
+
+
+# ------------------------------------------------------------------ which feature each loss term receives
+
+# The authors' train.py: CE on the classifier's logits, WRT and the discriminator D on the pooled
+# feature `feat` (x_pool), ICA and CCA on the BNNeck feature `feat_norm`; the center-loss ablation
+# replaces ICA on the same feature. The terms of each preset are the spec's ablation table.
+PRESET_TERMS = {
+    "agw": {"ce", "wrt"},
+    "agw+mcm": {"ce", "wrt", "mcm"},
+    "agw+mcm+center": {"ce", "wrt", "mcm", "center"},
+    "agw+mcm+ica": {"ce", "wrt", "mcm", "ica"},
+    "mclnet": {"ce", "wrt", "mcm", "ica", "cca"},
+    "mclnet-no-mcm": {"ce", "wrt", "ica", "cca"},
+}
+TERM_INPUT = {"ce": ("logits", "pids"), "wrt": ("pool", "pids"), "mcm_step": ("pool", "modality"),
+              "mcm": ("pool", None), "center": ("bn", "pids"), "ica": ("bn", "pids"), "cca": ("bn", "cams")}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_TERMS))
+def test_each_loss_term_receives_the_feature_of_the_authors_code(preset, monkeypatch):
+    import types
+
+    import torch
+
+    import methods.mclnet as mclnet
+    from harness.config import TrialConfig
+    from methods import create_method
+    from methods.registry import list_methods
+
+    assert {m.name for m in list_methods()} == set(PRESET_TERMS)  # a new preset needs its row here
+    cfg = TrialConfig.from_dict({"method": preset, "model": {"backbone": "test_resnet", "non_local": False}})
+    method = create_method(cfg, num_classes=3, num_cameras=4).train()
+    received: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def recorder(term, function):
+        def record(features, labels=None, *args, **kwargs):
+            received[term] = (features, labels)
+            return function(features, *(() if labels is None else (labels,)), *args, **kwargs)
+        return record
+
+    monkeypatch.setattr(mclnet, "F", types.SimpleNamespace(cross_entropy=recorder("ce", mclnet.F.cross_entropy)))
+    monkeypatch.setattr(mclnet, "wrt_loss", recorder("wrt", mclnet.wrt_loss))
+    monkeypatch.setattr(mclnet, "center_loss", recorder("center", mclnet.center_loss))
+    marginal = mclnet.marginal_center_loss
+
+    def marginal_recorder(features, labels, centers, **kwargs):
+        term = "ica" if centers is getattr(method, "id_centers", None) else "cca"
+        received[term] = (features, labels)
+        return marginal(features, labels, centers, **kwargs)
+
+    monkeypatch.setattr(mclnet, "marginal_center_loss", marginal_recorder)
+    if hasattr(method, "mcm"):
+        monkeypatch.setattr(method.mcm, "discriminator_step",
+                            recorder("mcm_step", method.mcm.discriminator_step))
+        monkeypatch.setattr(method.mcm, "confusion_loss", recorder("mcm", method.mcm.confusion_loss))
+    outputs = {}
+    method.net.register_forward_hook(lambda module, args, out: outputs.update(out))
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 64, 32, generator=generator)
+    batch = {"modality": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), "pids": torch.tensor([0, 0, 1, 1, 0, 0, 2, 2]),
+             "cams": torch.tensor([0, 1, 0, 1, 2, 3, 2, 3])}
+    losses = method.training_losses(images, batch["modality"], batch["pids"], batch["cams"])
+
+    assert set(losses) == PRESET_TERMS[preset]
+    expected_calls = PRESET_TERMS[preset] | ({"mcm_step"} if "mcm" in PRESET_TERMS[preset] else set())
+    assert set(received) == expected_calls
+    assert not torch.equal(outputs["pool"], outputs["bn"])  # the two features are told apart
+    for term, (features, labels) in received.items():
+        feature, label = TERM_INPUT[term]
+        assert torch.equal(features, outputs[feature]), f"{preset}: {term} must receive the {feature} feature"
+        if label is not None:
+            assert torch.equal(labels, batch[label]), f"{preset}: {term} must receive the {label}"
