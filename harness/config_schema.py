@@ -16,6 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import types
@@ -98,22 +99,23 @@ def added_key(default: Any) -> Any:
     return field(default=default, metadata={"added": True})
 
 
-def added_keys(cls: type, prefix: str = "") -> dict[str, Any]:
-    """Dotted path -> default of every `added_key` field of a config dataclass, nested sections included."""
-    found: dict[str, Any] = {}
+@functools.cache
+def added_keys(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(dotted path, default) of every `added_key` field of a config dataclass, nested sections included."""
+    found: list[tuple[str, Any]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            found.update(added_keys(hints[f.name], f"{prefix}{f.name}."))
+            found += [(f"{f.name}.{path}", default) for path, default in added_keys(hints[f.name])]
         elif f.metadata.get("added"):
-            found[f"{prefix}{f.name}"] = f.default
-    return found
+            found.append((f.name, f.default))
+    return tuple(found)
 
 
 def drop_added_defaults(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
     """`tree` (a config as nested dicts) without the added keys that hold their default (what keys hash)."""
     out = copy.deepcopy(tree)
-    for dotted, default in added_keys(cls).items():
+    for dotted, default in added_keys(cls):
         *sections, name = dotted.split(".")
         node = out
         for section in sections:
@@ -126,13 +128,13 @@ def drop_added_defaults(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
 def fill_added_keys(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
     """`tree` with every added key it lacks set to its default (a configuration stored before the key existed)."""
     out = copy.deepcopy(tree)
-    for dotted, default in added_keys(cls).items():
+    for dotted, default in added_keys(cls):
         *sections, name = dotted.split(".")
         node = out
         for section in sections:
             node = node.setdefault(section, {}) if isinstance(node, dict) else None
         if isinstance(node, dict):
-            node.setdefault(name, default)
+            node.setdefault(name, copy.deepcopy(default))
     return out
 
 
