@@ -19,7 +19,8 @@ Each iteration alternates two updates:
      gradient is grad @ W_updated; BatchNorm's uses gamma_updated with the pre-update batch
      statistics). The same code raises on current PyTorch; here each layer is evaluated with
      the updated weights for the gradient and its value replaced, outside the graph, by the
-     pre-update one (a snapshot of M taken by ``discriminator_step``).
+     pre-update one (a snapshot of M taken by ``discriminator_step``). Exact for M's layers
+     (Linear, BatchNorm1d), whose input gradient depends only on the layer's input and weights.
 
 M's parameters belong to M's optimiser alone: keep them out of the extractor's optimiser.
 """
