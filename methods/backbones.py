@@ -371,6 +371,19 @@ class TwoStreamBackbone(nn.Module):
         if self.last_stride_one:
             set_last_stride_one(self.model)
         self.num_features: int = int(self.model.num_features)
+        self.inserted_after: list[str] = []
+        """timm module names followed by a module the harness added (`insert_after`)."""
+
+    def insert_after(self, position: str, module: nn.Module) -> None:
+        """Run `module` after the timm submodule at `position` (e.g. "layer2.3": a ResNet block).
+
+        The submodule becomes ``nn.Sequential(original, module)``: its tensors are named
+        `position.0.*`, the added module's `position.1.*`; `timm_state_dict` maps them back.
+        """
+        parent_name, _, child = position.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, child, nn.Sequential(parent.get_submodule(child), module))
+        self.inserted_after.append(position)
 
     def stem(self, modality: int) -> dict[str, nn.Module]:
         """The stem modules used for one modality, by timm module name."""
@@ -440,12 +453,28 @@ class TwoStreamBackbone(nn.Module):
         return self._to_map(features, (x.shape[-2], x.shape[-1]))
 
 
+def _timm_name(backbone: TwoStreamBackbone, key: str, modality: int) -> str | None:
+    """The plain timm model's name of a two-stream state-dict key; None for the other stem and added modules."""
+    for stem in backbone.stem_module_names:
+        prefix = f"{stem}.branches."
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            return f"{stem}.{rest}" if int(index) == modality else None
+    for position in backbone.inserted_after:
+        if key.startswith(f"{position}.0."):
+            return f"{position}.{key[len(position) + 3:]}"
+        if key.startswith(f"{position}.1."):
+            return None
+    return key
+
+
 def timm_state_dict(backbone: TwoStreamBackbone, modality: int = 0) -> dict[str, torch.Tensor]:
     """A two-stream backbone's weights as its plain timm model names them, with one modality's stem.
 
     What `model.pretrained_file` loads: a backbone trained here can initialise another run the
     way ImageNet weights do (both stems start from the exported one). Modules the harness added
-    (non-local blocks) are left out; a timm weight that has no counterpart is an error.
+    after timm blocks (non-local blocks) are left out and the blocks keep their timm names; a
+    timm weight without counterpart, or a weight timm does not have, is an error.
     """
     if modality not in range(MODALITY_COUNT):
         raise InputError(f"modality {modality!r}: expected 0 (visible) or 1 (infrared)")
@@ -453,17 +482,13 @@ def timm_state_dict(backbone: TwoStreamBackbone, modality: int = 0) -> dict[str,
         expected = create_timm_model(backbone.model_name).state_dict()
     exported: dict[str, torch.Tensor] = {}
     for key, value in backbone.model.state_dict().items():
-        for stem in backbone.stem_module_names:
-            prefix = f"{stem}.branches."
-            if key.startswith(prefix):
-                index, rest = key[len(prefix):].split(".", 1)
-                key = f"{stem}.{rest}" if int(index) == modality else ""
-                break
-        if key in expected:
-            exported[key] = value.detach().clone().contiguous()
+        name = _timm_name(backbone, key, modality)
+        if name is not None:
+            exported[name] = value.detach().clone().contiguous()
     missing = sorted(k for k in expected if k not in exported)
-    mismatched = sorted(k for k, v in exported.items() if tuple(v.shape) != tuple(expected[k].shape))
-    if missing or mismatched:
+    unexpected = sorted(k for k in exported if k not in expected)
+    mismatched = sorted(k for k, v in exported.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape))
+    if missing or unexpected or mismatched:
         raise InputError(f"backbone {backbone.model_name!r}: the weights do not map onto the timm model "
-                         f"(missing {missing[:5]}, other shapes {mismatched[:5]})")
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes {mismatched[:5]})")
     return exported
