@@ -49,8 +49,8 @@ def prepare_saved_model(model: str | Path, overrides: dict[str, Any] | None = No
     saved = read_model(model)
     cfg = evaluation_config(saved, overrides)
     device = prepare_run(cfg)
+    method = load_method(saved, cfg, device=device)  # weights checked before the dataset is read
     bundle = load_dataset(cfg.data, seed=cfg.seed)
-    method = load_method(saved, cfg, device=device)
     return saved, cfg, method, device, bundle
 
 
