@@ -34,6 +34,9 @@ from harness.yaml_loader import load_yaml_text
 
 SEED_MAX = 2**32 - 1
 """numpy's and torch's seeding accept [0, 2**32 - 1]."""
+IMAGE_SIDE_MAX = 2048
+"""Largest image height or width (pixels): re-ID crops are a few hundred; a larger value is a typo that
+would ask for terabytes when the images are decoded."""
 
 
 def _dataset_names(*, synthetic: bool) -> Callable[[], tuple[str, ...]]:
@@ -60,8 +63,8 @@ class SyntheticConfig(RangeChecked):
     """Which registered dataset's layout (and so protocols) the synthetic tree is written in."""
     num_identities: int = ranged(SynthSpec.num_identities, minimum=4)
     images_per_camera: int = ranged(SynthSpec.images_per_camera, minimum=1)
-    height: int = ranged(SynthSpec.height, minimum=32)
-    width: int = ranged(SynthSpec.width, minimum=16)
+    height: int = ranged(SynthSpec.height, minimum=32, maximum=IMAGE_SIDE_MAX)
+    width: int = ranged(SynthSpec.width, minimum=16, maximum=IMAGE_SIDE_MAX)
     seed: int = ranged(SynthSpec.seed, minimum=0, maximum=SEED_MAX)
 
 
@@ -71,8 +74,8 @@ class DataConfig(RangeChecked):
     """synthetic (generated, in the layout data.synthetic.layout) or a registered dataset (sysu | regdb | llcm)."""
     root: str | None = None
     """Dataset root folder; ignored for synthetic (its cache folder is used)."""
-    height: int = ranged(288, minimum=1)
-    width: int = ranged(144, minimum=1)
+    height: int = ranged(288, minimum=1, maximum=IMAGE_SIDE_MAX)
+    width: int = ranged(144, minimum=1, maximum=IMAGE_SIDE_MAX)
     trial: int = ranged(1, minimum=1, maximum=10)
     """RegDB split 1..10 (each split trains its own model)."""
     modes: list[str] = ranged(factory=lambda: ["all", "indoor"], min_length=1)
@@ -98,7 +101,8 @@ class ModelConfig(RangeChecked):
     """ImageNet weights through timm's hub cache: "imagenet" (timm's default for the backbone) or a timm tag
     such as "resnet50.tv_in1k" (torchvision's, as the published numbers); needs the network or a filled cache."""
     pretrained_file: str | None = None
-    """Local weights file (.pth / .safetensors): the offline route, never touches the network."""
+    """Local weights file (.pth / .safetensors): the offline route, never touches the network. It holds every
+    tensor of the timm backbone under timm's names (methods.backbones.pretrained_tensors), checked before training."""
     non_local: bool = True
     non_local_ratio: float = ranged(0.5, above=0, maximum=1)
     """Inner channels of a non-local block as a fraction of its input channels."""

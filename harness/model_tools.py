@@ -29,7 +29,8 @@ from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, DatasetBund
 from harness.errors import InputError
 from harness.progress import TaskProgress
 from harness.provenance import keyed_config
-from harness.saved_models import SavedModel, evaluation_config, load_method, read_model
+from harness.saved_models import CARD_SUFFIX, SavedModel, evaluation_config, load_method, read_model
+from harness.weights import BACKBONE_FORMAT, SAVED_MODEL_FORMAT, weights_format
 
 MODALITIES = {"visible": MODALITY_VISIBLE, "infrared": MODALITY_INFRARED}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -49,8 +50,8 @@ def prepare_saved_model(model: str | Path, overrides: dict[str, Any] | None = No
     saved = read_model(model)
     cfg = evaluation_config(saved, overrides)
     device = prepare_run(cfg)
+    method = load_method(saved, cfg, device=device)  # weights checked before the dataset is read
     bundle = load_dataset(cfg.data, seed=cfg.seed)
-    method = load_method(saved, cfg, device=device)
     return saved, cfg, method, device, bundle
 
 
@@ -151,7 +152,28 @@ def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out:
 
 # --------------------------------------------------------------------------- backbone export
 
-BACKBONE_FORMAT = "vireid-backbone/1"
+def _refuse_overwriting_a_model(saved: SavedModel, targets: Sequence[Path]) -> None:
+    """InputError when writing `targets` would replace the input model or any saved model (weights or card)."""
+    inputs = (saved.weights, saved.weights.with_suffix(CARD_SUFFIX))
+    for target in targets:
+        same = any(target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source))
+                   for source in inputs)
+        if same:
+            raise InputError(f"{target}: this is the model being exported ({saved.weights}); "
+                             "write the backbone to another file")
+        card = target.with_suffix(CARD_SUFFIX)
+        if weights_format(target) == SAVED_MODEL_FORMAT or _card_format(card) == SAVED_MODEL_FORMAT:
+            raise InputError(f"{target}: a saved model is here ({card} is its card); exporting onto it would "
+                             "replace its weights and card: choose another file name")
+
+
+def _card_format(card: Path) -> object:
+    """The `format` a JSON card names, None when the file is missing or is no card."""
+    try:
+        value = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return value.get("format") if isinstance(value, dict) else None
 
 
 def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible") -> Path:
@@ -160,6 +182,7 @@ def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible"
     The file is what `model.pretrained_file` loads, so a backbone pre-trained here starts other
     runs as ImageNet weights would (both modality stems start from the exported `stem`). The card
     says where the weights come from: source model, its config and dataset, versions, SHA-256.
+    Neither file may replace the input model or another saved model (InputError, nothing written).
     """
     from safetensors.torch import save_file
 
@@ -172,6 +195,7 @@ def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible"
     if stem not in MODALITIES:
         raise InputError(f"--stem: {stem!r} is not one of {', '.join(MODALITIES)}")
     saved = read_model(model)
+    _refuse_overwriting_a_model(saved, (out, out.with_suffix(CARD_SUFFIX)))
     backbones = [m for m in load_method(saved).modules() if isinstance(m, TwoStreamBackbone)]
     if len(backbones) != 1:
         raise InputError(f"{saved.weights}: expected one two-stream timm backbone in method "
@@ -185,5 +209,5 @@ def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible"
             "sha256": file_sha256(out), "source_model": saved.key, "source_sweep": saved.card.get("sweep"),
             "trained_on": saved.card.get("dataset"), "source_config": saved.card.get("config"),
             "versions": library_versions()}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_text(out.with_suffix(CARD_SUFFIX), json.dumps(card, indent=1, sort_keys=True, default=str) + "\n")
     return out

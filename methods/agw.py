@@ -59,7 +59,8 @@ def insert_non_local(
 ) -> list[str]:
     """Place non-local blocks after the last blocks of ResNet layer2 / layer3 (AGW positions).
 
-    Each chosen block becomes ``nn.Sequential(block, NonLocalBlock)``. A stage with fewer
+    Each chosen block becomes ``nn.Sequential(block, NonLocalBlock)`` (`TwoStreamBackbone.insert_after`,
+    so an exported backbone keeps timm's names). A stage with fewer
     blocks than requested (ResNet-18 layer2/layer3, test models) gets one after each of its
     blocks. Returns the positions, e.g. ``["layer2.2", "layer2.3", ...]``.
     """
@@ -74,7 +75,7 @@ def insert_non_local(
         channels = backbone.stage_channels(stage_name)
         inner = max(1, int(channels * ratio))
         for index in range(max(0, len(stage) - wanted), len(stage)):
-            stage[index] = nn.Sequential(stage[index], NonLocalBlock(channels, inner))
+            backbone.insert_after(f"{stage_name}.{index}", NonLocalBlock(channels, inner))
             positions.append(f"{stage_name}.{index}")
     return positions
 

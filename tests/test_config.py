@@ -94,6 +94,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     ({"train.warmup_epochs": -3}, "train.warmup_epochs"),
     ({"data.val_identities": -1}, "data.val_identities"),
     ({"train.iters_per_epoch": -5}, "train.iters_per_epoch"),
+    ({"data.height": 10**9}, "data.height"),  # would ask for terabytes when the images are decoded
+    ({"data.synthetic.width": 100_000}, "data.synthetic.width"),
     ({"train.images_per_modality": -2}, "train.images_per_modality"),
     ({"train.eval_batch_size": 0}, "train.eval_batch_size"),
     ({"train.threads": -3}, "train.threads"),

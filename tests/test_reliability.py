@@ -464,3 +464,47 @@ def test_a_rerun_removes_temporaries_a_killed_run_left(tmp_path, capsys):
     capsys.readouterr()
     assert not left.exists()
     assert (tmp_path / "results" / "run" / "records.sqlite").is_file()
+
+
+# ------------------------------------------------------------------ weights files: refused before training
+
+def _tiny_spec(tmp_path, grid: str) -> str:
+    import yaml
+
+    from tests.conftest import TINY
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "pre", "base": {**TINY, "method": "agw"}}) + f"grid: {grid}\n")
+    return str(spec)
+
+
+def test_pretrained_file_that_fits_no_backbone_tensor_stops_the_sweep_before_training(tmp_path, capsys):
+    """Before: timm loaded the file non-strictly and every trial trained from random init, exit 0."""
+    import timm
+    from safetensors.torch import save_file
+
+    good, plain = tmp_path / "good.safetensors", tmp_path / "plain.pth"
+    save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(good))
+    torch.save({"a": torch.zeros(2)}, plain)
+    results = str(tmp_path / "results")
+    spec = _tiny_spec(tmp_path, f"{{model.pretrained_file: [{good}, {plain}]}}")  # the last grid point is wrong
+    code, err = _cli(["sweep", spec, "--results-dir", results, "--quiet"], capsys)
+    assert code == 2 and f"grid point {{'model.pretrained_file': '{plain}'}}" in err
+    assert f"{plain} is a plain state dict" in err and "unexpected ['a']" in err and "export-backbone" in err
+    assert not (tmp_path / "results").exists()
+    code, err = _cli(["sweep", _tiny_spec(tmp_path, "{seed: [0]}"), "--results-dir", results, "--quiet",
+                      "--set", f"model.pretrained_file={plain}"], capsys)
+    assert code == 2 and "plain state dict" in err
+
+
+def test_truncated_pretrained_file_stops_the_sweep_before_training(tmp_path, capsys):
+    """Before: the pre-run check only saw that the file existed; every trial failed and the sweep exited 1."""
+    import timm
+
+    path = tmp_path / "w.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    code, err = _cli(["sweep", _tiny_spec(tmp_path, "{seed: [0]}"), "--set", f"model.pretrained_file={path}",
+                      "--results-dir", str(tmp_path / "results"), "--quiet"], capsys)
+    assert code == 2 and f"model.pretrained_file: {path}: unreadable weights file" in err
+    assert not list((tmp_path / "results").rglob("*.ckpt"))
