@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.config_schema import RangeChecked, build_dataclass, ranged, registered
+from harness.config_schema import RangeChecked, added_key, build_dataclass, ranged, registered
 from harness.data.synthetic.spec import SynthSpec
 from harness.errors import ConfigError
 from harness.yaml_loader import load_yaml_text
@@ -104,6 +104,9 @@ class ModelConfig(RangeChecked):
     """Inner channels of a non-local block as a fraction of its input channels."""
     last_stride_one: bool = True
     gem_p: float = ranged(3.0, above=0)
+    gem_variant: Literal["paper", "authors-code"] = added_key("paper")
+    """GeM pooling: paper (Radenovic et al.): mean(clamp(x, 1e-6)^p)^(1/p); authors-code (the MCLNet and AGW
+    code): (mean(x^p) + 1e-12)^(1/p), for the non-negative maps of ReLU networks (methods.agw.GeM)."""
     bnneck_init: Literal["ones", "normal"] = "ones"
     """BNNeck BN weight at init: 1, or drawn from N(1, 0.01) as the AGW/MCLNet code (bias 0 either way)."""
     test_feature: Literal["bn", "pool"] = "bn"
@@ -142,6 +145,9 @@ class MCMConfig(RangeChecked):
     """BatchNorm1d(2) after the classifier, as in the public code."""
     nesterov: bool = True
     """Nesterov momentum for M's SGD, as the public code's optimiser of M."""
+    confusion_variant: Literal["updated", "authors-code"] = added_key("updated")
+    """L_e after M's update: updated (M's output recomputed with the updated M, frozen) or authors-code (M's
+    output from before the update, its gradient taken through the updated weights; methods.mcm)."""
 
 
 @dataclass

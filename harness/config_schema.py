@@ -13,8 +13,10 @@ name) and the ranges, with a ConfigError naming the dotted key, the value and wh
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import types
@@ -85,6 +87,55 @@ def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MIS
 def registered(default: str, *, names: Callable[[], Sequence[str]]) -> Any:
     """A string field whose accepted values are the names of a registry (`names()`), checked like a range."""
     return field(default=default, metadata={"names": names})
+
+
+def added_key(default: Any) -> Any:
+    """A key added after results were recorded, `default` being the behaviour from before it existed.
+
+    At that value the key stays out of configuration keys (harness.provenance.config_key), and a
+    stored configuration without it reads as holding it (`fill_added_keys`): finished trials,
+    checkpoints and table rows recorded before the key existed keep their identity.
+    """
+    return field(default=default, metadata={"added": True})
+
+
+@functools.cache
+def added_keys(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(dotted path, default) of every `added_key` field of a config dataclass, nested sections included."""
+    found: list[tuple[str, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            found += [(f"{f.name}.{path}", default) for path, default in added_keys(hints[f.name])]
+        elif f.metadata.get("added"):
+            found.append((f.name, f.default))
+    return tuple(found)
+
+
+def drop_added_defaults(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` (a config as nested dicts) without the added keys that hold their default (what keys hash)."""
+    out = copy.deepcopy(tree)
+    for dotted, default in added_keys(cls):
+        *sections, name = dotted.split(".")
+        node = out
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in node and node[name] == default:
+            del node[name]
+    return out
+
+
+def fill_added_keys(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` with every added key it lacks set to its default (a configuration stored before the key existed)."""
+    out = copy.deepcopy(tree)
+    for dotted, default in added_keys(cls):
+        *sections, name = dotted.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(name, copy.deepcopy(default))
+    return out
 
 
 def check_fields(cls: type, values: dict[str, Any], where: str) -> None:

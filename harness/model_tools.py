@@ -28,6 +28,7 @@ from harness.data.registry import load_dataset
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, DatasetBundle
 from harness.errors import InputError
 from harness.progress import TaskProgress
+from harness.provenance import keyed_config
 from harness.saved_models import SavedModel, evaluation_config, load_method, read_model
 
 MODALITIES = {"visible": MODALITY_VISIBLE, "infrared": MODALITY_INFRARED}
@@ -36,7 +37,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 
 def evaluation_key(saved: SavedModel, cfg: TrialConfig) -> str:
     """Records' key of one evaluation: the model and everything the evaluation used."""
-    blob = json.dumps({"model": saved.key, "config": cfg.to_dict()}, sort_keys=True, default=str)
+    blob = json.dumps({"model": saved.key, "config": keyed_config(cfg)}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import platform
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from harness.config_schema import drop_added_defaults
 
 if TYPE_CHECKING:
     from harness.config import TrialConfig
@@ -23,13 +25,19 @@ def config_key(cfg: TrialConfig) -> str:
 
     A `model.pretrained_file` enters by its content (SHA-256) as well as its path: other weights
     under the same name are another trial, never a finished one to skip or a checkpoint to resume.
+    A key added later that holds its default is left out (harness.config_schema.added_key).
     """
-    data = cfg.to_dict()
+    data = keyed_config(cfg)
     weights = cfg.model.pretrained_file
     if weights is not None and os.path.isfile(weights):
         data["model"]["pretrained_file_sha256"] = file_sha256(weights)
     blob = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def keyed_config(cfg: TrialConfig) -> dict[str, Any]:
+    """The configuration as keys hash it: every key but the added keys at their default."""
+    return drop_added_defaults(type(cfg), cfg.to_dict())
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import TrialConfig
 from harness.provenance import library_versions, repeats_exactly
 from harness.results import ResultStore
 
@@ -118,3 +119,19 @@ def test_the_main_job_reference_repeats_natively_within_the_hardware_tolerance()
                 assert got == want, where
             else:
                 assert abs(got - want) <= seed_sd.loc[stored["protocol"], metric], where
+
+
+def test_keys_added_to_the_config_since_the_reference_leave_its_trial_keys_unchanged(monkeypatch):
+    """The reference was stored before `mcm.confusion_variant` and `model.gem_variant` existed: at their
+    defaults its trials keep their keys (a rerun skips them), any other value makes another trial."""
+    from harness.provenance import config_key
+
+    monkeypatch.chdir(REFERENCE.parents[2])  # the key hashes the backbone file named by a relative path
+    records = ResultStore(REFERENCE).dataframe().drop_duplicates("trial_key")
+    stored = [json.loads(c) for c in records["config"]]
+    assert all("confusion_variant" not in c["mcm"] and "gem_variant" not in c["model"] for c in stored)
+    configs = [TrialConfig.from_dict(c) for c in stored]
+    assert [config_key(c) for c in configs] == list(records["trial_key"])
+    changed = configs[0].with_overrides({"mcm.confusion_variant": "authors-code"})
+    assert config_key(changed) != records["trial_key"].iloc[0]
+    assert config_key(configs[0].with_overrides({"model.gem_variant": "authors-code"})) != config_key(changed)
