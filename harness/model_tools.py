@@ -62,14 +62,9 @@ def evaluate_saved_model(model: str | Path, *, overrides: dict[str, Any] | None 
     Returns (records' key, records). The records go to `folder`'s record store, replacing an
     earlier evaluation with the same key.
     """
+    from harness.provenance import environment_fields
     from harness.results import ResultStore
-    from harness.trial import (
-        device_name,
-        evaluate_protocols,
-        library_versions,
-        peak_memory_mb,
-        protocol_records,
-    )
+    from harness.trial import evaluate_protocols, peak_memory_mb, protocol_records
 
     started = time.time()
     saved, cfg, method, device, bundle = prepare_saved_model(model, overrides)
@@ -80,7 +75,7 @@ def evaluate_saved_model(model: str | Path, *, overrides: dict[str, Any] | None 
         "kind": "evaluation", "model_key": saved.key,
         "model_sweep": saved.card.get("sweep"), "trained_on": saved.card.get("dataset"),
         "rerank": cfg.evaluation.rerank.enabled,
-        "device": device_name(device), "versions": json.dumps(library_versions()),
+        **environment_fields(device),
         "num_params": sum(p.numel() for p in method.parameters()), "num_classes": saved.num_classes,
         "infer_img_per_s": infer_speed, "peak_memory_mb": peak_memory_mb(device),
         "wall_seconds": time.time() - started,

@@ -62,10 +62,26 @@ def consistency_warnings(records: pd.DataFrame) -> list[str]:
                      if parsed[lib].astype(str).nunique() > 1}
         out.append("rows of this table come from different library versions: " + "; ".join(
             f"{lib} {', '.join(v)}" for lib, v in differing.items()) + " (numbers are not comparable digit for digit)")
-    if "device" in ok and ok["device"].nunique() > 1:
+    if "hardware" in ok and ok["hardware"].dropna().nunique() > 1:
+        parsed = pd.DataFrame([json.loads(v) for v in ok["hardware"].dropna()])
+        differing = {key: sorted(parsed[key].dropna().astype(str).unique()) for key in parsed.columns
+                     if parsed[key].astype(str).nunique() > 1}
+        out.append("rows of this table come from different hardware: " + "; ".join(
+            f"{key} {' / '.join(values)}" for key, values in differing.items())
+            + " (numbers are not comparable digit for digit, throughput not at all)")
+    elif "device" in ok and ok["device"].nunique() > 1:
         devices = "; ".join(sorted(ok["device"].astype(str).unique()))
         out.append(f"rows of this table come from different devices: {devices} (throughput columns are not comparable)")
     return out
+
+
+def hardware_note(records: pd.DataFrame) -> str | None:
+    """The caption's sentence naming what computed the table's rows (records' `device` field)."""
+    ok = records[records["status"] == "ok"]
+    if "device" not in ok or ok["device"].dropna().empty:
+        return None
+    devices = sorted(ok["device"].dropna().astype(str).unique())
+    return ("Computed on " if len(devices) == 1 else "Computed on several machines: ") + "; ".join(devices) + "."
 
 
 def read_stores(folders: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -138,7 +154,8 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
         raise InputError("published rows given as one paper.setting entry fit a single protocol; choose one "
                          "protocol, or map each protocol to its entry (rows: {ROW: {PROTOCOL: paper.setting}})")
     warnings = consistency_warnings(records)
-    notes = [*notes, *(f"Warning: {w}." for w in warnings)]
+    hardware = hardware_note(records)
+    notes = [*notes, *([hardware] if hardware else []), *(f"Warning: {w}." for w in warnings)]
     if published and _is_synthetic(folder, summaries):
         notes.append("Published numbers are not shown beside rows measured on synthetic or dry-run data.")
         published = None
