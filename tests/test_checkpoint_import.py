@@ -236,6 +236,26 @@ def test_every_registered_importer_names_a_method_a_valid_config_and_published_e
             assert lookup(load_published(), entry)
 
 
+def test_another_source_of_the_same_network_is_one_registration(monkeypatch):
+    """CAJ's public network is embed_net unchanged: its importer reuses the AGW code's rules (ARCHITECTURE.md)."""
+    from methods import importers
+    from methods.agw_code_checkpoints import AGW_CODE_CONFIG, AGW_CODE_RULES
+
+    monkeypatch.setattr(importers, "_IMPORTERS", dict(importers._IMPORTERS))  # the registration ends with the test
+
+    @importers.register_importer("caj-example", method="agw", config=AGW_CODE_CONFIG,
+                                 source="ICCV21_CAJ/model.py embed_net", published={"all-single": "caj.sysu_all"})
+    def convert_caj(state):
+        return AGW_CODE_RULES(state)
+
+    importer = importers.get_importer("caj-example")
+    assert importer.convert is convert_caj and importer.state_key == "net"
+    converted = importer.convert({k: torch.zeros(()).expand(s) for k, s in authors_shapes().items()})
+    assert not converted.unknown and (len(converted.tensors), len(converted.dropped)) == (1025 - 630, 630)
+    with pytest.raises(ValueError, match="twice"):
+        importers.register_importer("caj-example", method="agw", source="again")(convert_caj)
+
+
 def test_numpy_1_names_of_the_saved_metrics_are_read(tmp_path):
     """A file saved under numpy 1 names numpy.core.multiarray; legacy (non-zip) format, GLOBAL opcodes."""
     from harness.checkpoint_import import checkpoint_record, read_checkpoint
