@@ -56,17 +56,18 @@ def _numpy_record_globals() -> list[Any]:
 
 
 def _shown(keys: list[str]) -> str:
-    """Keys grouped by module (`a.b.{weight,bias}`), the first SHOWN_KEYS groups."""
+    """Keys grouped by module (`a.b.{bias,weight}`), the first SHOWN_KEYS groups, then a count of the rest."""
     groups: dict[str, list[str]] = {}
     for key in keys:
         module, _, name = key.rpartition(".")
         groups.setdefault(module, []).append(name)
-    shown = [f"{module}.{{{','.join(names)}}}" if module and len(names) > 1 else (f"{module}.{names[0]}" if module
-                                                                                 else names[0])
-             for module, names in list(groups.items())[:SHOWN_KEYS]]
-    more = f" and {len(keys) - sum(len(n) for n in list(groups.values())[:SHOWN_KEYS])} more" \
-        if len(groups) > SHOWN_KEYS else ""
-    return ", ".join(shown) + more
+    items = list(groups.items())
+    parts = []
+    for module, names in items[:SHOWN_KEYS]:
+        leaf = names[0] if len(names) == 1 else "{" + ",".join(names) + "}"
+        parts.append(f"{module}.{leaf}" if module else leaf)
+    hidden = sum(len(names) for _, names in items[SHOWN_KEYS:])
+    return ", ".join(parts) + (f" and {hidden} more" if hidden else "")
 
 
 def _needs(path: Path, error: Exception) -> str:
