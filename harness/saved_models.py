@@ -97,12 +97,13 @@ def weight_tensors(method: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().to("cpu").contiguous().clone() for name, value in state_tensors(method).items()}
 
 
-def save_model(folder: str | Path, key: str, trained: TrainedModel, *, info: dict[str, Any] | None = None) -> Path:
-    """Write the weights and the card of one trained model; returns the weights path."""
+def save_model(folder: str | Path, key: str, trained: TrainedModel, *, info: dict[str, Any] | None = None,
+               name: str | None = None) -> Path:
+    """Write the weights and the card of one trained model (files named `name`, default `key`); returns the weights."""
     import safetensors
     from safetensors.torch import save_file
 
-    weights, card_path = model_files(folder, key)
+    weights, card_path = model_files(folder, name or key)
     with atomic_path(weights) as temporary:
         save_file(weight_tensors(trained.method), str(temporary), metadata={"format": CARD_FORMAT, "trial_key": key})
     card = {"format": CARD_FORMAT, "trial_key": key, "method": trained.config.method, "weights": weights.name,
