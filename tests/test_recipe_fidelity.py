@@ -433,6 +433,15 @@ def test_gem_variant_reaches_the_network_and_the_recipe_uses_both_authors_forms(
     assert config["model"]["gem_variant"] == "authors-code" and config["mcm"]["confusion_variant"] == "authors-code"
 
 
+def test_the_authors_recipe_resizes_test_images_with_lanczos():
+    """The authors' TestData resizes every test image to 144x288 with PIL ANTIALIAS (LANCZOS); the Resize of
+    their test transform then meets an image of its own size and changes nothing."""
+    from harness.recipes import load_recipe
+
+    data = load_recipe("mclnet-authors").config["data"]
+    assert (data["train_resize"], data["test_resize"]) == ("lanczos", "lanczos")
+
+
 # ------------------------------------------------------------------ which feature each loss term receives
 
 # The authors' train.py: CE on the classifier's logits, WRT and the discriminator D on the pooled
