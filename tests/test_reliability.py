@@ -464,3 +464,91 @@ def test_a_rerun_removes_temporaries_a_killed_run_left(tmp_path, capsys):
     capsys.readouterr()
     assert not left.exists()
     assert (tmp_path / "results" / "run" / "records.sqlite").is_file()
+
+
+# ------------------------------------------------------------------ files are as readable as the user's own
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_mode_open_gives_under_the_umask(tmp_path, umask):
+    from harness.atomic import atomic_directory, atomic_path, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "table.md", "| a |\n")
+        with atomic_path(tmp_path / "models" / "k.safetensors") as temporary:
+            temporary.write_bytes(b"weights")
+        with atomic_directory(tmp_path / "tree") as temporary:
+            (temporary / "cam1").mkdir()
+    finally:
+        os.umask(old)
+    file_mode, folder_mode = 0o666 & ~umask, 0o777 & ~umask  # what open() and mkdir() give
+    assert (tmp_path / "table.md").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "models" / "k.safetensors").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "tree").stat().st_mode & 0o777 == folder_mode
+
+
+def test_a_replaced_file_keeps_its_mode_as_open_would(tmp_path):
+    from harness.atomic import atomic_write_text
+
+    target = tmp_path / "chosen.yaml"
+    target.write_text("old")
+    target.chmod(0o640)
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o640
+
+
+def test_table_files_are_readable_by_the_group_under_umask_022(tmp_path, capsys):
+    from tests.test_results import _record, _store
+
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0)])
+    old = os.umask(0o022)
+    try:
+        code, _ = _cli(["table", str(store.folder), "--out", str(tmp_path / "out"), "--no-plots"], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0
+    written = sorted((tmp_path / "out").iterdir())
+    assert written and {p.stat().st_mode & 0o777 for p in written} == {0o644}
+
+
+# ------------------------------------------------------------------ no temporaries of killed writers stay anywhere
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def _left_by(pid: int, target) -> object:
+    from harness.atomic import _temporary_name
+
+    return target.parent / (_temporary_name(target).replace(f".{os.getpid()}.", f".{pid}.") + ".ab12" + target.suffix)
+
+
+def test_the_first_write_into_any_folder_removes_what_killed_writers_left_there(tmp_path):
+    from harness.atomic import _temporary_name, atomic_write_text
+
+    folder = tmp_path / "anywhere" / "deep"
+    folder.mkdir(parents=True)
+    left = _left_by(_dead_pid(), folder / "cmc-all-single.png")
+    left.write_bytes(b"half a figure")
+    live = folder / (_temporary_name(folder / "table.md") + ".cd34.md")  # a live writer's (this process)
+    live.write_text("in progress")
+    atomic_write_text(folder / "table.md", "done")
+    assert not left.exists() and live.exists()
+
+
+def test_rerun_of_a_killed_table_command_leaves_no_temporary_in_its_out_folder(tmp_path, capsys):
+    from tests.test_results import _record, _store
+
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0)])
+    out = tmp_path / "out"
+    out.mkdir()
+    left = _left_by(_dead_pid(), out / "cmc-all-single.png")  # as `kill -9` during savefig leaves it
+    left.write_bytes(b"\x89PNG half")
+    code, _ = _cli(["table", str(store.folder), "--out", str(out), "--no-plots"], capsys)
+    assert code == 0 and not left.exists()
+    assert not [p for p in out.iterdir() if ".vireid-tmp" in p.name]
