@@ -97,6 +97,17 @@ def test_run_name_outside_results_dir_is_refused(name, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["../../x", "..", "/tmp/elsewhere", "a/b", ".hidden", ""])
+def test_eval_name_outside_results_dir_is_refused_before_the_model_is_read(name, tmp_path, capsys):
+    from harness.cli import main
+
+    model = tmp_path / "in" / "k.safetensors"  # not even read: the name is checked first
+    results = tmp_path / "in" / "deeper" / "results"
+    assert main(["eval", str(model), "--name", name, "--results-dir", str(results), "--quiet"]) == 2
+    assert "--name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["..", ".", "../up", "/abs"])
 def test_spec_name_outside_results_dir_is_refused(name, tmp_path, capsys):
     from harness.cli import main
