@@ -138,6 +138,7 @@ def test_trial_labels_name_the_swept_keys():
 def test_vireid_sweep_exits_1_listing_the_failures_when_every_trial_failed(tmp_path, capsys):
     from harness.cli import main
     from harness.provenance import config_key
+    from harness.results.records import TrialRecord
 
     spec_file = tmp_path / "allfail.yaml"
     spec_file.write_text("name: allfail\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
@@ -146,8 +147,7 @@ def test_vireid_sweep_exits_1_listing_the_failures_when_every_trial_failed(tmp_p
                        "non_local": False}, "data": {"height": 64, "width": 32}}, "grid": {"seed": [0, 1]}})
     store = ResultStore(tmp_path / "r" / "allfail")
     for cfg in spec.trials():  # a first run in which both trials failed; the rerun skips them
-        store.put_trial(config_key(cfg), [{"trial_key": config_key(cfg), "method": "agw", "seed": cfg.seed,
-                                           "status": "failed", "failure": f"RuntimeError: boom {cfg.seed}"}])
+        store.put_trial(config_key(cfg), [TrialRecord.failed(cfg, f"RuntimeError: boom {cfg.seed}")])
     code = main(["sweep", str(spec_file), "--results-dir", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "every trial of sweep 'allfail' failed" in err

@@ -209,6 +209,51 @@ def test_truncated_record_store_is_reported(tmp_path, capsys):
     assert code == 2 and "records.sqlite" in err
 
 
+def _store_with_raw_row(folder, blob: str) -> int:
+    """A store holding one good trial and one row whose record text is `blob`; returns that row's id."""
+    import sqlite3
+    from contextlib import closing
+
+    from harness.results.store import ResultStore
+    from tests.test_results import _record
+
+    ResultStore(folder).put_trial("good", [_record("agw", 0, 40.0, 30.0)])
+    with closing(sqlite3.connect(folder / "records.sqlite")) as con, con:
+        cursor = con.execute("INSERT INTO records (trial_key, status, protocol, created, record) "
+                             "VALUES ('bad', 'ok', 'all-single', 0, ?)", (blob,))
+        return cursor.lastrowid
+
+
+@pytest.mark.parametrize("blob, fragment", [
+    ('{"trial_key": "bad", "status": "ok", "rank1": 4', "not a JSON record"),  # cut off mid-write by hand
+    ("5", "not a JSON record"),
+    ('{"trial_key": "bad", "status": "ok", "method": "agw", "rank1": 50.0}', "'config'"),  # an older writer
+    ('{"trial_key": "bad", "status": "ok", "config": "{}", "rank1": 50.0}', "'method'"),
+    ('{"trial_key": "bad", "status": "done", "method": "agw", "config": "{}"}', "'status'"),
+    ('{"trial_key": "bad", "status": "ok", "method": "agw", "config": "[1"}', "'config'"),
+])
+def test_a_damaged_record_is_refused_naming_the_store_and_row(tmp_path, capsys, blob, fragment):
+    folder = tmp_path / "sweep"
+    row = _store_with_raw_row(folder, blob)
+    code, err = _cli(["table", str(folder), "--no-plots"], capsys)
+    assert code == 2 and f"{folder / 'records.sqlite'} row {row}" in err and fragment in err, err
+    assert not (folder / "table.md").exists()  # no table with a silent "nan" row
+
+
+def test_a_damaged_record_stops_a_resumed_run_before_training(tmp_path, capsys):
+    folder = tmp_path / "results" / "run"
+    import yaml
+
+    from tests.conftest import TINY
+
+    row = _store_with_raw_row(folder, '{"trial_key": "old", "status": "ok", "rank1": 50.0}')
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "method": "agw", "train": {**TINY["train"], "epochs": 1}}))
+    code, err = _cli(["run", "--config", str(config), "--results-dir", str(tmp_path / "results"), "--quiet"], capsys)
+    assert code == 2 and f"row {row}" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["records.sqlite"]  # no checkpoint: nothing trained
+
+
 def test_non_utf8_spec_exits_2(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_bytes("name: caf\xe9\n".encode("latin-1"))
