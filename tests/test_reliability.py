@@ -161,6 +161,29 @@ def test_out_of_range_setting_exits_2_before_training(setting, key, tmp_path, ca
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("options", [
+    ["--workers", "0"], ["--workers", "-2"], ["--gpus", "a,b"], ["--trials-per-gpu", "0"],
+    ["--backend", "optuna", "--workers", "0"], ["--backend", "optuna", "--stale-after", "1"],
+    ["--backend", "optuna", "--storage", "notaurl"], ["--backend", "optuna", "--storage", "sqlite://"],
+    ["--backend", "optuna", "--storage", "postgresql://nobody@127.0.0.1:1/none"],
+    ["--set", "model.pretrained_file=missing.safetensors"],
+])
+def test_a_refused_sweep_leaves_no_results_folder(options, tmp_path, capsys, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: early\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
+                    "data: {height: 64, width: 32}}\n")
+    code = main(["sweep", str(spec), "--results-dir", str(tmp_path / "results"), "--quiet", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    flag = options[-2] if options[-2].startswith("--") and options[-2] != "--set" else "model.pretrained_file"
+    assert flag in err, err
+    assert not (tmp_path / "results").exists()
+
+
 # ------------------------------------------------------------------ faults of the environment: exit 2, a message
 
 def _failed_record():
