@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError, InputError
+from methods._hub import load_tagged
 
 MODALITY_COUNT = 2  # 0 visible, 1 infrared
 
@@ -173,8 +174,9 @@ def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_fi
                       **timm_kwargs: Any) -> nn.Module:
     """Build a classifier-free timm model; pretrained weights from a local file or through timm's hub cache.
 
-    `pretrained` ("imagenet" or a timm tag, see `resolve_pretrained_tag`) loads through timm's
-    normal download and cache; offline or with the hub unreachable, it raises InputError naming
+    `pretrained` ("imagenet" or a timm tag, see `resolve_pretrained_tag`) loads from timm's caches
+    without a network call when the weights are there, else through timm's download
+    (methods._hub); offline or with the hub unreachable, it raises InputError within seconds naming
     the tag, the cache and `model.pretrained_file`. `pretrained_file` never touches the network.
     """
     if not isinstance(name, str) or not timm.is_model(name):
@@ -200,6 +202,8 @@ def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_fi
             raise ConfigError(f"pretrained weights file not found: {path} (backbone {name!r})")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
     try:
+        if pretrained is not None:  # cached weights load without the network; others fail fast offline
+            return load_tagged(model_name, lambda: timm.create_model(model_name, **kwargs))
         return timm.create_model(model_name, **kwargs)
     except TypeError as error:
         raise ConfigError(f"timm rejected the keyword arguments {sorted(timm_kwargs)} for {name!r}: {error}") from error
