@@ -31,8 +31,9 @@ def imported_published(model: str | Path, records: list[dict[str, Any]]) -> dict
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from harness.model_tools import evaluate_saved_model
     from harness.results import print_report, write_report
+    from harness.sweep import check_sweep_name
 
-    folder = Path(args.results_dir) / args.name
+    folder = Path(args.results_dir) / check_sweep_name(args.name, "--name")
     _, records = evaluate_saved_model(args.model, overrides=_with_rerank(overrides, args.rerank), folder=folder,
                                       quiet=args.quiet)
     protocols = [args.protocol] if args.protocol else None
@@ -105,7 +106,7 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     ev.add_argument("--rerank", action="store_true",
                     help="k-reciprocal re-ranking (evaluation.rerank.k1 / k2 / lambda_value: 20, 6, 0.3)")
     ev.add_argument("--protocol", help="protocol to tabulate (default: the first recorded)")
-    ev.add_argument("--name", default="eval", help="results sub-folder (default: eval)")
+    ev.add_argument("--name", default="eval", help="results sub-folder, one plain folder name (default: eval)")
     ev.add_argument("--results-dir", default="results", help="where result folders go (default: results)")
     ev.add_argument("--quiet", action="store_true", help="no progress display")
     ev.set_defaults(func=bind(cmd_eval))

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError, InputError
+from methods._hub import load_tagged
 
 MODALITY_COUNT = 2  # 0 visible, 1 infrared
 
@@ -173,8 +174,9 @@ def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_fi
                       **timm_kwargs: Any) -> nn.Module:
     """Build a classifier-free timm model; pretrained weights from a local file or through timm's hub cache.
 
-    `pretrained` ("imagenet" or a timm tag, see `resolve_pretrained_tag`) loads through timm's
-    normal download and cache; offline or with the hub unreachable, it raises InputError naming
+    `pretrained` ("imagenet" or a timm tag, see `resolve_pretrained_tag`) loads from timm's caches
+    without a network call when the weights are there, else through timm's download
+    (methods._hub); offline or with the hub unreachable, it raises InputError within seconds naming
     the tag, the cache and `model.pretrained_file`. `pretrained_file` never touches the network and
     must cover the model (`pretrained_tensors`).
     """
@@ -196,7 +198,10 @@ def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_fi
         model_name = resolve_pretrained_tag(name, pretrained)
         kwargs.update(pretrained=True)
     try:
-        model = timm.create_model(model_name, **kwargs)
+        if pretrained is not None:  # cached weights load without the network; others fail fast offline
+            model = load_tagged(model_name, lambda: timm.create_model(model_name, **kwargs))
+        else:
+            model = timm.create_model(model_name, **kwargs)
     except TypeError as error:
         raise ConfigError(f"timm rejected the keyword arguments {sorted(timm_kwargs)} for {name!r}: {error}") from error
     except Exception as error:

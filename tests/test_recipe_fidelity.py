@@ -235,6 +235,119 @@ def test_pretrained_weights_offline_fail_fast_with_the_offline_route(no_network)
     assert "model.pretrained_file" in message
 
 
+@pytest.fixture
+def network_down(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE NOT set, empty caches, every name lookup fails and every connection is refused
+    (a machine without internet); returns the host names looked up."""
+    import socket
+
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    lookups = []
+
+    def no_name_service(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError("network access in a test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_name_service)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return lookups
+
+
+def test_an_uncached_tag_fails_in_seconds_offline_without_hf_hub_offline(network_down):
+    """The hub client alone retries each file with back-off (about a minute) before giving up."""
+    import time
+
+    from harness.errors import InputError
+    from methods.backbones import create_timm_model
+
+    started = time.monotonic()
+    with pytest.raises(InputError) as info:
+        create_timm_model("test_resnet", pretrained="imagenet")
+    assert time.monotonic() - started < 5
+    assert len(network_down) <= 1  # one probe, no retries
+    message = str(info.value)
+    assert "test_resnet.r160_in1k" in message and "did not answer" in message and "model.pretrained_file" in message
+
+
+def test_a_hanging_name_lookup_fails_within_the_probe_time(network_down, monkeypatch):
+    import socket
+    import threading
+    import time
+
+    from harness.errors import InputError
+    from methods import _hub
+    from methods.backbones import create_timm_model
+
+    release = threading.Event()
+
+    def hang(*args, **kwargs):  # a resolver that never answers
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    monkeypatch.setattr(_hub, "PROBE_SECONDS", 0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(InputError, match="did not answer within 0.5 s"):
+            create_timm_model("test_resnet", pretrained="imagenet")
+        assert time.monotonic() - started < 4
+    finally:
+        release.set()
+
+
+def test_a_cached_tag_loads_without_any_network_call(network_down, tmp_path):
+    import time
+    from pathlib import Path
+
+    import huggingface_hub.constants as hub_constants
+    import torch
+    from safetensors.torch import save_file
+
+    from methods.backbones import create_timm_model
+
+    reference = {k: v + 1 for k, v in create_timm_model("test_resnet").state_dict().items()}
+    commit = "0" * 40  # the hub cache's layout: refs/main names a snapshot folder
+    repo = Path(hub_constants.HF_HUB_CACHE) / "models--timm--test_resnet.r160_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in reference.items()}, repo / "snapshots" / commit / "model.safetensors")
+    started = time.monotonic()
+    loaded = create_timm_model("test_resnet", pretrained="imagenet")
+    assert time.monotonic() - started < 5 and network_down == []
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, reference[key], msg=key)
+    assert hub_constants.HF_HUB_OFFLINE is False  # the offline switch was only for the load
+
+
+def test_the_probe_connects_to_the_server_or_the_proxy(monkeypatch):
+    import socket
+
+    from methods._hub import probe_address, reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert reachable(f"https://127.0.0.1:{port}/timm/x", timeout=5)
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert probe_address("https://huggingface.co") == ("127.0.0.1", port)
+        assert reachable("https://huggingface.co", timeout=5)  # through the proxy: no lookup of the hub
+    assert not reachable(f"https://127.0.0.1:{port}/", timeout=5)  # closed now: refused at once
+
+
 def test_pretrained_tags_are_checked_before_any_download(no_network):
     from harness.errors import ConfigError
     from methods.backbones import resolve_pretrained_tag

@@ -384,10 +384,11 @@ def test_spec_table_block_refuses_unknown_grouping_keys_and_metrics():
 def test_records_of_several_node_folders_merge_into_one_table(tmp_path, capsys):
     from harness.cli import main
 
-    # node A ran seeds 0-1, node B seeds 2-3 and (again) seed 1 of agw: that trial counts once
+    # node A ran seeds 0-1, node B seeds 2-3 and (again) seed 1 of agw, with the same numbers at another
+    # speed: that trial counts once
     _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 44.0, 32.0)], name="node-a")
     _store(tmp_path, [_record("agw", 2, 42.0, 34.0), _record("agw", 3, 46.0, 36.0),
-                      _record("agw", 1, 99.0, 99.0)], name="node-b")
+                      _record("agw", 1, 44.0, 32.0, train_img_per_s=55.0, device="cuda (H100)")], name="node-b")
     out = tmp_path / "merged"
     assert main(["table", str(tmp_path / "node-a"), str(tmp_path / "node-b"), "--out", str(out), "--no-plots"]) == 0
     rows = pd.read_csv(out / "table-all-single.csv").set_index("method")
@@ -396,6 +397,21 @@ def test_records_of_several_node_folders_merge_into_one_table(tmp_path, capsys):
     assert not (tmp_path / "node-a" / "table.md").exists()  # sources are only read
     assert main(["table", str(tmp_path / "node-a"), str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("differs", [{"rank5": 32.5}, {"rank10": 50.0}, {"status": "failed", "protocol": None},
+                                     {"mINP_std": 0.25}])
+def test_a_trial_with_other_numbers_in_another_folder_is_refused_in_either_order(tmp_path, capsys, differs):
+    from harness.cli import main
+
+    _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 44.0, 32.0)], name="node-a")
+    _store(tmp_path, [_record("agw", 1, 44.0, 32.0, **differs)], name="node-b")
+    a, b = str(tmp_path / "node-a"), str(tmp_path / "node-b")
+    for folders in ([a, b], [b, a]):
+        assert main(["table", *folders, "--out", str(tmp_path / "merged"), "--no-plots"]) == 2
+        err = capsys.readouterr().err
+        assert "agw-1-test_resnet" in err and a in err and b in err and "Traceback" not in err
+    assert not (tmp_path / "merged").exists()
 
 
 def test_search_table_names_each_sampled_value_once_rounded_and_fits_the_terminal(tmp_path):
