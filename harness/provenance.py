@@ -21,8 +21,9 @@ def config_key(cfg: TrialConfig) -> str:
 
     A `model.pretrained_file` enters by its content (SHA-256) as well as its path: other weights
     under the same name are another trial, never a finished one to skip or a checkpoint to resume.
+    Keys added later (`harness.config_schema.new_key`) enter only when set away from their default.
     """
-    data = cfg.to_dict()
+    data = cfg.key_dict()
     weights = cfg.model.pretrained_file
     if weights is not None and os.path.isfile(weights):
         data["model"]["pretrained_file_sha256"] = file_sha256(weights)
