@@ -327,3 +327,20 @@ def test_the_caj_network_runs_in_float64():
     sum(losses.values()).backward()
     grads = [q.grad for q in method.parameters() if q.grad is not None]
     assert grads and all(g.dtype == torch.float64 and torch.isfinite(g).all() for g in grads)
+
+
+def test_the_methods_spec_holds_the_main_jobs_agw_and_mclnet_trials(monkeypatch):
+    """benchmarks/methods_synthetic.yaml's agw and mclnet trials are the committed main job's (same keys)."""
+    from pathlib import Path
+
+    from harness.provenance import config_key
+    from harness.results import ResultStore
+    from harness.sweep import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    stored = set(ResultStore(root / "results" / "reference" / "ablation-synthetic").dataframe()["trial_key"])
+    trials = load_spec("benchmarks/methods_synthetic.yaml").trials()
+    assert sorted({(cfg.method, cfg.seed) for cfg in trials}) == sorted(
+        (m, s) for m in ("agw", "mclnet", "caj") for s in range(6))
+    assert all((config_key(cfg) in stored) == (cfg.method != "caj") for cfg in trials)
