@@ -117,6 +117,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from methods import list_methods
+    from methods.registry import list_composers
 
     rows = list_methods()
     if args.json:
@@ -124,14 +125,26 @@ def cmd_methods(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     width = max(len(m.name) for m in rows)
-    print(f"{'method':<{width}}  mcm  center  cca   description")
+    families: dict[Any, list[Any]] = {}  # one table per builder: the presets of a family share their switches
     for m in rows:
-        s = m.switches
-        print(f"{m.name:<{width}}  {'yes' if s.get('mcm') else '-':<3}  {s.get('center', '-'):<6}  "
-              f"{'yes' if s.get('cca') else '-':<4}  {m.description}")
-    print("\nAny combination is valid too: agw+<switches>, switches from mcm, center|ica, cca "
-          "(e.g. agw+cca, agw+mcm+center+cca).")
+        families.setdefault(m.builder, []).append(m)
+    for members in families.values():
+        keys = list(dict.fromkeys(k for m in members for k in m.switches))
+        cells = [[_switch_cell(m.switches.get(k)) for k in keys] for m in members]
+        widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+        print("  ".join([f"{'method':<{width}}", *(f"{k:<{w}}" for k, w in zip(keys, widths)), "description"]))
+        for m, row in zip(members, cells):
+            print("  ".join([f"{m.name:<{width}}", *(f"{c:<{w}}" for c, w in zip(row, widths)), m.description]))
+        print()
+    combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in list_composers())
+    print(f"Any combination is valid too: {combos} (e.g. agw+cca, agw+mcm+center+cca, caj+wrt).")
     return 0
+
+
+def _switch_cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "yes" if value else "-"
+    return str(value)
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

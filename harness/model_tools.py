@@ -113,7 +113,8 @@ def extract_paths(method: torch.nn.Module, paths: Sequence[str | Path], modality
             images = torch.from_numpy(decode_images(chunk, cfg.data.height, cfg.data.width,
                                                     resample=cfg.data.test_resize))
             feats, _ = extract_features(method, images, np.full(len(chunk), modality), device=device,
-                                        batch_size=batch, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
+                                        batch_size=batch, amp=cfg.train.amp, channels_last=cfg.train.channels_last,
+                                        flip=cfg.evaluation.flip)
             out.append(feats.cpu())
             progress.advance(len(chunk))
     return torch.cat(out)
