@@ -122,6 +122,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from methods import list_methods
+    from methods.registry import list_composers
 
     rows = list_methods()
     if args.json:
@@ -129,14 +130,26 @@ def cmd_methods(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     width = max(len(m.name) for m in rows)
-    print(f"{'method':<{width}}  mcm  center  cca   description")
+    families: dict[Any, list[Any]] = {}  # one table per builder: the presets of a family share their switches
     for m in rows:
-        s = m.switches
-        print(f"{m.name:<{width}}  {'yes' if s.get('mcm') else '-':<3}  {s.get('center', '-'):<6}  "
-              f"{'yes' if s.get('cca') else '-':<4}  {m.description}")
-    print("\nAny combination is valid too: agw+<switches>, switches from mcm, center|ica, cca "
-          "(e.g. agw+cca, agw+mcm+center+cca).")
+        families.setdefault(m.builder, []).append(m)
+    for members in families.values():
+        keys = list(dict.fromkeys(k for m in members for k in m.switches))
+        cells = [[_switch_cell(m.switches.get(k)) for k in keys] for m in members]
+        widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+        print("  ".join([f"{'method':<{width}}", *(f"{k:<{w}}" for k, w in zip(keys, widths)), "description"]))
+        for m, row in zip(members, cells):
+            print("  ".join([f"{m.name:<{width}}", *(f"{c:<{w}}" for c, w in zip(row, widths)), m.description]))
+        print()
+    combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in list_composers())
+    print(f"Any combination is valid too: {combos} (e.g. agw+cca, agw+mcm+center+cca, caj+wrt).")
     return 0
+
+
+def _switch_cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "yes" if value else "-"
+    return str(value)
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -206,6 +219,10 @@ def cmd_bench_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vireid", description="Visible-infrared person re-ID benchmark and ablation "
                                 "harness: MCLNet and its ablations on timm backbones.")
+    p.add_argument("--numerics", choices=("native", "portable"),
+                   help="CPU kernels: native (default; fastest, digits depend on the CPU model) or portable (the "
+                        "same digits on any x86-64 CPU with AVX2, about 2x the CPU time); default: $VIREID_NUMERICS "
+                        "or native. Goes before the command: vireid --numerics portable sweep ...")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train and evaluate one trial", description="Train one trial to its final epoch "
@@ -361,9 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _apply_numerics(argv: Sequence[str] | None) -> None:
+    """`--numerics` (or VIREID_NUMERICS) applied before anything imports torch (harness.numerics)."""
+    from harness.numerics import apply_numerics, requested_mode
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--numerics")
+    known, _ = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    apply_numerics(known.numerics or requested_mode())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        _apply_numerics(argv)
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except InputError as exc:
         print(f"vireid: error: {exc}", file=sys.stderr)

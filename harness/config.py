@@ -28,13 +28,25 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.config_schema import RangeChecked, build_dataclass, path_field, path_keys, ranged, registered
+from harness.config_schema import (
+    RangeChecked,
+    added_key,
+    build_dataclass,
+    key_data,
+    path_field,
+    path_keys,
+    ranged,
+    registered,
+)
 from harness.data.synthetic.spec import SynthSpec
 from harness.errors import ConfigError
 from harness.yaml_loader import load_yaml_text
 
 SEED_MAX = 2**32 - 1
 """numpy's and torch's seeding accept [0, 2**32 - 1]."""
+IMAGE_SIDE_MAX = 2048
+"""Largest image height or width (pixels): re-ID crops are a few hundred; a larger value is a typo that
+would ask for terabytes when the images are decoded."""
 
 
 def _dataset_names(*, synthetic: bool) -> Callable[[], tuple[str, ...]]:
@@ -61,8 +73,8 @@ class SyntheticConfig(RangeChecked):
     """Which registered dataset's layout (and so protocols) the synthetic tree is written in."""
     num_identities: int = ranged(SynthSpec.num_identities, minimum=4)
     images_per_camera: int = ranged(SynthSpec.images_per_camera, minimum=1)
-    height: int = ranged(SynthSpec.height, minimum=32)
-    width: int = ranged(SynthSpec.width, minimum=16)
+    height: int = ranged(SynthSpec.height, minimum=32, maximum=IMAGE_SIDE_MAX)
+    width: int = ranged(SynthSpec.width, minimum=16, maximum=IMAGE_SIDE_MAX)
     seed: int = ranged(SynthSpec.seed, minimum=0, maximum=SEED_MAX)
 
 
@@ -72,8 +84,8 @@ class DataConfig(RangeChecked):
     """synthetic (generated, in the layout data.synthetic.layout) or a registered dataset (sysu | regdb | llcm)."""
     root: str | None = path_field()
     """Dataset root folder; ignored for synthetic (its cache folder is used)."""
-    height: int = ranged(288, minimum=1)
-    width: int = ranged(144, minimum=1)
+    height: int = ranged(288, minimum=1, maximum=IMAGE_SIDE_MAX)
+    width: int = ranged(144, minimum=1, maximum=IMAGE_SIDE_MAX)
     trial: int = ranged(1, minimum=1, maximum=10)
     """RegDB split 1..10 (each split trains its own model)."""
     modes: list[str] = ranged(factory=lambda: ["all", "indoor"], min_length=1)
@@ -99,12 +111,16 @@ class ModelConfig(RangeChecked):
     """ImageNet weights through timm's hub cache: "imagenet" (timm's default for the backbone) or a timm tag
     such as "resnet50.tv_in1k" (torchvision's, as the published numbers); needs the network or a filled cache."""
     pretrained_file: str | None = path_field()
-    """Local weights file (.pth / .safetensors): the offline route, never touches the network."""
+    """Local weights file (.pth / .safetensors): the offline route, never touches the network. It holds every
+    tensor of the timm backbone under timm's names (methods.backbones.pretrained_tensors), checked before training."""
     non_local: bool = True
     non_local_ratio: float = ranged(0.5, above=0, maximum=1)
     """Inner channels of a non-local block as a fraction of its input channels."""
     last_stride_one: bool = True
     gem_p: float = ranged(3.0, above=0)
+    gem_variant: Literal["paper", "authors-code"] = added_key("paper")
+    """GeM pooling: paper (Radenovic et al.): mean(clamp(x, 1e-6)^p)^(1/p); authors-code (the MCLNet and AGW
+    code): (mean(x^p) + 1e-12)^(1/p), for the non-negative maps of ReLU networks (methods.agw.GeM)."""
     bnneck_init: Literal["ones", "normal"] = "ones"
     """BNNeck BN weight at init: 1, or drawn from N(1, 0.01) as the AGW/MCLNet code (bias 0 either way)."""
     test_feature: Literal["bn", "pool"] = "bn"
@@ -116,6 +132,21 @@ class MarginalCenterConfig(RangeChecked):
     weight: float = ranged(0.0005, minimum=0)
     sigma: float = ranged(8.0, minimum=0)
     rho: float = ranged(4500.0, minimum=0)
+
+
+@dataclass
+class ADPConfig(RangeChecked):
+    """CAJ's triplet, the enhanced squared difference (methods.losses.adp_loss; the CAJ code's TripletLoss_ADP)."""
+
+    weight: float = ranged(1.0, minimum=0)
+    alpha: float = ranged(1.0, minimum=0)
+    """Sharpness of the softmax weights of the distances (softmax(alpha * d) over positives, (-alpha * d) negatives)."""
+    gamma: float = ranged(1.0, above=0)
+    """Scale of the gap between the weighted positive and negative distances."""
+    square: bool = True
+    """True: the gap squared, signed by whether it is violated (the code's --square 1); False: softplus of the gap."""
+    variant: Literal["paper", "authors-code"] = "paper"
+    """The weighting as written (exact masked softmax), or the CAJ code's (masked-max softmax + 1e-6, as WRT's)."""
 
 
 @dataclass
@@ -131,6 +162,9 @@ class LossConfig(RangeChecked):
     """Marginal center semantics: the paper's (learnable centers, per-sample hinge) or the public code's."""
     wrt_variant: Literal["paper", "authors-code"] = "paper"
     """WRT: the spec formula, or the AGW code's masked-max softmax with +1e-6 (methods.losses.wrt_loss)."""
+    adp: ADPConfig = added_key(factory=ADPConfig)
+    kl_weight: float = added_key(0.0, minimum=0)
+    """CAJ's KL term between the visible and infrared identity predictions (the code's --kl, 0 by default)."""
 
 
 @dataclass
@@ -143,6 +177,22 @@ class MCMConfig(RangeChecked):
     """BatchNorm1d(2) after the classifier, as in the public code."""
     nesterov: bool = True
     """Nesterov momentum for M's SGD, as the public code's optimiser of M."""
+    confusion_variant: Literal["updated", "authors-code"] = added_key("updated")
+    """L_e after M's update: updated (M's output recomputed with the updated M, frozen) or authors-code (M's
+    output from before the update, its gradient taken through the updated weights; methods.mcm)."""
+
+
+@dataclass
+class ChannelAugConfig(RangeChecked):
+    """Channel augmentation, for the methods that use it (caj: harness.data.augment.channel_exchange and
+    channel_adaptive_gray)."""
+
+    exchange_grayscale: bool = False
+    """The exchanged visible view may also be the grayscale image (1/4 each); the CAJ code trains with one of
+    R, G, B copied to all three channels, 1/3 each (its ChannelExchange(gray=2))."""
+    adaptive_gray_p: float = ranged(0.5, minimum=0, maximum=1)
+    """Infrared images: a random channel copied to all three with probability 3/4, else grayscale with this
+    probability (the code's ChannelAdapGray(probability=0.5))."""
 
 
 @dataclass
@@ -181,6 +231,7 @@ class TrainConfig(RangeChecked):
     erasing_attempts: int | None = ranged(None, minimum=1, maximum=100)
     """None: one box, clipped to the image. N: up to N draws, the first that fits is used, else no erasing
     (the MCLNet code: 100)."""
+    channel_aug: ChannelAugConfig = added_key(factory=ChannelAugConfig)
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
@@ -206,6 +257,9 @@ class RerankConfig(RangeChecked):
 @dataclass
 class EvaluationConfig(RangeChecked):
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    flip: bool = added_key(False)
+    """Test-time flip averaging (the CAJ code's testa.py): each image's feature and its horizontal mirror's,
+    each L2-normalised, are averaged and normalised again."""
 
 
 @dataclass
@@ -221,6 +275,10 @@ class TrialConfig(RangeChecked):
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the configuration (`to_dict` less the `added_key` keys at their default)."""
+        return key_data(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, where: str = "config") -> TrialConfig:

@@ -1,8 +1,9 @@
 """Checks of a trial config that need the method and backbone registries, run before anything trains.
 
 `harness.config` checks each key's type and range; what it cannot know without building things
-(is the method registered, does the backbone exist, can it take this input size, is the weights
-file there) is checked here for every grid point, once per distinct combination.
+(is the method registered, does the backbone exist, can it take this input size, does the weights
+file read as weights that cover every tensor of the backbone) is checked here for every grid point,
+once per distinct combination.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def _check_pretrained(backbone: str, pretrained: str) -> None:
     resolve_pretrained_tag(backbone, pretrained)  # names only: nothing is downloaded here
 
 
+@functools.lru_cache(maxsize=64)
+def _check_pretrained_file(backbone: str, path: str, size: int, modified_ns: int) -> None:
+    from methods.backbones import check_pretrained_file
+
+    check_pretrained_file(backbone, path)  # size and time key the cache: a rewritten file is read again
+
+
 @functools.lru_cache(maxsize=256)
 def _check_method(name: str) -> None:
     from methods.registry import resolve_method
@@ -53,6 +61,9 @@ def check_buildable(cfg: TrialConfig, where: str = "config") -> None:
                                   f"{m.pretrained_file!r}: set one of them (the file is the offline route)")
             _check_pretrained(m.backbone, m.pretrained)
         _check_network(m.backbone, cfg.data.height, cfg.data.width, m.non_local, m.non_local_ratio, m.last_stride_one)
+        if m.pretrained_file is not None:
+            stat = os.stat(m.pretrained_file)
+            _check_pretrained_file(m.backbone, os.path.abspath(m.pretrained_file), stat.st_size, stat.st_mtime_ns)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

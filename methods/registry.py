@@ -103,6 +103,12 @@ def list_methods() -> list[MethodInfo]:
     return list(_METHODS.values())
 
 
+def list_composers() -> list[Composer]:
+    """The method families that accept `base+tok+tok` names."""
+    _load_builtin()
+    return list(_COMPOSERS.values())
+
+
 def resolve_method(name: str) -> MethodInfo:
     """A registered preset, or a `family+switch+switch` combination of a registered family."""
     _load_builtin()

@@ -1,3 +1,4 @@
+import argparse
 import subprocess
 import sys
 
@@ -22,6 +23,11 @@ def test_methods_lists_presets(capsys):
         assert f"\n{name} " in out
     mclnet_line = next(line for line in out.splitlines() if line.startswith("mclnet "))
     assert mclnet_line.split()[1:4] == ["yes", "ica", "yes"]
+    # each family under its own switches
+    caj_header = next(line for line in out.splitlines() if "channel_aug" in line)
+    assert caj_header.split()[:3] == ["method", "channel_aug", "triplet"]
+    assert next(line for line in out.splitlines() if line.startswith("caj+no-ca ")).split()[1:3] == ["-", "adp"]
+    assert "caj+<wrt|no-ca" in out and "agw+<mcm|center|ica|cca" in out
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -47,12 +53,28 @@ def test_malformed_yaml_spec(tmp_path, capsys):
     assert "bad.yaml: malformed YAML (line" in capsys.readouterr().err
 
 
-def test_console_script_help_for_every_subcommand():
-    for sub in (["run"], ["sweep"], ["table"], ["methods"], ["data", "check"], ["data", "split"],
-                ["data", "synth"], ["bench"]):
-        out = subprocess.run([sys.executable, "-m", "harness.cli", *sub, "--help"], capture_output=True, text=True)
-        assert out.returncode == 0 and "usage: vireid" in out.stdout
-        assert "show this help message" in out.stdout
+def _commands(parser, prefix=()):
+    """Every command path of the parser (`run`, `data`, `data check`, ...), read from argparse itself."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*prefix, name)
+                yield from _commands(child, (*prefix, name))
+
+
+def test_help_of_every_subcommand(capsys):
+    from harness.cli import build_parser
+
+    commands = list(_commands(build_parser()))
+    assert {("run",), ("sweep",), ("table",), ("methods",), ("data", "check"), ("data", "split"), ("data", "synth"),
+            ("bench",), ("eval",), ("export-backbone",)} <= set(commands)
+    # in this process, not one interpreter per command (the kill test below runs `python -m harness.cli`)
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0, command
+        assert out.startswith(f"usage: vireid {' '.join(command)}") and "show this help message" in out, command
 
 
 def test_sweep_end_to_end_resumes_and_tables(tmp_path, capsys):

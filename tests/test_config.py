@@ -94,6 +94,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     ({"train.warmup_epochs": -3}, "train.warmup_epochs"),
     ({"data.val_identities": -1}, "data.val_identities"),
     ({"train.iters_per_epoch": -5}, "train.iters_per_epoch"),
+    ({"data.height": 10**9}, "data.height"),  # would ask for terabytes when the images are decoded
+    ({"data.synthetic.width": 100_000}, "data.synthetic.width"),
     ({"train.images_per_modality": -2}, "train.images_per_modality"),
     ({"train.eval_batch_size": 0}, "train.eval_batch_size"),
     ({"train.threads": -3}, "train.threads"),
@@ -110,6 +112,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     ({"data.modes": []}, "data.modes"),
     ({"data.shots": []}, "data.shots"),
     ({"data.trial": 11}, "data.trial"),
+    ({"data.trial": 0}, "data.trial"),  # RegDB's splits are numbered 1..10
     ({"loss.ica.sigma": -1}, "loss.ica.sigma"),
     ({"mcm.momentum": 1.5}, "mcm.momentum"),
     ({"train.gamma": float("nan")}, "train.gamma"),
@@ -130,7 +133,7 @@ def test_out_of_range_value_names_key_value_and_range(override, key):
 @pytest.mark.parametrize("override", [
     {"seed": 0}, {"seed": 2**32 - 1}, {"train.erasing_area": [0.3, 0.3]}, {"train.erasing_area": [0.02, 1.0]},
     {"loss.label_smoothing": 0.1}, {"train.iters_per_epoch": None}, {"train.threads": 1}, {"train.warmup_epochs": 0},
-    {"train.erasing_p": 1}, {"data.val_identities": 0},
+    {"train.erasing_p": 1}, {"data.val_identities": 0}, {"data.trial": 1}, {"data.trial": 10},
 ])
 def test_boundary_values_are_accepted(override):
     cfg = TrialConfig().with_overrides(override)
@@ -239,3 +242,23 @@ def test_non_utf8_yaml_is_refused_with_a_message(tmp_path):
 def test_override_values_use_the_strict_reader():
     with pytest.raises(ConfigError, match="duplicate key 'a'"):
         parse_override("train.milestones={a: 1, a: 2}")
+
+
+def test_keys_added_later_leave_the_keys_of_recorded_results_unchanged(monkeypatch):
+    """Every record of the committed reference keeps its stored key; a later key set off its default changes it."""
+    import json
+    from pathlib import Path
+
+    from harness.provenance import config_key
+    from harness.results import ResultStore
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the stored configs name the pre-trained backbone by a relative path
+    records = ResultStore(root / "results" / "reference" / "ablation-synthetic").dataframe()
+    assert len(records) >= 36
+    for _, record in records.drop_duplicates("trial_key").iterrows():
+        stored = json.loads(record["config"])
+        assert "flip" not in stored["evaluation"]  # recorded before evaluation.flip existed
+        cfg = TrialConfig.from_dict(stored)
+        assert config_key(cfg) == record["trial_key"]
+        assert config_key(cfg.with_overrides({"evaluation.flip": True})) != record["trial_key"]

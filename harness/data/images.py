@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from harness.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+from harness.atomic import atomic_path, atomic_write_text
 from harness.config import ResizeFilter
 from harness.errors import EnvironmentFault, HarnessError, InputError, check_int
 
@@ -183,7 +183,6 @@ def load_images(
     started = time.perf_counter()
     images = decode_images(paths, height, width, resample=resample)
     log.info("decoded and cached %d images in %.0f s", len(paths), time.perf_counter() - started)
-    remove_stale_temporaries(cache_dir, recursive=False)  # of killed writers; a live worker's are kept
     try:
         manifest_file.unlink(missing_ok=True)
         with atomic_path(array_file) as temporary:
