@@ -117,20 +117,25 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from methods import list_methods
+    from methods.registry import list_composers
 
     rows = list_methods()
     if args.json:
         print(json.dumps([{"name": m.name, "description": m.description, "switches": m.switches} for m in rows],
                          indent=2))
         return 0
+
+    def switched_on(switches: dict[str, Any]) -> str:
+        return " ".join(k if v is True else f"{k}={v}" for k, v in switches.items() if v not in (False, None, "none"))
+
     width = max(len(m.name) for m in rows)
-    print(f"{'method':<{width}}  mcm  center  cca   description")
+    on = {m.name: switched_on(m.switches) or "-" for m in rows}
+    column = max(len("switches on"), *(len(v) for v in on.values()))
+    print(f"{'method':<{width}}  {'switches on':<{column}}  description")
     for m in rows:
-        s = m.switches
-        print(f"{m.name:<{width}}  {'yes' if s.get('mcm') else '-':<3}  {s.get('center', '-'):<6}  "
-              f"{'yes' if s.get('cca') else '-':<4}  {m.description}")
-    print("\nAny combination is valid too: agw+<switches>, switches from mcm, center|ica, cca "
-          "(e.g. agw+cca, agw+mcm+center+cca).")
+        print(f"{m.name:<{width}}  {on[m.name]:<{column}}  {m.description}")
+    combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in list_composers())
+    print(f"\nAny combination is valid too: {combos} (e.g. agw+cca, deen-base+dee+cpm).")
     return 0
 
 

@@ -124,7 +124,8 @@ def extract_paths(method: torch.nn.Module, paths: Sequence[str | Path], modality
 
 def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out: str | Path,
                    overrides: dict[str, Any] | None = None, quiet: bool = False) -> Path:
-    """Write `out` (.npz): `features` float32 (N, D) and `paths` (N,) of every image under `folder`.
+    """Write `out` (.npz): `features` float32 (N, D), `paths` (N,) of every image under `folder` and
+    `similarity`, how the method's features are compared ("cosine" or "dot", ReIDMethod.test_similarity).
 
     Paths are stored relative to `folder` as fixed-width unicode (readable with
     `np.load(out, allow_pickle=False)`).
@@ -144,7 +145,8 @@ def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out:
     features = extract_paths(method, files, MODALITIES[modality], cfg, device, quiet=quiet)
     names = np.array([str(p.relative_to(Path(folder))) for p in files])
     with atomic_path(out) as temporary, open(temporary, "wb") as handle:
-        np.savez(handle, features=features.numpy().astype(np.float32), paths=names)
+        np.savez(handle, features=features.numpy().astype(np.float32), paths=names,
+                 similarity=np.array(method.test_similarity))
     return out
 
 

@@ -28,6 +28,7 @@ from harness.provenance import config_key, library_versions
 from harness.results.records import TrialRecord
 from harness.saved_models import TrainedModel
 from harness.training import TrainData, autocast_context, build_components, prepare_run
+from methods.base import ReIDMethod
 
 RANKS = (1, 5, 10, 20)
 
@@ -87,7 +88,7 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
     return row
 
 
-def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtocol], cfg: TrialConfig,
+def evaluate_protocols(method: ReIDMethod, protocols: dict[str, EvalProtocol], cfg: TrialConfig,
                        device: torch.device, image_cache: Path | None, *, quiet: bool = True,
                        on_progress: Callable[[int, int], None] | None = None
                        ) -> tuple[dict[str, dict[str, Any]], float]:
@@ -124,7 +125,8 @@ def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtoco
         # rank_metrics' sysu rule uses SYSU camera numbers (1-based); splits store 0-based cameras.
         res = evaluate_trials(feats[qi], feats[gi], p.query.pids, p.gallery.pids, p.query.cams + 1,
                               p.gallery.cams + 1, p.trial_masks, protocol=p.metric_protocol,
-                              query_masks=p.query_masks, rerank=cfg.evaluation.rerank)
+                              query_masks=p.query_masks, rerank=cfg.evaluation.rerank,
+                              similarity=method.test_similarity)
         results[name] = res
     return results, speed
 

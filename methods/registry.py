@@ -25,7 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from methods.base import ReIDMethod
 
 Builder = Callable[..., "ReIDMethod"]
-CONFIG_SECTIONS = ("data", "model", "loss", "mcm", "train", "evaluation")
+NetworkCheck = Callable[["TrialConfig"], None]
+CONFIG_SECTIONS = ("data", "model", "loss", "mcm", "deen", "train", "evaluation")
+TRIAL_SECTIONS = ("data", "train", "evaluation")
+"""Sections every trial reads whatever its method: the data, the training loop, the evaluation."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,9 @@ class MethodInfo:
     switches: dict[str, Any] = field(default_factory=dict)
     configs: tuple[str, ...] = ()
     """The TrialConfig sections the builder receives."""
+    check: NetworkCheck | None = None
+    """Raises ConfigError when the method's network cannot be built from a config (backbone, input size);
+    harness.preflight runs it for every grid point before anything trains. None: nothing to check."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Composer:
     builder: Builder
     tokens_help: str
     configs: tuple[str, ...] = ()
+    check: NetworkCheck | None = None
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -73,17 +80,18 @@ def _check_sections(name: str, configs: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def register_method(name: str, *, description: str, configs: tuple[str, ...] = (), builder: Builder | None = None,
-                    **switches: Any) -> Any:
+                    check: NetworkCheck | None = None, **switches: Any) -> Any:
     """Register `name`; as a decorator on the builder, or directly with `builder=`.
 
     `configs` names the TrialConfig sections the builder receives; `switches` are passed to it
-    as keyword arguments (and listed by `vireid methods`).
+    as keyword arguments (and listed by `vireid methods`); `check(cfg)` is the method's network
+    check run before anything trains (MethodInfo.check).
     """
     def register(function: Builder) -> Builder:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         _METHODS[name] = MethodInfo(name=name, builder=function, description=description, switches=dict(switches),
-                                    configs=_check_sections(name, configs))
+                                    configs=_check_sections(name, configs), check=check)
         return function
 
     if builder is not None:
@@ -92,15 +100,21 @@ def register_method(name: str, *, description: str, configs: tuple[str, ...] = (
 
 
 def register_composer(base: str, *, parse: Callable[[list[str]], dict[str, Any]], builder: Builder,
-                      tokens_help: str, configs: tuple[str, ...] = ()) -> None:
+                      tokens_help: str, configs: tuple[str, ...] = (), check: NetworkCheck | None = None) -> None:
     """Accept `base+tok+tok` method names: `parse(tokens)` gives the builder's switches."""
     _COMPOSERS[base] = Composer(base=base, parse=parse, builder=builder, tokens_help=tokens_help,
-                                configs=_check_sections(base, configs))
+                                configs=_check_sections(base, configs), check=check)
 
 
 def list_methods() -> list[MethodInfo]:
     _load_builtin()
     return list(_METHODS.values())
+
+
+def list_composers() -> list[Composer]:
+    """The method families that accept `base+switch+switch` names."""
+    _load_builtin()
+    return list(_COMPOSERS.values())
 
 
 def resolve_method(name: str) -> MethodInfo:
@@ -113,7 +127,7 @@ def resolve_method(name: str) -> MethodInfo:
         composer = _COMPOSERS[base]
         switches = composer.parse(tokens)  # raises ConfigError on an unknown token
         return MethodInfo(name=name, builder=composer.builder, description="custom combination", switches=switches,
-                          configs=composer.configs)
+                          configs=composer.configs, check=composer.check)
     close = difflib.get_close_matches(name, list(_METHODS), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in _COMPOSERS.values())
@@ -121,6 +135,16 @@ def resolve_method(name: str) -> MethodInfo:
         f"method: unknown method {name!r}.{hint} Registered methods: {', '.join(_METHODS)}"
         + (f"; combinations: {combos}" if combos else "")
     )
+
+
+def unread_sections(name: str) -> tuple[str, ...]:
+    """The config sections method `name` never reads: neither a trial section nor one its builder receives.
+
+    A trial's key leaves them out (harness.provenance.config_key), so a section added for another
+    method family does not change the keys of existing configurations.
+    """
+    info = resolve_method(name)
+    return tuple(s for s in CONFIG_SECTIONS if s not in TRIAL_SECTIONS and s not in info.configs)
 
 
 def create_method(cfg: TrialConfig, num_classes: int, num_cameras: int) -> ReIDMethod:

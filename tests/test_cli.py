@@ -18,10 +18,12 @@ def _flat(tree, prefix=""):
 def test_methods_lists_presets(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("agw", "agw+mcm", "agw+mcm+center", "agw+mcm+ica", "mclnet", "mclnet-no-mcm"):
+    for name in ("agw", "agw+mcm", "agw+mcm+center", "agw+mcm+ica", "mclnet", "mclnet-no-mcm", "deen", "deen-base"):
         assert f"\n{name} " in out
     mclnet_line = next(line for line in out.splitlines() if line.startswith("mclnet "))
-    assert mclnet_line.split()[1:4] == ["yes", "ica", "yes"]
+    assert mclnet_line.split()[1:4] == ["mcm", "center=ica", "cca"]
+    deen_line = next(line for line in out.splitlines() if line.startswith("deen-no-mfa "))
+    assert deen_line.split()[1:4] == ["dee", "cpm", "ort"]
 
 
 @pytest.mark.parametrize("argv, fragment", [
