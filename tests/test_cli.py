@@ -104,6 +104,20 @@ def test_paper_spec_dry_run_on_synthetic_regdb_layout(tmp_path, capsys):
     assert set(df["dataset"]) == {"synthetic-regdb"}
 
 
+def test_deen_llcm_spec_dry_run_on_synthetic_llcm_layout(tmp_path, capsys):
+    argv = ["sweep", "benchmarks/paper_deen_llcm.yaml", "--dry-run", "--set", "train.epochs=1",
+            "--results-dir", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "LLCM IR→VIS" in out and "LLCM VIS→IR" in out
+    assert "55.52" not in out and "Published numbers are not shown" in out  # never beside synthetic rows
+    from harness.results import ResultStore
+
+    df = ResultStore(tmp_path / "paper-deen-llcm-dry-run").dataframe()
+    assert sorted(set(df["protocol"])) == ["ir2vis", "vis2ir"] and set(df["method"]) == {"deen"}
+    assert set(df["dataset"]) == {"synthetic-llcm"} and (df["status"] == "ok").all()
+
+
 def test_local_sweep_killed_with_sigkill_resumes_without_losing_records(tmp_path):
     import os
     import signal
