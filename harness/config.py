@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.config_schema import RangeChecked, build_dataclass, ranged, registered
+from harness.config_schema import RangeChecked, build_dataclass, key_data, new_key, ranged, registered
 from harness.data.synthetic.spec import SynthSpec
 from harness.errors import ConfigError
 from harness.yaml_loader import load_yaml_text
@@ -238,6 +238,9 @@ class RerankConfig(RangeChecked):
 @dataclass
 class EvaluationConfig(RangeChecked):
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    flip: bool = new_key(False)
+    """Test-time flip averaging (the CAJ code's testa.py): each image's feature and its horizontal mirror's,
+    each L2-normalised, are averaged and normalised again."""
 
 
 @dataclass
@@ -254,6 +257,10 @@ class TrialConfig(RangeChecked):
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the configuration (`to_dict` less the `new_key` keys at their default)."""
+        return key_data(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, where: str = "config") -> TrialConfig:

@@ -4,7 +4,11 @@ A numeric field declares its valid range next to its default:
 `epochs: int = ranged(80, minimum=1)`, `erasing_p: float = ranged(0.5, minimum=0, maximum=1)`,
 `lr: float = ranged(0.01, above=0)` (strict bound), list fields with `factory=` and optionally
 `length=` / `min_length=` / `ascending=True` (each element is range-checked); a string field whose
-values are a registry's names uses `registered(default, names=...)`. `build_dataclass` checks a
+values are a registry's names uses `registered(default, names=...)`. A key added after results
+were recorded is declared with `new_key(default, ...)` (bounds as `ranged`; `factory=` for a
+section): at its default it stays out of a configuration's key (`key_data`, what
+`harness.provenance.config_key` hashes), so the results and checkpoints recorded before it keep
+their keys and are still found; set to anything else it enters the key. `build_dataclass` checks a
 mapping against the annotations (ints accepted for floats, unknown keys refused with the closest
 name) and the ranges, with a ConfigError naming the dotted key, the value and what is accepted;
 `RangeChecked` applies the range checks to a dataclass built directly in Python.
@@ -13,6 +17,7 @@ name) and the ranges, with a ConfigError naming the dotted key, the value and wh
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
 import itertools
@@ -80,6 +85,29 @@ class Range:
 def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
     """A dataclass field whose valid range is declared next to its default (see the module docstring)."""
     return field(default=default, default_factory=factory, metadata={"range": Range(**bounds)})
+
+
+def new_key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
+    """A key added after results were recorded: `ranged`, left out of `key_data` while it holds its default."""
+    metadata: dict[str, Any] = {"key_at_default": False}
+    if bounds or not (dataclasses.is_dataclass(factory) and isinstance(factory, type)):
+        metadata["range"] = Range(**bounds)
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def key_data(config: Any) -> dict[str, Any]:
+    """What identifies a config dataclass: `dataclasses.asdict`, less the `new_key` fields at their default."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("key_at_default", True) is False and value == _default_of(f):
+            continue
+        out[f.name] = key_data(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 def registered(default: str, *, names: Callable[[], Sequence[str]]) -> Any:

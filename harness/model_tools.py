@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 
 def evaluation_key(saved: SavedModel, cfg: TrialConfig) -> str:
     """Records' key of one evaluation: the model and everything the evaluation used."""
-    blob = json.dumps({"model": saved.key, "config": cfg.to_dict()}, sort_keys=True, default=str)
+    blob = json.dumps({"model": saved.key, "config": cfg.key_dict()}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -116,7 +116,8 @@ def extract_paths(method: torch.nn.Module, paths: Sequence[str | Path], modality
             images = torch.from_numpy(decode_images(chunk, cfg.data.height, cfg.data.width,
                                                     resample=cfg.data.test_resize))
             feats, _ = extract_features(method, images, np.full(len(chunk), modality), device=device,
-                                        batch_size=batch, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
+                                        batch_size=batch, amp=cfg.train.amp, channels_last=cfg.train.channels_last,
+                                        flip=cfg.evaluation.flip)
             out.append(feats.cpu())
             progress.advance(len(chunk))
     return torch.cat(out)

@@ -21,19 +21,9 @@ def config_key(cfg: TrialConfig) -> str:
 
     A `model.pretrained_file` enters by its content (SHA-256) as well as its path: other weights
     under the same name are another trial, never a finished one to skip or a checkpoint to resume.
-    The sections the method never reads (methods.registry.unread_sections, e.g. `deen` for an
-    MCLNet-family method) are left out: adding a method family keeps the existing keys. A method
-    name no registry knows keeps every section.
+    Keys added later (`harness.config_schema.new_key`) enter only when set away from their default.
     """
-    from harness.errors import HarnessError
-    from methods.registry import unread_sections
-
-    data = cfg.to_dict()
-    try:
-        for section in unread_sections(cfg.method):
-            del data[section]
-    except HarnessError:
-        pass
+    data = cfg.key_dict()
     weights = cfg.model.pretrained_file
     if weights is not None and os.path.isfile(weights):
         data["model"]["pretrained_file_sha256"] = file_sha256(weights)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from harness.config import TrialConfig
 from harness.curves import CurveRecorder, curves_resume_file
@@ -45,13 +46,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def flip_average(features: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Test-time flip averaging as the CAJ code's testa.py: both features L2-normalised, averaged, normalised.
+
+    The ranking normalises every feature again, so the returned unit vectors rank exactly as the
+    code's; the average is taken after the first normalisation, so neither view dominates by norm.
+    """
+    return F.normalize((F.normalize(features, dim=1) + F.normalize(mirrored, dim=1)) / 2, dim=1)
+
+
 @torch.inference_mode()
 def extract_features(method: torch.nn.Module, images: torch.Tensor, modalities: np.ndarray, *,
-                     device: torch.device, batch_size: int, amp: str, channels_last: bool,
+                     device: torch.device, batch_size: int, amp: str, channels_last: bool, flip: bool = False,
                      on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, float]:
     """Test features of uint8 images, in batches; returns (features float32, images/s).
 
-    `on_batch(n)` is told after each batch how many images it held (progress displays).
+    `flip` (`evaluation.flip`): each image's feature is averaged with its horizontal mirror's
+    (`flip_average`), which costs a second forward pass. `on_batch(n)` is told after each batch
+    how many images it held (progress displays).
     """
     method.eval()
     mods = torch.as_tensor(modalities, dtype=torch.long)
@@ -63,9 +75,11 @@ def extract_features(method: torch.nn.Module, images: torch.Tensor, modalities: 
         x = normalize(images[start:start + batch_size].to(device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        batch_modality = mods[start:start + batch_size].to(device)
         with autocast_context(device, amp):
-            f = method.test_features(x, mods[start:start + batch_size].to(device))
-        out.append(f.float())
+            f = method.test_features(x, batch_modality)
+            mirrored = method.test_features(x.flip(-1), batch_modality) if flip else None
+        out.append(f.float() if mirrored is None else flip_average(f.float(), mirrored.float()))
         if on_batch is not None:
             on_batch(len(x))
     feats = torch.cat(out) if out else torch.empty(0)
@@ -94,7 +108,8 @@ def evaluate_protocols(method: ReIDMethod, protocols: dict[str, EvalProtocol], c
                        ) -> tuple[dict[str, dict[str, Any]], float]:
     """Extract each distinct image once (queries shared by protocols), then score every protocol.
 
-    Distances are re-ranked when `cfg.evaluation.rerank` is enabled. `quiet=False` shows the
+    Features are flip-averaged when `cfg.evaluation.flip` is set; distances are re-ranked when
+    `cfg.evaluation.rerank` is enabled. `quiet=False` shows the
     extraction's progress (standalone evaluation); a sweep passes `on_progress(done, total)`
     instead, for its own display.
     """
@@ -117,7 +132,8 @@ def evaluate_protocols(method: ReIDMethod, protocols: dict[str, EvalProtocol], c
 
         feats, speed = extract_features(method, images, np.asarray(mods), device=device,
                                         batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp,
-                                        channels_last=cfg.train.channels_last, on_batch=advance)
+                                        channels_last=cfg.train.channels_last, flip=cfg.evaluation.flip,
+                                        on_batch=advance)
     results = {}
     for name, p in protocols.items():
         qi = torch.as_tensor([paths[x] for x in p.query.paths])

@@ -239,3 +239,23 @@ def test_non_utf8_yaml_is_refused_with_a_message(tmp_path):
 def test_override_values_use_the_strict_reader():
     with pytest.raises(ConfigError, match="duplicate key 'a'"):
         parse_override("train.milestones={a: 1, a: 2}")
+
+
+def test_keys_added_later_leave_the_keys_of_recorded_results_unchanged(monkeypatch):
+    """Every record of the committed reference keeps its stored key; a later key set off its default changes it."""
+    import json
+    from pathlib import Path
+
+    from harness.provenance import config_key
+    from harness.results import ResultStore
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the stored configs name the pre-trained backbone by a relative path
+    records = ResultStore(root / "results" / "reference" / "ablation-synthetic").dataframe()
+    assert len(records) >= 36
+    for _, record in records.drop_duplicates("trial_key").iterrows():
+        stored = json.loads(record["config"])
+        assert "flip" not in stored["evaluation"]  # recorded before evaluation.flip existed
+        cfg = TrialConfig.from_dict(stored)
+        assert config_key(cfg) == record["trial_key"]
+        assert config_key(cfg.with_overrides({"evaluation.flip": True})) != record["trial_key"]

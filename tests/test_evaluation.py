@@ -425,3 +425,60 @@ def test_sysu_cam3_queries_against_a_cam2_only_gallery_are_skipped():
     assert out["num_valid_queries"] == 1  # only the cam6 query: ranked 1, 2 -> first match at rank 2
     np.testing.assert_array_equal(out["cmc"], [0, 1])
     assert out["mAP"] == pytest.approx(1 / 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Test-time flip averaging (evaluation.flip)
+# --------------------------------------------------------------------------------------------
+
+
+class _ColumnWeighted(torch.nn.Module):
+    """A stand-in method whose feature is not mirror-symmetric: channel sums weighted by column."""
+
+    def test_features(self, images, modality):
+        width = images.shape[-1]
+        weights = torch.linspace(1.0, 3.0, width, dtype=images.dtype)
+        return torch.cat([(images * weights).sum(dim=(2, 3)), images.mean(dim=(2, 3)) + modality[:, None]], dim=1)
+
+
+def test_flip_averaging_is_the_normalised_mean_of_both_normalised_views():
+    from harness.trial import extract_features
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 8, 4), generator=generator, dtype=torch.uint8)
+    modalities = np.array([0, 0, 1, 1, 1])
+    kwargs = dict(device=torch.device("cpu"), batch_size=2, amp="none", channels_last=False)
+    method = _ColumnWeighted()
+    plain, _ = extract_features(method, images, modalities, **kwargs)
+    flipped, _ = extract_features(method, images, modalities, flip=True, **kwargs)
+
+    # testa.py, written out per image in float64: u = f(x)/|f(x)|, v = f(mirror x)/|f(mirror x)|, (u+v)/2 normalised
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(3, 1, 1)
+    for i in range(len(images)):
+        x = ((images[i].double() / 255 - mean) / std)[None]
+        m = torch.tensor([int(modalities[i])])
+        u = method.test_features(x, m)[0]
+        v = method.test_features(x[..., torch.arange(x.shape[-1] - 1, -1, -1)], m)[0]
+        assert torch.allclose(plain[i].double(), u, rtol=1e-5, atol=1e-5)
+        u, v = u / u.norm(), v / v.norm()
+        expected = (u + v) / 2
+        expected = expected / expected.norm()
+        assert torch.allclose(flipped[i].double(), expected, rtol=1e-5, atol=1e-6)
+    # an image and its mirror get one feature; without the flip they differ
+    mirrored, _ = extract_features(method, images.flip(-1), modalities, flip=True, **kwargs)
+    assert torch.allclose(mirrored, flipped, atol=1e-6)
+    assert not torch.allclose(plain / plain.norm(dim=1, keepdim=True), flipped, atol=1e-3)
+
+
+def test_a_trial_with_evaluation_flip_ranks_with_flip_averaged_features(tiny_config):
+    from harness.trial import run_trial
+
+    plain = run_trial(tiny_config())
+    flipped = run_trial(tiny_config(**{"evaluation.flip": True}))
+    assert plain.status == flipped.status == "ok"
+    # the same training (flip acts at test time only), another ranking
+    weights = [r.trained.method.net.neck.classifier.weight for r in (plain, flipped)]
+    assert torch.equal(*weights)
+    assert plain.key != flipped.key
+    assert [r["mAP"] for r in plain.records] != [r["mAP"] for r in flipped.records]
