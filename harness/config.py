@@ -251,7 +251,7 @@ class TrialConfig(RangeChecked):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     mcm: MCMConfig = field(default_factory=MCMConfig)
-    deen: DEENConfig = field(default_factory=DEENConfig)
+    deen: DEENConfig = new_key(factory=DEENConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 

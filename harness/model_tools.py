@@ -117,7 +117,7 @@ def extract_paths(method: torch.nn.Module, paths: Sequence[str | Path], modality
                                                     resample=cfg.data.test_resize))
             feats, _ = extract_features(method, images, np.full(len(chunk), modality), device=device,
                                         batch_size=batch, amp=cfg.train.amp, channels_last=cfg.train.channels_last,
-                                        flip=cfg.evaluation.flip)
+                                        flip=cfg.evaluation.flip, similarity=method.test_similarity)
             out.append(feats.cpu())
             progress.advance(len(chunk))
     return torch.cat(out)

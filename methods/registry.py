@@ -27,8 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 Builder = Callable[..., "ReIDMethod"]
 NetworkCheck = Callable[["TrialConfig"], None]
 CONFIG_SECTIONS = ("data", "model", "loss", "mcm", "deen", "train", "evaluation")
-TRIAL_SECTIONS = ("data", "train", "evaluation")
-"""Sections every trial reads whatever its method: the data, the training loop, the evaluation."""
 
 
 @dataclass(frozen=True)
@@ -135,16 +133,6 @@ def resolve_method(name: str) -> MethodInfo:
         f"method: unknown method {name!r}.{hint} Registered methods: {', '.join(_METHODS)}"
         + (f"; combinations: {combos}" if combos else "")
     )
-
-
-def unread_sections(name: str) -> tuple[str, ...]:
-    """The config sections method `name` never reads: neither a trial section nor one its builder receives.
-
-    A trial's key leaves them out (harness.provenance.config_key), so a section added for another
-    method family does not change the keys of existing configurations.
-    """
-    info = resolve_method(name)
-    return tuple(s for s in CONFIG_SECTIONS if s not in TRIAL_SECTIONS and s not in info.configs)
 
 
 def create_method(cfg: TrialConfig, num_classes: int, num_cameras: int) -> ReIDMethod:

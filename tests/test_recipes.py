@@ -38,8 +38,9 @@ def test_the_deen_recipe_holds_the_facts_of_their_code():
     assert train["erasing_ratio"] == pytest.approx([0.3, 1 / 0.3]) and train["erasing_aspect"] == "uniform"
     assert (train["erasing_fill"], train["erasing_value"], train["erasing_attempts"]) == (
         "constant", [0.485, 0.456, 0.406], 100)
-    # test.py: --test-batch 32; the six parts of distmat7 count once each
+    # test.py: --test-batch 32; each part is the sum of the image's and its mirror's; distmat7 counts six once each
     assert train["eval_batch_size"] == 32 and deen["test_branches"] == "all" and deen["test_weights"] == [1.0, 1.0]
+    assert config["evaluation"]["flip"] is True
     assert config["model"]["pretrained"] == "resnet50.tv_in1k" and config["model"]["bnneck_init"] == "normal"
 
 

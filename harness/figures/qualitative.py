@@ -174,7 +174,7 @@ def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = No
     modalities = np.concatenate([p.query.modalities[query_rows], p.gallery.modalities[gallery_rows]])
     feats, _ = extract_features(method, images, modalities, device=device, batch_size=cfg.train.eval_batch_size,
                                 amp=cfg.train.amp, channels_last=cfg.train.channels_last,
-                                flip=cfg.evaluation.flip)
+                                flip=cfg.evaluation.flip, similarity=method.test_similarity)
     feats = feats.cpu().double()
     q_feats, g_feats = feats[:len(q_paths)], feats[len(q_paths):]
     rerank = cfg.evaluation.rerank
