@@ -418,3 +418,35 @@ def test_dot_similarity_ranks_by_the_plain_dot_product():
     assert result["mAP_mean"] == pytest.approx(0.5)
     with pytest.raises(HarnessError, match="similarity"):
         pairwise_distance(query, gallery, similarity="euclid")
+
+
+def test_a_trained_deen_is_saved_and_loaded_with_the_same_test_features(tmp_path, tiny_config):
+    from harness.saved_models import load_method, read_model, save_model
+    from harness.trial import run_trial
+
+    result = run_trial(tiny_config(method="deen", **{"train.epochs": 1}))
+    assert result.status == "ok", result.failure
+    path = save_model(tmp_path, result.key, result.trained)
+    loaded = load_method(read_model(path)).eval()
+    original = result.trained.method.eval()
+    images, modality = torch.randn(4, 3, 64, 32), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.test_features(images, modality), original.test_features(images, modality))
+    assert loaded.test_similarity == "dot"
+
+
+def test_the_compiled_network_trains_as_the_eager_one():
+    torch.manual_seed(0)
+    eager = create_method(_cfg(), 4, 2)
+    compiled = create_method(_cfg(), 4, 2)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_network(backend="eager")
+    batch = (torch.randn(8, 3, 64, 32), torch.tensor([0] * 4 + [1] * 4), torch.tensor([0, 0, 1, 1] * 2),
+             torch.zeros(8, dtype=torch.long))
+    torch.manual_seed(1)
+    want = eager.training_losses(*batch)
+    torch.manual_seed(1)
+    got = compiled.training_losses(*batch)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
+    assert set(dict(compiled.named_parameters())) == set(dict(eager.named_parameters()))
