@@ -124,19 +124,27 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(json.dumps([{"name": m.name, "description": m.description, "switches": m.switches} for m in rows],
                          indent=2))
         return 0
-
-    def switched_on(switches: dict[str, Any]) -> str:
-        return " ".join(k if v is True else f"{k}={v}" for k, v in switches.items() if v not in (False, None, "none"))
-
     width = max(len(m.name) for m in rows)
-    on = {m.name: switched_on(m.switches) or "-" for m in rows}
-    column = max(len("switches on"), *(len(v) for v in on.values()))
-    print(f"{'method':<{width}}  {'switches on':<{column}}  description")
+    families: dict[Any, list[Any]] = {}  # one table per builder: the presets of a family share their switches
     for m in rows:
-        print(f"{m.name:<{width}}  {on[m.name]:<{column}}  {m.description}")
+        families.setdefault(m.builder, []).append(m)
+    for members in families.values():
+        keys = list(dict.fromkeys(k for m in members for k in m.switches))
+        cells = [[_switch_cell(m.switches.get(k)) for k in keys] for m in members]
+        widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+        print("  ".join([f"{'method':<{width}}", *(f"{k:<{w}}" for k, w in zip(keys, widths)), "description"]))
+        for m, row in zip(members, cells):
+            print("  ".join([f"{m.name:<{width}}", *(f"{c:<{w}}" for c, w in zip(row, widths)), m.description]))
+        print()
     combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in list_composers())
-    print(f"\nAny combination is valid too: {combos} (e.g. agw+cca, deen-base+dee+cpm).")
+    print(f"Any combination is valid too: {combos} (e.g. agw+cca, agw+mcm+center+cca, deen-base+dee+cpm).")
     return 0
+
+
+def _switch_cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "yes" if value else "-"
+    return str(value)
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

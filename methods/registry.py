@@ -110,7 +110,7 @@ def list_methods() -> list[MethodInfo]:
 
 
 def list_composers() -> list[Composer]:
-    """The method families that accept `base+switch+switch` names."""
+    """The method families that accept `base+tok+tok` names."""
     _load_builtin()
     return list(_COMPOSERS.values())
 

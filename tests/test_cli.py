@@ -18,12 +18,19 @@ def _flat(tree, prefix=""):
 def test_methods_lists_presets(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("agw", "agw+mcm", "agw+mcm+center", "agw+mcm+ica", "mclnet", "mclnet-no-mcm", "deen", "deen-base"):
+    for name in ("agw", "agw+mcm", "agw+mcm+center", "agw+mcm+ica", "mclnet", "mclnet-no-mcm"):
         assert f"\n{name} " in out
     mclnet_line = next(line for line in out.splitlines() if line.startswith("mclnet "))
-    assert mclnet_line.split()[1:4] == ["mcm", "center=ica", "cca"]
-    deen_line = next(line for line in out.splitlines() if line.startswith("deen-no-mfa "))
-    assert deen_line.split()[1:4] == ["dee", "cpm", "ort"]
+    assert mclnet_line.split()[1:4] == ["yes", "ica", "yes"]
+
+
+def test_methods_lists_the_deen_family_under_its_own_switches(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.split()[1:2] == ["dee"])
+    assert header.split()[:5] == ["method", "dee", "mfa", "cpm", "ort"]
+    assert next(line for line in lines if line.startswith("deen-no-mfa ")).split()[1:5] == ["yes", "-", "yes", "yes"]
+    assert "deen-base+<dee|mfa|cpm|ort" in "\n".join(lines)
 
 
 @pytest.mark.parametrize("argv, fragment", [
