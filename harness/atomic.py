@@ -4,7 +4,12 @@ A file appears whole or not at all: content goes to a hidden temporary file in t
 is flushed and fsynced, then renamed over the target. The temporary file is removed on every exit
 path (exception, KeyboardInterrupt, SystemExit); temporary files left by a process that was
 killed (SIGKILL) carry a recognisable name (target, machine, process id) and are removed by
-`remove_stale_temporaries` once their writer is gone. `atomic_directory` does the same for a tree.
+`remove_stale_temporaries` once their writer is gone: the first write of a process into a folder
+does it for that folder, so every folder the harness writes to is cleaned on the next run.
+`atomic_directory` does the same for a tree.
+
+A new file gets the mode `open()` would give it (0666 less the umask; a folder 0777 less the
+umask), and a replaced file keeps its mode, so results are as readable as any file the user writes.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import socket
+import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +39,48 @@ _HOST = socket.gethostname().replace(".", "-") or "host"
 _OWNER = re.compile(r"\.([^./]+)\.(\d+)" + re.escape(TEMP_MARKER))
 
 
+_NAME_ATTEMPTS = 100
+_swept_folders: set[tuple[int, str]] = set()
+_swept_lock = threading.Lock()
+
+
 def _temporary_name(target: Path) -> str:
     return f".{target.name}.{_HOST}.{os.getpid()}{TEMP_MARKER}"
+
+
+def _create_temporary(target: Path, *, folder: bool = False) -> Path:
+    """A new, uniquely named temporary beside `target`, created as `open()` / `mkdir()` would create it.
+
+    tempfile.mkstemp / mkdtemp create 0600 / 0700 whatever the umask; here the mode comes from the
+    umask (the kernel applies it to 0666 / 0777), and a file replacing an existing one takes its mode.
+    """
+    prefix = _temporary_name(target) + "."
+    for _ in range(_NAME_ATTEMPTS):
+        path = target.parent / f"{prefix}{secrets.token_hex(4)}{'' if folder else target.suffix}"
+        try:
+            if folder:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+        except FileExistsError:
+            continue
+        if not folder:
+            with contextlib.suppress(OSError):
+                existing = os.stat(target)
+                if stat.S_ISREG(existing.st_mode):
+                    os.chmod(path, stat.S_IMODE(existing.st_mode))
+        return path
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target.parent))
+
+
+def _sweep_folder_once(folder: Path) -> None:
+    """Remove the temporaries killed writers left in `folder`, once per process and folder."""
+    key = (os.getpid(), os.path.abspath(folder))
+    with _swept_lock:
+        if key in _swept_folders:
+            return
+        _swept_folders.add(key)
+    remove_stale_temporaries(folder, recursive=False)
 
 
 def _is_stale(path: Path, now: float) -> bool:
@@ -72,12 +120,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=target.parent, prefix=_temporary_name(target) + ".",
-                                        suffix=target.suffix)
-        os.close(handle)
+        _sweep_folder_once(target.parent)
+        temporary = _create_temporary(target)
     except OSError as exc:
         raise EnvironmentFault(f"{target}: cannot write here ({exc.strerror or exc})") from None
-    temporary = Path(name)
     try:
         yield temporary
         with open(temporary, "rb") as done:
@@ -143,7 +189,8 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temporary_name(target) + "."))
+        _sweep_folder_once(target.parent)
+        temporary = _create_temporary(target, folder=True)
     except OSError as exc:
         raise EnvironmentFault(f"{target}: cannot write here ({exc.strerror or exc})") from None
     try:

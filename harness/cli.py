@@ -214,6 +214,10 @@ def cmd_bench_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vireid", description="Visible-infrared person re-ID benchmark and ablation "
                                 "harness: MCLNet and its ablations on timm backbones.")
+    p.add_argument("--numerics", choices=("native", "portable"),
+                   help="CPU kernels: native (default; fastest, digits depend on the CPU model) or portable (the "
+                        "same digits on any x86-64 CPU with AVX2, about 2x the CPU time); default: $VIREID_NUMERICS "
+                        "or native. Goes before the command: vireid --numerics portable sweep ...")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train and evaluate one trial", description="Train one trial to its final epoch "
@@ -369,9 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _apply_numerics(argv: Sequence[str] | None) -> None:
+    """`--numerics` (or VIREID_NUMERICS) applied before anything imports torch (harness.numerics)."""
+    from harness.numerics import apply_numerics, requested_mode
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--numerics")
+    known, _ = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    apply_numerics(known.numerics or requested_mode())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        _apply_numerics(argv)
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except InputError as exc:
         print(f"vireid: error: {exc}", file=sys.stderr)

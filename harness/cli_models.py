@@ -1,4 +1,4 @@
-"""`vireid eval`, `extract`, `show` and `export-backbone`: the commands that work on a saved model."""
+"""`vireid eval`, `extract`, `show`, `export-backbone` and `import-checkpoint`: the commands of saved models."""
 
 from __future__ import annotations
 
@@ -14,15 +14,37 @@ def _with_rerank(overrides: dict[str, Any], rerank: bool) -> dict[str, Any]:
     return {**overrides, "evaluation.rerank.enabled": True} if rerank else overrides
 
 
+def imported_published(model: str | Path, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Published numbers of an imported checkpoint's method (its card's entries) for the protocols evaluated."""
+    from harness.published import published_by_protocol
+    from harness.saved_models import read_model
+
+    saved = read_model(model)
+    entries = (saved.card.get("imported") or {}).get("published") or {}
+    evaluated = {r.get("protocol") for r in records}
+    rows = {protocol: entry for protocol, entry in entries.items() if protocol in evaluated}
+    if not rows:
+        return None
+    return published_by_protocol({"rows": {saved.config.method: rows}}, sorted(rows))
+
+
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from harness.model_tools import evaluate_saved_model
     from harness.results import print_report, write_report
+    from harness.sweep import check_sweep_name
 
-    folder = Path(args.results_dir) / args.name
-    evaluate_saved_model(args.model, overrides=_with_rerank(overrides, args.rerank), folder=folder,
-                         quiet=args.quiet)
-    print_report(write_report(folder, protocols=[args.protocol] if args.protocol else None,
-                              group_by=["method", "dataset", "evaluation.rerank.enabled"], plots=False))
+    folder = Path(args.results_dir) / check_sweep_name(args.name, "--name")
+    _, records = evaluate_saved_model(args.model, overrides=_with_rerank(overrides, args.rerank), folder=folder,
+                                      quiet=args.quiet)
+    protocols = [args.protocol] if args.protocol else None
+    published = imported_published(args.model, [r for r in records if not protocols or r["protocol"] in protocols])
+    report = write_report(folder, protocols=protocols, published=published,
+                          group_by=["method", "dataset", "evaluation.rerank.enabled"], plots=False)
+    print_report(report)
+    if published and "(published)" in report.markdown:  # not beside rows of synthetic data
+        print(f"published numbers beside it in {folder / 'table.md'} (.tex, .csv): " + "; ".join(
+            f"{protocol} " + ", ".join(f"{m} {v:.2f}" for m, v in numbers.items())
+            for protocol, rows in published.items() for numbers in rows.values()))
     return 0
 
 
@@ -53,6 +75,20 @@ def cmd_export_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_checkpoint(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from harness.checkpoint_import import import_checkpoint
+
+    weights, imported = import_checkpoint(args.source, args.file, args.out, dataset=args.dataset, overrides=overrides)
+    record = imported["checkpoint_record"]
+    saved_with = ", ".join(f"{k} {v:g}" for k, v in record.items()) or "no metrics"
+    print(f"wrote {weights} and {weights.with_suffix('.json')}: {imported['source']}, sha256 {imported['sha256']}, "
+          f"{imported['tensors']} tensors ({imported['dropped']} unused by the source's forward dropped); "
+          f"saved with: {saved_with}")
+    root = "" if "data.root" in overrides else f" --set data.root=<{args.dataset} root>"
+    print(f"evaluate it with: vireid eval {weights}{root}")
+    return 0
+
+
 def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], None],
                        overrides: Callable[[Any], dict[str, Any]]) -> None:
     """Register eval / extract / show on the `vireid` sub-command parser."""
@@ -70,7 +106,7 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     ev.add_argument("--rerank", action="store_true",
                     help="k-reciprocal re-ranking (evaluation.rerank.k1 / k2 / lambda_value: 20, 6, 0.3)")
     ev.add_argument("--protocol", help="protocol to tabulate (default: the first recorded)")
-    ev.add_argument("--name", default="eval", help="results sub-folder (default: eval)")
+    ev.add_argument("--name", default="eval", help="results sub-folder, one plain folder name (default: eval)")
     ev.add_argument("--results-dir", default="results", help="where result folders go (default: results)")
     ev.add_argument("--quiet", action="store_true", help="no progress display")
     ev.set_defaults(func=bind(cmd_eval))
@@ -115,3 +151,21 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     eb.add_argument("--stem", default="visible", choices=["visible", "infrared"],
                     help="which modality's stem becomes the timm stem (default visible)")
     eb.set_defaults(func=cmd_export_backbone)
+
+    from harness.data.registry import dataset_names
+
+    im = sub.add_parser("import-checkpoint", help="a checkpoint saved by another VI-ReID code, as a saved model",
+                        description="Read a checkpoint another code saved (torch.save of a dict holding the "
+                                    "network's state dict) with torch.load(weights_only=True) only, map its keys "
+                                    "onto the matching method's network and write a saved model (OUT.safetensors "
+                                    "+ OUT.json card naming the source, the file's SHA-256 and the config the "
+                                    "source implies) for vireid eval / show / extract.")
+    im.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                    help="the code that saved FILE, a registered checkpoint importer: agw (mangye16/"
+                         "Cross-Modal-Re-ID-baseline), mclnet (bitreidgroup/Modality-Confusion-Learning), ...")
+    im.add_argument("file", help="the checkpoint file (e.g. sysu_agw_p4_n8_lr_0.1_seed_0_best.t)")
+    im.add_argument("out", help="output OUT.safetensors (the .json card is written beside it)")
+    im.add_argument("--dataset", required=True, choices=[*dataset_names(), "synthetic"],
+                    help="the dataset the checkpoint was trained on (its protocols are evaluated by default)")
+    add_set(im)
+    im.set_defaults(func=bind(cmd_import_checkpoint))

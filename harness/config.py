@@ -27,13 +27,16 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.config_schema import RangeChecked, build_dataclass, key_data, new_key, ranged, registered
+from harness.config_schema import RangeChecked, added_key, build_dataclass, ranged, registered
 from harness.data.synthetic.spec import SynthSpec
 from harness.errors import ConfigError
 from harness.yaml_loader import load_yaml_text
 
 SEED_MAX = 2**32 - 1
 """numpy's and torch's seeding accept [0, 2**32 - 1]."""
+IMAGE_SIDE_MAX = 2048
+"""Largest image height or width (pixels): re-ID crops are a few hundred; a larger value is a typo that
+would ask for terabytes when the images are decoded."""
 
 
 def _dataset_names(*, synthetic: bool) -> Callable[[], tuple[str, ...]]:
@@ -60,8 +63,8 @@ class SyntheticConfig(RangeChecked):
     """Which registered dataset's layout (and so protocols) the synthetic tree is written in."""
     num_identities: int = ranged(SynthSpec.num_identities, minimum=4)
     images_per_camera: int = ranged(SynthSpec.images_per_camera, minimum=1)
-    height: int = ranged(SynthSpec.height, minimum=32)
-    width: int = ranged(SynthSpec.width, minimum=16)
+    height: int = ranged(SynthSpec.height, minimum=32, maximum=IMAGE_SIDE_MAX)
+    width: int = ranged(SynthSpec.width, minimum=16, maximum=IMAGE_SIDE_MAX)
     seed: int = ranged(SynthSpec.seed, minimum=0, maximum=SEED_MAX)
 
 
@@ -71,8 +74,8 @@ class DataConfig(RangeChecked):
     """synthetic (generated, in the layout data.synthetic.layout) or a registered dataset (sysu | regdb | llcm)."""
     root: str | None = None
     """Dataset root folder; ignored for synthetic (its cache folder is used)."""
-    height: int = ranged(288, minimum=1)
-    width: int = ranged(144, minimum=1)
+    height: int = ranged(288, minimum=1, maximum=IMAGE_SIDE_MAX)
+    width: int = ranged(144, minimum=1, maximum=IMAGE_SIDE_MAX)
     trial: int = ranged(1, minimum=1, maximum=10)
     """RegDB split 1..10 (each split trains its own model)."""
     modes: list[str] = ranged(factory=lambda: ["all", "indoor"], min_length=1)
@@ -98,12 +101,16 @@ class ModelConfig(RangeChecked):
     """ImageNet weights through timm's hub cache: "imagenet" (timm's default for the backbone) or a timm tag
     such as "resnet50.tv_in1k" (torchvision's, as the published numbers); needs the network or a filled cache."""
     pretrained_file: str | None = None
-    """Local weights file (.pth / .safetensors): the offline route, never touches the network."""
+    """Local weights file (.pth / .safetensors): the offline route, never touches the network. It holds every
+    tensor of the timm backbone under timm's names (methods.backbones.pretrained_tensors), checked before training."""
     non_local: bool = True
     non_local_ratio: float = ranged(0.5, above=0, maximum=1)
     """Inner channels of a non-local block as a fraction of its input channels."""
     last_stride_one: bool = True
     gem_p: float = ranged(3.0, above=0)
+    gem_variant: Literal["paper", "authors-code"] = added_key("paper")
+    """GeM pooling: paper (Radenovic et al.): mean(clamp(x, 1e-6)^p)^(1/p); authors-code (the MCLNet and AGW
+    code): (mean(x^p) + 1e-12)^(1/p), for the non-negative maps of ReLU networks (methods.agw.GeM)."""
     bnneck_init: Literal["ones", "normal"] = "ones"
     """BNNeck BN weight at init: 1, or drawn from N(1, 0.01) as the AGW/MCLNet code (bias 0 either way)."""
     test_feature: Literal["bn", "pool"] = "bn"
@@ -142,6 +149,9 @@ class MCMConfig(RangeChecked):
     """BatchNorm1d(2) after the classifier, as in the public code."""
     nesterov: bool = True
     """Nesterov momentum for M's SGD, as the public code's optimiser of M."""
+    confusion_variant: Literal["updated", "authors-code"] = added_key("updated")
+    """L_e after M's update: updated (M's output recomputed with the updated M, frozen) or authors-code (M's
+    output from before the update, its gradient taken through the updated weights; methods.mcm)."""
 
 
 @dataclass
@@ -238,7 +248,7 @@ class RerankConfig(RangeChecked):
 @dataclass
 class EvaluationConfig(RangeChecked):
     rerank: RerankConfig = field(default_factory=RerankConfig)
-    flip: bool = new_key(False)
+    flip: bool = added_key(False)
     """Test-time flip averaging (the CAJ code's testa.py): each image's feature and its horizontal mirror's,
     each L2-normalised, are averaged and normalised again."""
 
@@ -251,16 +261,12 @@ class TrialConfig(RangeChecked):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     mcm: MCMConfig = field(default_factory=MCMConfig)
-    deen: DEENConfig = new_key(factory=DEENConfig)
+    deen: DEENConfig = added_key(factory=DEENConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def key_dict(self) -> dict[str, Any]:
-        """What identifies the configuration (`to_dict` less the `new_key` keys at their default)."""
-        return key_data(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, where: str = "config") -> TrialConfig:

@@ -4,11 +4,7 @@ A numeric field declares its valid range next to its default:
 `epochs: int = ranged(80, minimum=1)`, `erasing_p: float = ranged(0.5, minimum=0, maximum=1)`,
 `lr: float = ranged(0.01, above=0)` (strict bound), list fields with `factory=` and optionally
 `length=` / `min_length=` / `ascending=True` (each element is range-checked); a string field whose
-values are a registry's names uses `registered(default, names=...)`. A key added after results
-were recorded is declared with `new_key(default, ...)` (bounds as `ranged`; `factory=` for a
-section): at its default it stays out of a configuration's key (`key_data`, what
-`harness.provenance.config_key` hashes), so the results and checkpoints recorded before it keep
-their keys and are still found; set to anything else it enters the key. `build_dataclass` checks a
+values are a registry's names uses `registered(default, names=...)`. `build_dataclass` checks a
 mapping against the annotations (ints accepted for floats, unknown keys refused with the closest
 name) and the ranges, with a ConfigError naming the dotted key, the value and what is accepted;
 `RangeChecked` applies the range checks to a dataclass built directly in Python.
@@ -20,6 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import types
@@ -87,32 +84,61 @@ def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MIS
     return field(default=default, default_factory=factory, metadata={"range": Range(**bounds)})
 
 
-def new_key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
-    """A key added after results were recorded: `ranged`, left out of `key_data` while it holds its default."""
-    metadata: dict[str, Any] = {"key_at_default": False}
-    if bounds or not (dataclasses.is_dataclass(factory) and isinstance(factory, type)):
-        metadata["range"] = Range(**bounds)
-    return field(default=default, default_factory=factory, metadata=metadata)
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def key_data(config: Any) -> dict[str, Any]:
-    """What identifies a config dataclass: `dataclasses.asdict`, less the `new_key` fields at their default."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.metadata.get("key_at_default", True) is False and value == _default_of(f):
-            continue
-        out[f.name] = key_data(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
-    return out
-
-
 def registered(default: str, *, names: Callable[[], Sequence[str]]) -> Any:
     """A string field whose accepted values are the names of a registry (`names()`), checked like a range."""
     return field(default=default, metadata={"names": names})
+
+
+def added_key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING) -> Any:
+    """A key added after results were recorded, `default` being the behaviour from before it existed.
+
+    At that value the key stays out of configuration keys (harness.provenance.config_key), and a
+    stored configuration without it reads as holding it (`fill_added_keys`): finished trials,
+    checkpoints and table rows recorded before the key existed keep their identity. A whole
+    section added later is `added_key(factory=SectionConfig)`: it stays out while every key of it
+    holds its default.
+    """
+    return field(default=default, default_factory=factory, metadata={"added": True})
+
+
+@functools.cache
+def added_keys(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(dotted path, default) of every `added_key` field of a config dataclass, nested sections included."""
+    found: list[tuple[str, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("added"):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            found.append((f.name, dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default))
+        elif dataclasses.is_dataclass(hints[f.name]):
+            found += [(f"{f.name}.{path}", default) for path, default in added_keys(hints[f.name])]
+    return tuple(found)
+
+
+def drop_added_defaults(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` (a config as nested dicts) without the added keys that hold their default (what keys hash)."""
+    out = copy.deepcopy(tree)
+    for dotted, default in added_keys(cls):
+        *sections, name = dotted.split(".")
+        node = out
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in node and node[name] == default:
+            del node[name]
+    return out
+
+
+def fill_added_keys(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` with every added key it lacks set to its default (a configuration stored before the key existed)."""
+    out = copy.deepcopy(tree)
+    for dotted, default in added_keys(cls):
+        *sections, name = dotted.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(name, copy.deepcopy(default))
+    return out
 
 
 def check_fields(cls: type, values: dict[str, Any], where: str) -> None:

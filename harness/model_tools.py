@@ -28,7 +28,9 @@ from harness.data.registry import load_dataset
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE, DatasetBundle
 from harness.errors import InputError
 from harness.progress import TaskProgress
-from harness.saved_models import SavedModel, evaluation_config, load_method, read_model
+from harness.provenance import keyed_config
+from harness.saved_models import CARD_SUFFIX, SavedModel, evaluation_config, load_method, read_model
+from harness.weights import BACKBONE_FORMAT, SAVED_MODEL_FORMAT, weights_format
 
 MODALITIES = {"visible": MODALITY_VISIBLE, "infrared": MODALITY_INFRARED}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -36,7 +38,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 
 def evaluation_key(saved: SavedModel, cfg: TrialConfig) -> str:
     """Records' key of one evaluation: the model and everything the evaluation used."""
-    blob = json.dumps({"model": saved.key, "config": cfg.key_dict()}, sort_keys=True, default=str)
+    blob = json.dumps({"model": saved.key, "config": keyed_config(cfg)}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -48,8 +50,8 @@ def prepare_saved_model(model: str | Path, overrides: dict[str, Any] | None = No
     saved = read_model(model)
     cfg = evaluation_config(saved, overrides)
     device = prepare_run(cfg)
+    method = load_method(saved, cfg, device=device)  # weights checked before the dataset is read
     bundle = load_dataset(cfg.data, seed=cfg.seed)
-    method = load_method(saved, cfg, device=device)
     return saved, cfg, method, device, bundle
 
 
@@ -60,14 +62,9 @@ def evaluate_saved_model(model: str | Path, *, overrides: dict[str, Any] | None 
     Returns (records' key, records). The records go to `folder`'s record store, replacing an
     earlier evaluation with the same key.
     """
+    from harness.provenance import environment_fields
     from harness.results import ResultStore
-    from harness.trial import (
-        device_name,
-        evaluate_protocols,
-        library_versions,
-        peak_memory_mb,
-        protocol_records,
-    )
+    from harness.trial import evaluate_protocols, peak_memory_mb, protocol_records
 
     started = time.time()
     saved, cfg, method, device, bundle = prepare_saved_model(model, overrides)
@@ -78,7 +75,7 @@ def evaluate_saved_model(model: str | Path, *, overrides: dict[str, Any] | None 
         "kind": "evaluation", "model_key": saved.key,
         "model_sweep": saved.card.get("sweep"), "trained_on": saved.card.get("dataset"),
         "rerank": cfg.evaluation.rerank.enabled,
-        "device": device_name(device), "versions": json.dumps(library_versions()),
+        **environment_fields(device),
         "num_params": sum(p.numel() for p in method.parameters()), "num_classes": saved.num_classes,
         "infer_img_per_s": infer_speed, "peak_memory_mb": peak_memory_mb(device),
         "wall_seconds": time.time() - started,
@@ -153,7 +150,28 @@ def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out:
 
 # --------------------------------------------------------------------------- backbone export
 
-BACKBONE_FORMAT = "vireid-backbone/1"
+def _refuse_overwriting_a_model(saved: SavedModel, targets: Sequence[Path]) -> None:
+    """InputError when writing `targets` would replace the input model or any saved model (weights or card)."""
+    inputs = (saved.weights, saved.weights.with_suffix(CARD_SUFFIX))
+    for target in targets:
+        same = any(target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source))
+                   for source in inputs)
+        if same:
+            raise InputError(f"{target}: this is the model being exported ({saved.weights}); "
+                             "write the backbone to another file")
+        card = target.with_suffix(CARD_SUFFIX)
+        if weights_format(target) == SAVED_MODEL_FORMAT or _card_format(card) == SAVED_MODEL_FORMAT:
+            raise InputError(f"{target}: a saved model is here ({card} is its card); exporting onto it would "
+                             "replace its weights and card: choose another file name")
+
+
+def _card_format(card: Path) -> object:
+    """The `format` a JSON card names, None when the file is missing or is no card."""
+    try:
+        value = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return value.get("format") if isinstance(value, dict) else None
 
 
 def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible") -> Path:
@@ -162,6 +180,7 @@ def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible"
     The file is what `model.pretrained_file` loads, so a backbone pre-trained here starts other
     runs as ImageNet weights would (both modality stems start from the exported `stem`). The card
     says where the weights come from: source model, its config and dataset, versions, SHA-256.
+    Neither file may replace the input model or another saved model (InputError, nothing written).
     """
     from safetensors.torch import save_file
 
@@ -174,6 +193,7 @@ def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible"
     if stem not in MODALITIES:
         raise InputError(f"--stem: {stem!r} is not one of {', '.join(MODALITIES)}")
     saved = read_model(model)
+    _refuse_overwriting_a_model(saved, (out, out.with_suffix(CARD_SUFFIX)))
     backbones = [m for m in load_method(saved).modules() if isinstance(m, TwoStreamBackbone)]
     if len(backbones) != 1:
         raise InputError(f"{saved.weights}: expected one two-stream timm backbone in method "
@@ -187,5 +207,5 @@ def export_backbone(model: str | Path, out: str | Path, *, stem: str = "visible"
             "sha256": file_sha256(out), "source_model": saved.key, "source_sweep": saved.card.get("sweep"),
             "trained_on": saved.card.get("dataset"), "source_config": saved.card.get("config"),
             "versions": library_versions()}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_text(out.with_suffix(CARD_SUFFIX), json.dumps(card, indent=1, sort_keys=True, default=str) + "\n")
     return out

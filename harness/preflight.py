@@ -1,9 +1,10 @@
 """Checks of a trial config that need the method and backbone registries, run before anything trains.
 
 `harness.config` checks each key's type and range; what it cannot know without building things
-(is the method registered, does the backbone exist, can it take this input size, is the weights
-file there) is checked here for every grid point, once per distinct combination. The network
-check is the method's own (`check` of its registration), each caching its distinct combinations.
+(is the method registered, does the backbone exist, can it take this input size, does the weights
+file read as weights that cover every tensor of the backbone) is checked here for every grid point,
+once per distinct combination. The network check is the method's own (`check` of its
+registration), each caching its distinct combinations.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def _check_pretrained(backbone: str, pretrained: str) -> None:
     from methods.backbones import resolve_pretrained_tag
 
     resolve_pretrained_tag(backbone, pretrained)  # names only: nothing is downloaded here
+
+
+@functools.lru_cache(maxsize=64)
+def _check_pretrained_file(backbone: str, path: str, size: int, modified_ns: int) -> None:
+    from methods.backbones import check_pretrained_file
+
+    check_pretrained_file(backbone, path)  # size and time key the cache: a rewritten file is read again
 
 
 @functools.lru_cache(maxsize=256)
@@ -50,6 +58,9 @@ def check_buildable(cfg: TrialConfig, where: str = "config") -> None:
             _check_pretrained(m.backbone, m.pretrained)
         if info.check is not None:
             info.check(cfg)  # the method's network at this input size (methods.registry.MethodInfo.check)
+        if m.pretrained_file is not None:
+            stat = os.stat(m.pretrained_file)
+            _check_pretrained_file(m.backbone, os.path.abspath(m.pretrained_file), stat.st_size, stat.st_mtime_ns)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import time
 from collections.abc import Callable
@@ -25,19 +24,13 @@ from harness.data.splits import DatasetBundle, EvalProtocol
 from harness.errors import TrialFailure
 from harness.evaluation import evaluate_trials
 from harness.progress import TaskProgress
-from harness.provenance import config_key, library_versions
+from harness.provenance import config_key, environment_fields
 from harness.results.records import TrialRecord
 from harness.saved_models import TrainedModel
 from harness.training import TrainData, autocast_context, build_components, prepare_run
 from methods.base import ReIDMethod
 
 RANKS = (1, 5, 10, 20)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -244,7 +237,7 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
     if on_epoch:
         trainer.epoch_callbacks.append(lambda epoch, stats: on_epoch(epoch, stats.last_losses, validate))
     base = {
-        "device": device_name(device), "versions": json.dumps(library_versions()),
+        **environment_fields(device),
         "num_params": n_params, "num_train_images": len(bundle.train.paths), "num_classes": bundle.num_classes,
         **(extra or {}),
     }

@@ -63,7 +63,8 @@ def insert_non_local(
 ) -> list[str]:
     """Place non-local blocks after the last blocks of ResNet layer2 / layer3 (AGW positions).
 
-    Each chosen block becomes ``nn.Sequential(block, NonLocalBlock)``. A stage with fewer
+    Each chosen block becomes ``nn.Sequential(block, NonLocalBlock)`` (`TwoStreamBackbone.insert_after`,
+    so an exported backbone keeps timm's names). A stage with fewer
     blocks than requested (ResNet-18 layer2/layer3, test models) gets one after each of its
     blocks. Returns the positions, e.g. ``["layer2.2", "layer2.3", ...]``.
     """
@@ -78,18 +79,32 @@ def insert_non_local(
         channels = backbone.stage_channels(stage_name)
         inner = max(1, int(channels * ratio))
         for index in range(max(0, len(stage) - wanted), len(stage)):
-            stage[index] = nn.Sequential(stage[index], NonLocalBlock(channels, inner))
+            backbone.insert_after(f"{stage_name}.{index}", NonLocalBlock(channels, inner))
             positions.append(f"{stage_name}.{index}")
     return positions
 
 
-class GeM(nn.Module):
-    """Generalised-mean pooling over H, W: (mean(clamp(x, eps)^p))^(1/p), in float32 or wider (float64 stays)."""
+GEM_VARIANTS = ("paper", "authors-code")
+AUTHORS_GEM_OFFSET = 1e-12
+"""The MCLNet/AGW code pools (mean(x^p) + 1e-12)^(1/p)."""
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = False) -> None:
+
+class GeM(nn.Module):
+    """Generalised-mean pooling over H, W, in float32 or wider (float64 stays).
+
+    `variant="paper"` (Radenovic et al.'s form): (mean(clamp(x, eps)^p))^(1/p). `variant="authors-code"`
+    (the MCLNet and AGW code): (mean(x^p) + 1e-12)^(1/p), unclamped: it expects the non-negative maps
+    of a ReLU network (a ResNet's), a negative mean gives NaN. The two differ where a channel is
+    (nearly) zero everywhere: 1e-4 there against eps = 1e-6 here.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = False, variant: str = "paper") -> None:
         super().__init__()
         if p <= 0:
             raise ConfigError(f"GeM power p must be > 0; got {p}")
+        if variant not in GEM_VARIANTS:
+            raise ConfigError(f"GeM variant must be one of {', '.join(GEM_VARIANTS)}; got {variant!r}")
+        self.variant = variant
         value = torch.tensor(float(p))
         if learnable:
             self.p = nn.Parameter(value)
@@ -101,6 +116,8 @@ class GeM(nn.Module):
         # at least float32: x^p overflows half precision under autocast
         dtype = torch.promote_types(x.dtype, torch.float32)
         p = self.p.to(dtype)
+        if self.variant == "authors-code":
+            return (x.to(dtype).pow(p).mean(dim=(-2, -1)) + AUTHORS_GEM_OFFSET).pow(1.0 / p)
         return x.to(dtype).clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
@@ -148,6 +165,7 @@ class ReIDNet(nn.Module):
         non_local: bool = True,
         non_local_ratio: float = 0.5,
         gem_p: float = 3.0,
+        gem_variant: str = "paper",
         last_stride_one: bool = True,
         bnneck_init: str = "ones",
         **timm_kwargs: Any,
@@ -160,7 +178,7 @@ class ReIDNet(nn.Module):
         self.non_local_positions: list[str] = (
             insert_non_local(self.backbone, ratio=non_local_ratio) if non_local else []
         )
-        self.pool = GeM(p=gem_p)
+        self.pool = GeM(p=gem_p, variant=gem_variant)
         self.feature_dim: int = self.backbone.num_features
         self.neck = BNNeck(self.feature_dim, num_classes, init=bnneck_init)
 

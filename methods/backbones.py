@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError, InputError
+from methods._hub import load_tagged
 
 MODALITY_COUNT = 2  # 0 visible, 1 infrared
 
@@ -173,9 +174,11 @@ def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_fi
                       **timm_kwargs: Any) -> nn.Module:
     """Build a classifier-free timm model; pretrained weights from a local file or through timm's hub cache.
 
-    `pretrained` ("imagenet" or a timm tag, see `resolve_pretrained_tag`) loads through timm's
-    normal download and cache; offline or with the hub unreachable, it raises InputError naming
-    the tag, the cache and `model.pretrained_file`. `pretrained_file` never touches the network.
+    `pretrained` ("imagenet" or a timm tag, see `resolve_pretrained_tag`) loads from timm's caches
+    without a network call when the weights are there, else through timm's download
+    (methods._hub); offline or with the hub unreachable, it raises InputError within seconds naming
+    the tag, the cache and `model.pretrained_file`. `pretrained_file` never touches the network and
+    must cover the model (`pretrained_tensors`).
     """
     if not isinstance(name, str) or not timm.is_model(name):
         suggestions = _suggest_models(str(name))
@@ -194,21 +197,67 @@ def create_timm_model(name: str, *, pretrained: str | None = None, pretrained_fi
     if pretrained is not None:
         model_name = resolve_pretrained_tag(name, pretrained)
         kwargs.update(pretrained=True)
-    if pretrained_file is not None:
-        path = os.fspath(pretrained_file)
-        if not os.path.isfile(path):
-            raise ConfigError(f"pretrained weights file not found: {path} (backbone {name!r})")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
     try:
-        return timm.create_model(model_name, **kwargs)
+        if pretrained is not None:  # cached weights load without the network; others fail fast offline
+            model = load_tagged(model_name, lambda: timm.create_model(model_name, **kwargs))
+        else:
+            model = timm.create_model(model_name, **kwargs)
     except TypeError as error:
         raise ConfigError(f"timm rejected the keyword arguments {sorted(timm_kwargs)} for {name!r}: {error}") from error
     except Exception as error:
         if pretrained is not None:
             raise _weights_unavailable(model_name, pretrained, error) from None
-        if pretrained_file is None or not isinstance(error, RuntimeError):
-            raise
-        raise ConfigError(f"could not load pretrained weights {pretrained_file} into {name!r}: {error}") from error
+        raise
+    if pretrained_file is not None:
+        # strict=False only for the listed exceptions: pretrained_tensors checked every other name
+        model.load_state_dict(pretrained_tensors(model, name, pretrained_file), strict=False)
+    return model
+
+
+def _classifier_names(model: nn.Module) -> set[str]:
+    """State-dict names of the timm classifier a model built with num_classes=0 has not (e.g. fc.weight)."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    modules = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return {f"{module}.{tensor}" for module in modules for tensor in ("weight", "bias")}
+
+
+OPTIONAL_PRETRAINED_SUFFIXES = (".num_batches_tracked",)
+"""Tensors a `model.pretrained_file` may lack (torchvision-era files): BatchNorm with a momentum never reads them."""
+
+
+def pretrained_tensors(model: nn.Module, name: str, path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of `model.pretrained_file` for timm model `model` (built with num_classes=0).
+
+    The file must hold every tensor of the model, with its shape and dtype, under timm's names:
+    a file that fits nothing would otherwise leave the backbone at random init without a word.
+    Deliberate exceptions: the classifier (present in ImageNet files) is dropped, and
+    `num_batches_tracked` may be absent. Raises ConfigError naming the file, its kind (saved
+    model, exported backbone, plain state dict), the missing and unexpected names.
+    """
+    from harness.weights import SAVED_MODEL_FORMAT, check_fit, read_weights
+
+    try:
+        weights = read_weights(path)
+        expected = model.state_dict()
+        if weights.format == SAVED_MODEL_FORMAT:
+            hint = (f". `vireid export-backbone {path} OUT.safetensors` writes its backbone as the timm weights "
+                    "model.pretrained_file takes")
+        else:
+            hint = (f". model.pretrained_file takes the timm model's own tensor names: a file written by `vireid "
+                    f"export-backbone` from a model of backbone {name!r}, or torch.save(timm.create_model("
+                    f"{name!r}).state_dict(), ...)")
+        check_fit(weights, expected, network=f"backbone {name!r}", hint=hint, ignored=_classifier_names(model),
+                  optional={k for k in expected if k.endswith(OPTIONAL_PRETRAINED_SUFFIXES)})
+    except InputError as exc:
+        raise ConfigError(f"model.pretrained_file: {exc}") from None
+    return {k: v for k, v in weights.tensors.items() if k in expected}
+
+
+def check_pretrained_file(name: str, path: str | os.PathLike[str]) -> None:
+    """ConfigError unless `path` reads as weights that cover timm model `name` (built on the meta device)."""
+    with torch.device("meta"):
+        model = create_timm_model(name)
+    pretrained_tensors(model, name, path)
 
 
 def _has_state(module: nn.Module) -> bool:
@@ -327,6 +376,19 @@ class TwoStreamBackbone(nn.Module):
         if self.last_stride_one:
             set_last_stride_one(self.model)
         self.num_features: int = int(self.model.num_features)
+        self.inserted_after: list[str] = []
+        """timm module names followed by a module the harness added (`insert_after`)."""
+
+    def insert_after(self, position: str, module: nn.Module) -> None:
+        """Run `module` after the timm submodule at `position` (e.g. "layer2.3": a ResNet block).
+
+        The submodule becomes ``nn.Sequential(original, module)``: its tensors are named
+        `position.0.*`, the added module's `position.1.*`; `timm_state_dict` maps them back.
+        """
+        parent_name, _, child = position.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, child, nn.Sequential(parent.get_submodule(child), module))
+        self.inserted_after.append(position)
 
     def stem(self, modality: int) -> dict[str, nn.Module]:
         """The stem modules used for one modality, by timm module name."""
@@ -396,12 +458,28 @@ class TwoStreamBackbone(nn.Module):
         return self._to_map(features, (x.shape[-2], x.shape[-1]))
 
 
+def _timm_name(backbone: TwoStreamBackbone, key: str, modality: int) -> str | None:
+    """The plain timm model's name of a two-stream state-dict key; None for the other stem and added modules."""
+    for stem in backbone.stem_module_names:
+        prefix = f"{stem}.branches."
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            return f"{stem}.{rest}" if int(index) == modality else None
+    for position in backbone.inserted_after:
+        if key.startswith(f"{position}.0."):
+            return f"{position}.{key[len(position) + 3:]}"
+        if key.startswith(f"{position}.1."):
+            return None
+    return key
+
+
 def timm_state_dict(backbone: TwoStreamBackbone, modality: int = 0) -> dict[str, torch.Tensor]:
     """A two-stream backbone's weights as its plain timm model names them, with one modality's stem.
 
     What `model.pretrained_file` loads: a backbone trained here can initialise another run the
     way ImageNet weights do (both stems start from the exported one). Modules the harness added
-    (non-local blocks) are left out; a timm weight that has no counterpart is an error.
+    after timm blocks (non-local blocks) are left out and the blocks keep their timm names; a
+    timm weight without counterpart, or a weight timm does not have, is an error.
     """
     if modality not in range(MODALITY_COUNT):
         raise InputError(f"modality {modality!r}: expected 0 (visible) or 1 (infrared)")
@@ -409,17 +487,13 @@ def timm_state_dict(backbone: TwoStreamBackbone, modality: int = 0) -> dict[str,
         expected = create_timm_model(backbone.model_name).state_dict()
     exported: dict[str, torch.Tensor] = {}
     for key, value in backbone.model.state_dict().items():
-        for stem in backbone.stem_module_names:
-            prefix = f"{stem}.branches."
-            if key.startswith(prefix):
-                index, rest = key[len(prefix):].split(".", 1)
-                key = f"{stem}.{rest}" if int(index) == modality else ""
-                break
-        if key in expected:
-            exported[key] = value.detach().clone().contiguous()
+        name = _timm_name(backbone, key, modality)
+        if name is not None:
+            exported[name] = value.detach().clone().contiguous()
     missing = sorted(k for k in expected if k not in exported)
-    mismatched = sorted(k for k, v in exported.items() if tuple(v.shape) != tuple(expected[k].shape))
-    if missing or mismatched:
+    unexpected = sorted(k for k in exported if k not in expected)
+    mismatched = sorted(k for k, v in exported.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape))
+    if missing or unexpected or mismatched:
         raise InputError(f"backbone {backbone.model_name!r}: the weights do not map onto the timm model "
-                         f"(missing {missing[:5]}, other shapes {mismatched[:5]})")
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes {mismatched[:5]})")
     return exported

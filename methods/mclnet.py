@@ -47,13 +47,14 @@ class MCLNet(ReIDMethod):
         m = model_cfg
         self.net = ReIDNet(m.backbone, num_classes, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
                            non_local=m.non_local, non_local_ratio=m.non_local_ratio, gem_p=m.gem_p,
-                           last_stride_one=m.last_stride_one, bnneck_init=m.bnneck_init)
+                           gem_variant=m.gem_variant, last_stride_one=m.last_stride_one, bnneck_init=m.bnneck_init)
         dim = self.net.feature_dim
         authors = loss_cfg.variant == "authors-code"
         if mcm:
             c = mcm_cfg
             self.mcm = ModalityConfusion(dim, hidden=c.hidden, batchnorm_out=c.batchnorm_out, lr=c.lr,
-                                         momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
+                                         momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov,
+                                         confusion_variant=c.confusion_variant)
         if center != "none":
             # Center loss always learns its centers; the public code's ICA centers stay at their random init.
             learn = center == "center" or not authors

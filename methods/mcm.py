@@ -3,9 +3,24 @@
 Each iteration alternates two updates:
 1. ``discriminator_step(features, modality)``: M learns the true modality from DETACHED
    features; only M's parameters move, with M's own optimiser.
-2. ``confusion_loss(features)``: M's output is recomputed with M frozen (detached parameters,
-   scratch copies of its buffers); the loss pushes the features towards the confused label
-   [0.5, 0.5] and, after the caller's backward, puts gradient into the extractor only.
+2. ``confusion_loss(features)``: the loss pushes the features towards the confused label
+   [0.5, 0.5] and, after the caller's backward, puts gradient into the extractor only. Which
+   output of M it is computed from is `confusion_variant`:
+
+   - ``updated``: M's output recomputed with the updated M, frozen (detached parameters, scratch
+     copies of its buffers).
+   - ``authors-code``: what the authors' code (bitreidgroup/Modality-Confusion-Learning,
+     train.py) computes. It takes L_e from M's output of the step's single forward, i.e. from
+     BEFORE M's update, and backpropagates it after the update: on its PyTorch 1.2 the
+     optimiser's in-place update (through ``.data``, which bypasses autograd's version check)
+     changed the weights saved for that backward. So the loss value, every activation, M's
+     output BatchNorm's batch statistics and the softmax are those of the pre-update M, while
+     the gradient passes each layer of M with its UPDATED weights (a Linear layer's input
+     gradient is grad @ W_updated; BatchNorm's uses gamma_updated with the pre-update batch
+     statistics). The same code raises on current PyTorch; here each layer is evaluated with
+     the updated weights for the gradient and its value replaced, outside the graph, by the
+     pre-update one (a snapshot of M taken by ``discriminator_step``). Exact for M's layers
+     (Linear, BatchNorm1d), whose input gradient depends only on the layer's input and weights.
 
 M's parameters belong to M's optimiser alone: keep them out of the extractor's optimiser.
 """
@@ -21,10 +36,22 @@ from torch.func import functional_call
 from harness.errors import ConfigError, InputError
 from methods.losses import modality_classification_loss, modality_confusion_loss
 
+CONFUSION_VARIANTS = ("updated", "authors-code")
+"""Which output of M the confusion loss L_e is computed from (see the module docstring)."""
+
 
 def _at_least_float32(features: torch.Tensor) -> torch.Tensor:
     """M runs outside autocast in float32, or float64 when the network is float64."""
     return features.to(torch.promote_types(features.dtype, torch.float32))
+
+
+def _detached_copy(module: nn.Module, *, share: bool = False) -> dict[str, torch.Tensor]:
+    """Parameters and buffers of `module`, outside autograd; buffers always copied (a forward may update them).
+
+    `share=True` keeps the parameters' storage (the live values, frozen); otherwise they are copied too.
+    """
+    params = {name: p.detach() if share else p.detach().clone() for name, p in module.named_parameters()}
+    return params | {name: b.detach().clone() for name, b in module.named_buffers()}
 
 
 class ModalityClassifier(nn.Module):
@@ -57,14 +84,21 @@ class ModalityConfusion(nn.Module):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         nesterov: bool = True,
+        confusion_variant: str = "updated",
     ) -> None:
         super().__init__()
+        if confusion_variant not in CONFUSION_VARIANTS:
+            raise ConfigError(f"MCM confusion_variant must be one of {', '.join(CONFUSION_VARIANTS)}; "
+                              f"got {confusion_variant!r}")
         if lr <= 0 or momentum < 0 or weight_decay < 0:
             raise InputError(
                 f"MCM optimiser needs lr > 0, momentum >= 0, weight_decay >= 0; got lr={lr}, momentum={momentum}, "
                 f"weight_decay={weight_decay}"
             )
         self.in_dim = in_dim
+        self.confusion_variant = confusion_variant
+        self._before_update: dict[str, torch.Tensor] | None = None
+        """authors-code: M's parameters and buffers before the last discriminator step, until L_e is taken."""
         self.classifier = ModalityClassifier(in_dim, hidden, batchnorm_out)
         self.optimizer = torch.optim.SGD(
             self.classifier.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -84,6 +118,8 @@ class ModalityConfusion(nn.Module):
         self._check(features)
         if modality.shape != features.shape[:1]:
             raise InputError(f"modality must have shape ({features.shape[0]},); got {tuple(modality.shape)}")
+        if self.confusion_variant == "authors-code":
+            self._before_update = _detached_copy(self.classifier)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=features.device.type, enabled=False):
             logits = self.classifier(_at_least_float32(features.detach()))
@@ -95,14 +131,37 @@ class ModalityConfusion(nn.Module):
         return loss.detach()
 
     def confusion_loss(self, features: torch.Tensor) -> torch.Tensor:
-        """L_e on the live features with M frozen: gradient flows to the extractor, never into M."""
+        """L_e on the live features with M frozen: gradient flows to the extractor, never into M.
+
+        `updated`: from M's output recomputed with the updated M. `authors-code`: from M's output
+        before the last `discriminator_step` (on the same features), its gradient through the
+        updated weights (the module docstring says why).
+        """
         self._check(features)
-        frozen = {name: p.detach() for name, p in self.classifier.named_parameters()}
-        # scratch buffers: the second forward must not advance M's running statistics
-        frozen.update({name: b.detach().clone() for name, b in self.classifier.named_buffers()})
         with torch.autocast(device_type=features.device.type, enabled=False):
-            logits = functional_call(self.classifier, frozen, (_at_least_float32(features),))
+            x = _at_least_float32(features)
+            if self.confusion_variant == "updated":
+                logits = functional_call(self.classifier, _detached_copy(self.classifier, share=True), (x,))
+            else:
+                logits = self._pre_update_logits(x)
             return modality_confusion_loss(logits)
+
+    def _pre_update_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """M's output before its update in value; its backward through each layer with the updated weights."""
+        before, self._before_update = self._before_update, None
+        if before is None:
+            raise InputError("MCM confusion_variant 'authors-code' takes L_e from M's output before its update: "
+                             "call discriminator_step on the batch first")
+        for index, layer in enumerate(self.classifier.layers):
+            prefix = f"layers.{index}."
+            updated = functional_call(layer, _detached_copy(layer, share=True), (x,))
+            with torch.no_grad():
+                earlier = {name.removeprefix(prefix): t.clone() for name, t in before.items()
+                           if name.startswith(prefix)}
+                value = functional_call(layer, earlier, (x,))
+            # the pre-update value, with the gradient of the layer under its updated weights
+            x = updated + (value - updated).detach()
+        return x
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Modality logits of M (for evaluation and inspection)."""

@@ -3,6 +3,13 @@
 import os
 
 import pytest
+
+# The test process runs the native numerics mode (tests that need the portable one start a fresh
+# process with it): a VIREID_NUMERICS=portable left in the shell would make every in-process
+# `vireid` call refuse to switch modes after torch started.
+for _name in ("VIREID_NUMERICS", "ATEN_CPU_CAPABILITY", "MKL_CBWR"):
+    os.environ.pop(_name, None)
+
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

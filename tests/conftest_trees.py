@@ -45,6 +45,7 @@ SYSU_FOLDERS: dict[tuple[int, int], int] = {
 }
 SYSU_IDS = {"train": [3, 1, 2], "val": [4], "test": [12, 5, 9, 7]}
 SYSU_INFRARED = (3, 6)
+SYSU_UNLISTED_ID = 999
 
 
 @dataclass
@@ -58,12 +59,20 @@ def make_sysu_tree(
     folders: dict[tuple[int, int], int] | None = None,
     ids: dict[str, list[int]] | None = None,
 ) -> SysuTree:
-    """cam1..cam6/%04d/%04d.jpg (IR cameras single-channel .bmp) and exp/*_id.txt."""
+    """cam1..cam6/%04d/%04d.jpg (IR cameras single-channel .bmp) and exp/*_id.txt.
+
+    Every camera folder holds an identity, as in the real dataset: a camera `folders` leaves
+    empty gets one image of identity SYSU_UNLISTED_ID, which no id file lists (so no split uses it).
+    """
     folders = SYSU_FOLDERS if folders is None else folders
     ids = SYSU_IDS if ids is None else ids
     tree = SysuTree(root)
-    for cam in range(1, 7):  # every camera folder exists, as in the real dataset
-        (root / f"cam{cam}").mkdir(parents=True, exist_ok=True)
+    used = {cam for _, cam in folders}
+    for cam in range(1, 7):
+        if cam not in used:
+            infrared = cam in SYSU_INFRARED
+            write_image(root / f"cam{cam}" / f"{SYSU_UNLISTED_ID:04d}" / f"0001.{'bmp' if infrared else 'jpg'}",
+                        250 if infrared else (250, 250, 250))
     counter = 0
     for (pid, cam), count in sorted(folders.items()):
         names = []

@@ -115,3 +115,65 @@ def test_committed_main_job_backbone_matches_its_card():
     assert card["source_sweep"] == "pretrain-synthetic"
     assert card["source_config"]["model"]["pretrained"] is None  # itself trained from random init
     assert card["source_config"]["model"]["pretrained_file"] is None
+
+
+def _saved_mclnet(folder, tiny_config, key="k", **overrides):
+    """A saved MCLNet model whose every tensor differs from init."""
+    from harness.saved_models import TrainedModel, save_model
+    from methods import create_method
+
+    cfg = tiny_config(method="mclnet", **overrides)
+    torch.manual_seed(2)
+    method = create_method(cfg, 7, 4)
+    with torch.no_grad():
+        for p in method.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return method.eval(), save_model(folder, key, TrainedModel(method, cfg, 7, 4, "synthetic"))
+
+
+@pytest.mark.parametrize("stem", ["visible", "infrared"])
+def test_export_of_a_model_with_non_local_blocks_is_the_plain_timm_model(stem, tmp_path, tiny_config):
+    """Default AGW / MCLNet models wrap layer2 / layer3 blocks with non-local blocks (keys layer2.0.0.*)."""
+    from safetensors.torch import load_file
+
+    from methods.backbones import set_last_stride_one
+
+    method, weights = _saved_mclnet(tmp_path, tiny_config, **{"model.non_local": True})
+    backbone = method.net.backbone
+    assert backbone.inserted_after == ["layer2.0", "layer3.0"]  # test_resnet: one block per stage
+    out = tmp_path / "bb.safetensors"
+    assert main(["export-backbone", str(weights), str(out), "--stem", stem]) == 0
+    plain = timm.create_model("test_resnet", num_classes=0)
+    plain.load_state_dict(load_file(str(out)), strict=True)  # every timm name, nothing else (no non-local block)
+    set_last_stride_one(plain)  # as the harness backbone runs it (model.last_stride_one: true)
+    plain.eval()
+    # with the non-local blocks made the identity (x + 0), the harness backbone computes the plain timm model
+    for block in (backbone.model.layer2[0][1], backbone.model.layer3[0][1]):
+        torch.nn.init.zeros_(block.W[1].weight)
+        torch.nn.init.zeros_(block.W[1].bias)
+    x = torch.randn(4, 3, 64, 32)
+    index = 0 if stem == "visible" else 1
+    with torch.inference_mode():
+        expected = backbone(x, torch.full((4,), index))
+        torch.testing.assert_close(plain.forward_features(x), expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(plain.forward_features(x), backbone(x, torch.full((4,), 1 - index)), atol=1e-3)
+
+
+def test_export_never_writes_onto_a_saved_model(tmp_path, tiny_config, capsys):
+    _, weights = _saved_mclnet(tmp_path, tiny_config)
+    _, other = _saved_mclnet(tmp_path, tiny_config, key="other")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for source, target in [(weights, weights), (weights.with_suffix(".json"), weights),  # its own files
+                           (weights, other)]:  # another model's
+        assert main(["export-backbone", str(source), str(target.with_suffix(".safetensors"))]) == 2
+        err = capsys.readouterr().err
+        assert str(target.with_suffix(".safetensors")) in err and "Traceback" not in err
+    card_only = tmp_path / "lonely.json"  # a model whose weights file was moved away: its card stays protected
+    card_only.write_bytes(before["other.json"])
+    assert main(["export-backbone", str(weights), str(tmp_path / "lonely.safetensors")]) == 2
+    assert "saved model" in capsys.readouterr().err
+    card_only.unlink()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, nothing added
+    out = tmp_path / "bb.safetensors"
+    assert main(["export-backbone", str(weights), str(out)]) == 0
+    assert main(["export-backbone", str(weights), str(out), "--stem", "infrared"]) == 0  # an export may be redone

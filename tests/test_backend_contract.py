@@ -138,6 +138,7 @@ def test_trial_labels_name_the_swept_keys():
 def test_vireid_sweep_exits_1_listing_the_failures_when_every_trial_failed(tmp_path, capsys):
     from harness.cli import main
     from harness.provenance import config_key
+    from harness.results.records import TrialRecord
 
     spec_file = tmp_path / "allfail.yaml"
     spec_file.write_text("name: allfail\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
@@ -146,22 +147,45 @@ def test_vireid_sweep_exits_1_listing_the_failures_when_every_trial_failed(tmp_p
                        "non_local": False}, "data": {"height": 64, "width": 32}}, "grid": {"seed": [0, 1]}})
     store = ResultStore(tmp_path / "r" / "allfail")
     for cfg in spec.trials():  # a first run in which both trials failed; the rerun skips them
-        store.put_trial(config_key(cfg), [{"trial_key": config_key(cfg), "method": "agw", "seed": cfg.seed,
-                                           "status": "failed", "failure": f"RuntimeError: boom {cfg.seed}"}])
+        store.put_trial(config_key(cfg), [TrialRecord.failed(cfg, f"RuntimeError: boom {cfg.seed}")])
     code = main(["sweep", str(spec_file), "--results-dir", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "every trial of sweep 'allfail' failed" in err
     assert "boom 0" in err and "boom 1" in err
 
 
-@pytest.mark.parametrize("url", ["postgresql+psycopg2://nobody@127.0.0.1:1/none", "not a url"])
-def test_an_unreachable_or_malformed_storage_url_is_an_input_error_before_training(tmp_path, url):
-    from harness.errors import EnvironmentFault
-
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://nobody@127.0.0.1:1/none", "postgresql://nobody@127.0.0.1:1/none",
+                                 "not a url", "notaurl", "sqlite://", "sqlite:///study.db"])
+def test_an_unreachable_or_malformed_storage_url_is_an_input_error_before_any_file(tmp_path, url):
     spec = grid_spec("storage", {"train.lr": [0.01]})
-    with pytest.raises(EnvironmentFault, match="--storage"):
+    with pytest.raises(InputError, match="--storage"):
         run_sweep(spec, backend="optuna", results_dir=tmp_path, quiet=True, trial_fn=FAKE, storage=url)
-    assert ResultStore(tmp_path / "storage").dataframe().empty
+    assert list(tmp_path.iterdir()) == []
+
+
+BAD_VALUES = [("workers", 0), ("workers", -2), ("gpus", "a,b"), ("gpus", "0,0"), ("trials_per_gpu", 0),
+              ("stale_after", 1), ("gpus_per_trial", -1.0), ("gpus_per_trial", 1.5)]
+TAKEN_BAD_VALUES = [(name, option, value) for name in backend_names() for option, value in BAD_VALUES
+                    if option in get_backend(name).supports]
+
+
+@pytest.mark.parametrize("backend, option, value", TAKEN_BAD_VALUES)
+def test_a_bad_option_value_is_refused_before_the_results_folder_exists(tmp_path, backend, option, value):
+    """Every backend checks its options before anything is written: a refused run leaves no folder."""
+    if backend == "ray":
+        pytest.importorskip("ray")
+    spec = grid_spec("early", {"train.lr": [0.01]})
+    with pytest.raises(InputError):
+        run_sweep(spec, backend=backend, results_dir=tmp_path, quiet=True, trial_fn=FAKE, **{option: value})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_trial_function_that_cannot_be_imported_is_refused_before_the_results_folder_exists(tmp_path, backend):
+    with pytest.raises(InputError, match="nowhere"):
+        run_sweep(grid_spec("early", {"train.lr": [0.01]}), backend=backend, results_dir=tmp_path, quiet=True,
+                  trial_fn="tests.nowhere:trial")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_search_directions_come_from_the_metric_registry():

@@ -791,3 +791,37 @@ def test_local_grid_runs_in_parallel_workers_pinned_to_their_gpus(tmp_path):
     assert (df.groupby("pid")["cuda_visible_devices"].nunique() == 1).all()
     run_sweep(spec, backend="local", results_dir=tmp_path, quiet=True, trial_fn=FAKE, workers=2)  # resume: no-op
     assert ResultStore(tmp_path / "lpinned").dataframe()["trial_key"].nunique() == 4
+
+
+# --------------------------------------------------------------------------- the --storage URL
+
+@pytest.mark.parametrize("installed, url, expected", [
+    # the README's bare forms get the driver that is installed: psycopg2 from the [postgres] extra
+    ({"psycopg2"}, "postgresql://vireid:PW@DBHOST/vireid", "postgresql+psycopg2://vireid:PW@DBHOST/vireid"),
+    ({"psycopg", "psycopg2"}, "postgresql://vireid:PW@DBHOST/vireid", "postgresql+psycopg://vireid:PW@DBHOST/vireid"),
+    ({"pymysql"}, "mysql://vireid:PW@DBHOST:3306/vireid", "mysql+pymysql://vireid:PW@DBHOST:3306/vireid"),
+    ({"MySQLdb", "pymysql"}, "mysql://u@h/db", "mysql+mysqldb://u@h/db"),
+    ({"psycopg2"}, "postgresql://u:p%40ss@/db?host=/run/pg&port=5433",  # quoting and query kept as written
+     "postgresql+psycopg2://u:p%40ss@/db?host=/run/pg&port=5433"),
+    (set(), "postgresql+psycopg2://u@h/db", "postgresql+psycopg2://u@h/db"),  # a named driver is kept
+])
+def test_a_storage_url_gets_the_installed_driver(monkeypatch, installed, url, expected):
+    from harness.runner.optuna_backend import storage_url
+
+    monkeypatch.setattr(storage_url, "_installed", lambda module: module in installed)
+    assert storage_url.database_url(url) == expected
+
+
+@pytest.mark.parametrize("url, error, fragment", [
+    ("notaurl", ConfigError, "not a database URL"), ("sqlite://", ConfigError, "sqlite URLs are not supported"),
+    ("sqlite:///study.db", ConfigError, "sqlite URLs"), ("postgres://u:secret@h/db", ConfigError, "postgres URLs"),
+    ("postgresql://u:secret@h/db", HarnessError, r"no postgresql driver is installed .*\[postgres\]"),
+    ("mysql://u:secret@h/db", HarnessError, "no mysql driver is installed .*pymysql"),
+])
+def test_a_storage_url_that_cannot_work_is_refused_saying_what_is_expected(monkeypatch, url, error, fragment):
+    from harness.runner.optuna_backend import storage_url
+
+    monkeypatch.setattr(storage_url, "_installed", lambda module: False)
+    with pytest.raises(error, match=fragment) as info:
+        storage_url.database_url(url)
+    assert "--storage" in str(info.value) and "secret" not in str(info.value)

@@ -94,6 +94,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     ({"train.warmup_epochs": -3}, "train.warmup_epochs"),
     ({"data.val_identities": -1}, "data.val_identities"),
     ({"train.iters_per_epoch": -5}, "train.iters_per_epoch"),
+    ({"data.height": 10**9}, "data.height"),  # would ask for terabytes when the images are decoded
+    ({"data.synthetic.width": 100_000}, "data.synthetic.width"),
     ({"train.images_per_modality": -2}, "train.images_per_modality"),
     ({"train.eval_batch_size": 0}, "train.eval_batch_size"),
     ({"train.threads": -3}, "train.threads"),
@@ -110,6 +112,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     ({"data.modes": []}, "data.modes"),
     ({"data.shots": []}, "data.shots"),
     ({"data.trial": 11}, "data.trial"),
+    ({"data.trial": 0}, "data.trial"),  # RegDB's splits are numbered 1..10
     ({"loss.ica.sigma": -1}, "loss.ica.sigma"),
     ({"mcm.momentum": 1.5}, "mcm.momentum"),
     ({"train.gamma": float("nan")}, "train.gamma"),
@@ -130,7 +133,7 @@ def test_out_of_range_value_names_key_value_and_range(override, key):
 @pytest.mark.parametrize("override", [
     {"seed": 0}, {"seed": 2**32 - 1}, {"train.erasing_area": [0.3, 0.3]}, {"train.erasing_area": [0.02, 1.0]},
     {"loss.label_smoothing": 0.1}, {"train.iters_per_epoch": None}, {"train.threads": 1}, {"train.warmup_epochs": 0},
-    {"train.erasing_p": 1}, {"data.val_identities": 0},
+    {"train.erasing_p": 1}, {"data.val_identities": 0}, {"data.trial": 1}, {"data.trial": 10},
 ])
 def test_boundary_values_are_accepted(override):
     cfg = TrialConfig().with_overrides(override)

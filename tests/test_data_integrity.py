@@ -46,6 +46,17 @@ def test_sysu_without_an_infrared_camera_is_refused(tmp_path):
     assert "infrared" in _problems(check_dataset("sysu", tree.root), "camera folder is missing")[0]
 
 
+@pytest.mark.parametrize("camera, kind", [("cam3", "infrared"), ("cam1", "visible")])
+def test_sysu_camera_folder_without_any_identity_is_refused_like_a_missing_one(tmp_path, camera, kind):
+    tree = make_sysu_tree(tmp_path / "SYSU-MM01")
+    shutil.rmtree(tree.root / camera)
+    (tree.root / camera).mkdir()
+    (tree.root / camera / "README.txt").write_text("not an identity folder")  # a stray file is still no identity
+    _check_and_load_agree("sysu", tree.root, load_sysu, tree.root / camera, "camera folder holds no identity folder")
+    assert kind in _problems(check_dataset("sysu", tree.root), "holds no identity folder")[0]
+    assert main(["data", "check", "--dataset", "sysu", str(tree.root)]) == 2
+
+
 def test_empty_identity_folder_is_refused(tmp_path):
     tree = make_sysu_tree(tmp_path / "SYSU-MM01")
     empty = tree.root / "cam4" / "0033"

@@ -376,8 +376,13 @@ def test_deen_builds_on_other_convolutional_families():
 
 
 def test_the_deen_section_at_its_default_leaves_existing_keys_alone():
+    from harness.config_schema import fill_added_keys
+    from harness.provenance import keyed_config
+
     agw = TrialConfig.from_dict({"method": "agw"})
-    assert "deen" not in agw.key_dict()  # a section added later: out of the key at its default
+    assert "deen" not in keyed_config(agw)  # a section added later: out of the key at its default
+    assert "deen" in keyed_config(agw.with_overrides({"deen.cpm_weight": 0.5}))
+    assert fill_added_keys(TrialConfig, {"method": "agw"})["deen"] == TrialConfig().to_dict()["deen"]
     deen = TrialConfig.from_dict({"method": "deen"})
     assert config_key(deen) != config_key(deen.with_overrides({"deen.cpm_weight": 0.5}))
 

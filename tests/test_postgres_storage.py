@@ -18,8 +18,10 @@ optuna = pytest.importorskip("optuna")
 pytest.importorskip("psycopg2", reason="psycopg2-binary is in the test extra: pip install -e '.[test]'")
 
 from harness.results import ResultStore
+from harness.runner import run_sweep
 from harness.runner.optuna_backend.driver import run_optuna
 from harness.runner.optuna_backend.job import OptunaJob
+from harness.runner.optuna_backend.storage_url import database_url
 from harness.runner.optuna_backend.study import prepare_study
 from tests.test_backends import BLOCK_ENV, FAKE, REPO, kill_worker_mid_trial, make_spec
 
@@ -51,15 +53,23 @@ def postgres_url():
     folder = Path(tempfile.mkdtemp(prefix="vireid-pg-"))
     if user is not None:
         os.chown(folder, user.pw_uid, user.pw_gid)
-    data, port = folder / "data", _free_port()
+    data, port, password = folder / "data", _free_port(), "pw-for-tests"
+    (folder / "pw").write_text(password + "\n")
+    if user is not None:
+        os.chown(folder / "pw", user.pw_uid, user.pw_gid)
     run_as = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
-    subprocess.run([bindir / "initdb", "-D", data, "-U", "vireid", "--auth=trust", "-E", "UTF8"], check=True,
-                   capture_output=True, **run_as)
-    subprocess.run([bindir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-o",
-                    f"-k {folder} -p {port} -c listen_addresses=''", "start"], check=True, capture_output=True,
+    # password authentication over TCP, as a database server that several nodes reach is set up
+    subprocess.run([bindir / "initdb", "-D", data, "-U", "vireid", f"--pwfile={folder / 'pw'}",
+                    "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8"], check=True, capture_output=True,
                    **run_as)
+    subprocess.run([bindir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-o",
+                    f"-k {folder} -p {port} -c listen_addresses=127.0.0.1", "start"], check=True,
+                   capture_output=True, **run_as)
+    subprocess.run([bindir / "createdb", "-h", str(folder), "-p", str(port), "-U", "vireid", "-O", "vireid", "vireid"],
+                   check=True, capture_output=True, **run_as)
     try:
-        yield f"postgresql+psycopg2://vireid@/postgres?host={folder}&port={port}"
+        # exactly the README's form, postgresql://vireid:PASSWORD@DBHOST/vireid (with the test server's port)
+        yield f"postgresql://vireid:{password}@127.0.0.1:{port}/vireid"
     finally:
         subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], check=False, capture_output=True,
                        **run_as)
@@ -97,8 +107,10 @@ def test_two_workers_on_one_postgres_study_exact_budget_retry_and_same_records_a
     env = {**os.environ, "PYTHONPATH": str(REPO), BLOCK_ENV: str(block), "CUDA_VISIBLE_DEVICES": ""}
     kill_worker_mid_trial(job, block, env)
 
-    run_optuna(spec, tmp_path / "pg", quiet=True, trial_fn=FAKE, workers=2, storage=postgres_url, grace_period=2)
-    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    # through the entry point `vireid sweep --backend optuna --storage URL` calls
+    run_sweep(spec, backend="optuna", results_dir=tmp_path, quiet=True, trial_fn=FAKE, workers=2,
+              storage=postgres_url, stale_after=2)
+    study = optuna.load_study(study_name="pg", storage=database_url(postgres_url))
     states = [t.state for t in study.trials]
     killed = [t for t in study.trials if any(t.number in u.system_attrs.get("retry_history", [])
                                              for u in study.trials)]
@@ -108,3 +120,17 @@ def test_two_workers_on_one_postgres_study_exact_budget_retry_and_same_records_a
     pg_records = ResultStore(tmp_path / "pg").dataframe()
     assert os.getpid() not in set(pg_records["pid"])  # the worker processes trained
     assert comparable(tmp_path / "pg") == comparable(tmp_path / "sqlite")
+
+
+def test_the_readme_url_with_a_wrong_password_is_refused_before_any_file(tmp_path, postgres_url, capsys):
+    from harness.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: pgbad\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
+                    "data: {height: 64, width: 32}}\n")
+    wrong = postgres_url.replace(":pw-for-tests@", ":wrong@")
+    code = main(["sweep", str(spec), "--backend", "optuna", "--storage", wrong, "--results-dir",
+                 str(tmp_path / "results"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--storage" in err and "cannot connect" in err and "password" in err, err
+    assert not (tmp_path / "results").exists()

@@ -121,6 +121,34 @@ def test_authors_random_erasing_statistics_match_the_reference_algorithm():
     assert rows.mean().item() == pytest.approx(ref_height, abs=0.8)
 
 
+@pytest.mark.parametrize(("h", "w", "area", "ratio", "erased"), [
+    (4, 4, 1.0, 1.0, None),      # 4 x 4 box: as tall and as wide as the image
+    (4, 8, 0.5, 1.0, None),      # 4 x 4 box: as tall as the image, narrower
+    (8, 4, 0.5, 1.0, None),      # 4 x 4 box: as wide as the image, shorter
+    (5, 8, 0.4, 1.0, (4, 4)),    # 4 x 4 box: one row shorter, narrower: erased
+    (8, 5, 0.4, 1.0, (4, 4)),
+    (9, 4, 0.5, 2.25, (6, 3)),   # sqrt(18 * 2.25) = 6.36 -> 6 rows, sqrt(18 / 2.25) = 2.83 -> 3 columns
+])
+def test_erasing_boxes_must_fit_strictly_inside_the_image(h, w, area, ratio, erased):
+    """Zhong et al.'s RandomErasing keeps a box only if `w < img_w and h < img_h`: with every draw pinned
+    (one area, one aspect), a box exactly as tall or as wide as the image is never used, one pixel
+    smaller always is, wherever it lands."""
+    import torch
+
+    from harness.data.augment import random_erasing
+
+    images = torch.zeros(64, 3, h, w)
+    out = random_erasing(images, torch.Generator().manual_seed(0), p=1.0, area=(area, area), ratio=(ratio, ratio),
+                         aspect="uniform", fill="constant", fill_value=(1.0, 1.0, 1.0), attempts=100)
+    mask = out[:, 0] != 0
+    if erased is None:
+        assert not mask.any()
+    else:
+        assert torch.all(mask.any(dim=2).sum(dim=1) == erased[0])
+        assert torch.all(mask.any(dim=1).sum(dim=1) == erased[1])
+        assert torch.all(mask.flatten(1).sum(dim=1) == erased[0] * erased[1])
+
+
 def test_log_uniform_aspect_draws_boxes_symmetric_in_log_ratio():
     import torch
 
@@ -207,6 +235,119 @@ def test_pretrained_weights_offline_fail_fast_with_the_offline_route(no_network)
     assert "model.pretrained_file" in message
 
 
+@pytest.fixture
+def network_down(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE NOT set, empty caches, every name lookup fails and every connection is refused
+    (a machine without internet); returns the host names looked up."""
+    import socket
+
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for proxy in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    lookups = []
+
+    def no_name_service(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError("network access in a test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_name_service)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return lookups
+
+
+def test_an_uncached_tag_fails_in_seconds_offline_without_hf_hub_offline(network_down):
+    """The hub client alone retries each file with back-off (about a minute) before giving up."""
+    import time
+
+    from harness.errors import InputError
+    from methods.backbones import create_timm_model
+
+    started = time.monotonic()
+    with pytest.raises(InputError) as info:
+        create_timm_model("test_resnet", pretrained="imagenet")
+    assert time.monotonic() - started < 5
+    assert len(network_down) <= 1  # one probe, no retries
+    message = str(info.value)
+    assert "test_resnet.r160_in1k" in message and "did not answer" in message and "model.pretrained_file" in message
+
+
+def test_a_hanging_name_lookup_fails_within_the_probe_time(network_down, monkeypatch):
+    import socket
+    import threading
+    import time
+
+    from harness.errors import InputError
+    from methods import _hub
+    from methods.backbones import create_timm_model
+
+    release = threading.Event()
+
+    def hang(*args, **kwargs):  # a resolver that never answers
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    monkeypatch.setattr(_hub, "PROBE_SECONDS", 0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(InputError, match="did not answer within 0.5 s"):
+            create_timm_model("test_resnet", pretrained="imagenet")
+        assert time.monotonic() - started < 4
+    finally:
+        release.set()
+
+
+def test_a_cached_tag_loads_without_any_network_call(network_down, tmp_path):
+    import time
+    from pathlib import Path
+
+    import huggingface_hub.constants as hub_constants
+    import torch
+    from safetensors.torch import save_file
+
+    from methods.backbones import create_timm_model
+
+    reference = {k: v + 1 for k, v in create_timm_model("test_resnet").state_dict().items()}
+    commit = "0" * 40  # the hub cache's layout: refs/main names a snapshot folder
+    repo = Path(hub_constants.HF_HUB_CACHE) / "models--timm--test_resnet.r160_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in reference.items()}, repo / "snapshots" / commit / "model.safetensors")
+    started = time.monotonic()
+    loaded = create_timm_model("test_resnet", pretrained="imagenet")
+    assert time.monotonic() - started < 5 and network_down == []
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, reference[key], msg=key)
+    assert hub_constants.HF_HUB_OFFLINE is False  # the offline switch was only for the load
+
+
+def test_the_probe_connects_to_the_server_or_the_proxy(monkeypatch):
+    import socket
+
+    from methods._hub import probe_address, reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert reachable(f"https://127.0.0.1:{port}/timm/x", timeout=5)
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert probe_address("https://huggingface.co") == ("127.0.0.1", port)
+        assert reachable("https://huggingface.co", timeout=5)  # through the proxy: no lookup of the hub
+    assert not reachable(f"https://127.0.0.1:{port}/", timeout=5)  # closed now: refused at once
+
+
 def test_pretrained_tags_are_checked_before_any_download(no_network):
     from harness.errors import ConfigError
     from methods.backbones import resolve_pretrained_tag
@@ -234,3 +375,255 @@ def test_local_weights_file_loads_without_the_network(no_network):
             torch.testing.assert_close(value, source.state_dict()[key] + 1)
     with pytest.raises(ConfigError, match="set one of them"):
         create_timm_model("test_resnet", pretrained="imagenet", pretrained_file=str(path))
+
+
+# ------------------------------------------------------------------ MCM: the confusion loss of the authors' order
+
+
+def _classifier_forward(f, params, eps=1e-5):
+    """M of the authors' code written out: Linear -> Linear -> BatchNorm1d (batch statistics, biased variance)."""
+    w1, b1, w2, b2, gamma, beta = params
+    h2 = (f @ w1.T + b1) @ w2.T + b2
+    mean = h2.mean(dim=0)
+    invstd = 1 / ((h2 - mean) ** 2).mean(dim=0).add(eps).sqrt()
+    xhat = (h2 - mean) * invstd
+    return gamma * xhat + beta, xhat, invstd
+
+
+def _nesterov_step(params, features, modality, *, lr=0.1, momentum=0.9, weight_decay=5e-4):
+    """M's first SGD step on L_m = CE(M(f), true modality): b = g + wd p; p - lr (g + wd p + mu b)."""
+    import torch
+
+    leaves = [p.clone().requires_grad_() for p in params]
+    logits, _, _ = _classifier_forward(features.detach(), leaves)
+    loss = -torch.log_softmax(logits, dim=1)[torch.arange(len(modality)), modality].mean()
+    grads = torch.autograd.grad(loss, leaves)
+    return [p - lr * ((g + weight_decay * p) * (1 + momentum)) for p, g in zip(params, grads)]
+
+
+def _authors_confusion_reference(features, before, after):
+    """L_e and dL_e/df of the authors' order, by hand (float64).
+
+    Their train.py takes L_e = -(1/N) sum_i 0.5 (log p0 + log p1) from `d_decision`, M's output
+    computed BEFORE d_optimizer.step(), and backpropagates it after the step. On their PyTorch 1.2
+    the step updated the parameters in place through `.data` without bumping autograd's version
+    counters, so the backward read the UPDATED weights saved by the forward (addmm's weight^T, the
+    BatchNorm weight) together with the forward's own activations, batch statistics and softmax.
+    """
+    import torch
+
+    z, xhat, invstd = _classifier_forward(features, before)
+    n = len(features)
+    loss = -(0.5 * torch.log_softmax(z, dim=1)).sum(dim=1).mean()
+    g_z = (torch.softmax(z, dim=1) - 0.5) / n
+    w1, _, w2, _, gamma, _ = after
+    g_h2 = gamma * invstd * (g_z - g_z.mean(dim=0) - xhat * (g_z * xhat).mean(dim=0))
+    return loss, g_h2 @ w2 @ w1
+
+
+def _mcm_case(variant, seed=0):
+    import torch
+
+    from methods.mcm import ModalityConfusion
+
+    torch.manual_seed(seed)
+    mcm = ModalityConfusion(12, 5, batchnorm_out=True, confusion_variant=variant).double()
+    generator = torch.Generator().manual_seed(seed + 1)
+    features = (torch.randn(16, 12, generator=generator, dtype=torch.float64) * 2).requires_grad_()
+    modality = torch.tensor([0] * 8 + [1] * 8)
+    return mcm, features, modality
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_authors_confusion_loss_is_the_pre_update_output_backpropagated_through_the_updated_weights(seed):
+    import torch
+
+    mcm, features, modality = _mcm_case("authors-code", seed)
+    before = [p.detach().clone() for p in mcm.classifier.parameters()]
+    after = _nesterov_step(before, features, modality)
+    want_loss, want_grad = _authors_confusion_reference(features.detach(), before, after)
+
+    mcm.discriminator_step(features, modality)
+    for got, want in zip(mcm.classifier.parameters(), after):  # the M step of the reference is M's own
+        torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-14)
+    loss = mcm.confusion_loss(features)
+    (grad,) = torch.autograd.grad(loss, features)
+    torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-14)
+
+    # neither the pre-update weights everywhere nor the recomputed output give this gradient
+    _, with_before = _authors_confusion_reference(features.detach(), before, before)
+    updated, fresh, _ = _mcm_case("updated", seed)
+    updated.discriminator_step(fresh, modality)
+    (recomputed,) = torch.autograd.grad(updated.confusion_loss(fresh), fresh)
+    for other in (with_before, recomputed):
+        assert (other - want_grad).norm() > 0.1 * want_grad.norm()
+
+
+def test_the_reference_is_what_the_authors_step_computed_on_pytorch_1_2():
+    """Their step emulated: one forward, L_m's backward, an SGD update through `.data` (as torch 1.2's
+    optimisers wrote it, invisible to autograd's version check), then L_e's backward from the same output."""
+    import torch
+
+    mcm, features, modality = _mcm_case("authors-code")
+    before = [p.detach().clone() for p in mcm.classifier.parameters()]
+    leaves = [p.clone().requires_grad_() for p in before]
+    output, _, _ = _classifier_forward(features, leaves)
+    truth = torch.nn.functional.one_hot(modality, 2).double()
+    torch.mean(-torch.sum(truth * torch.log_softmax(output, dim=1), dim=1)).backward(retain_graph=True)
+    for p in leaves:
+        p.data.add_(-0.1 * (p.grad + 5e-4 * p.data) * 1.9)  # first Nesterov step: lr (d + 0.9 d)
+    features.grad = None
+    torch.mean(-torch.sum(0.5 * torch.log_softmax(output, dim=1), dim=1)).backward()
+    _, want = _authors_confusion_reference(features.detach(), before, [p.detach() for p in leaves])
+    torch.testing.assert_close(features.grad, want, rtol=1e-10, atol=1e-14)
+
+
+def test_authors_confusion_loss_trains_only_the_extractor_and_needs_the_m_step_first():
+    import torch
+
+    from harness.errors import InputError
+
+    mcm, features, modality = _mcm_case("authors-code")
+    with pytest.raises(InputError, match="discriminator_step"):
+        mcm.confusion_loss(features)
+    mcm.discriminator_step(features, modality)
+    state = {k: v.clone() for k, v in mcm.classifier.state_dict().items()}
+    mcm.confusion_loss(features).backward()
+    assert features.grad is not None and all(p.grad is None for p in mcm.classifier.parameters())
+    for key, value in mcm.classifier.state_dict().items():  # running statistics advanced by the M step only
+        assert torch.equal(value, state[key]), key
+    with pytest.raises(InputError, match="discriminator_step"):  # one M step, one L_e
+        mcm.confusion_loss(features)
+
+
+def test_confusion_variant_reaches_the_method_and_is_checked_by_the_config():
+    from harness.config import TrialConfig
+    from harness.errors import ConfigError
+    from methods import create_method
+
+    base = {"method": "mclnet", "model": {"backbone": "test_resnet", "non_local": False}}
+    assert TrialConfig.from_dict(base).mcm.confusion_variant == "updated"
+    cfg = TrialConfig.from_dict(base).with_overrides({"mcm.confusion_variant": "authors-code"})
+    assert create_method(cfg, num_classes=4, num_cameras=3).mcm.confusion_variant == "authors-code"
+    with pytest.raises(ConfigError, match=r"mcm.confusion_variant: expected one of 'updated', 'authors-code'"):
+        TrialConfig.from_dict(base).with_overrides({"mcm.confusion_variant": "before"})
+
+
+# ------------------------------------------------------------------ GeM
+
+
+def test_gem_authors_form_against_hand_computed_values():
+    import torch
+
+    from methods.agw import GeM
+
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2e-3]]]],
+                     dtype=torch.float64)
+    authors = GeM(p=3.0, variant="authors-code")(x)
+    want = torch.tensor([[(100 / 4 + 1e-12) ** (1 / 3), 1e-12 ** (1 / 3), (8e-9 / 4 + 1e-12) ** (1 / 3)]],
+                        dtype=torch.float64)
+    torch.testing.assert_close(authors, want, rtol=1e-14, atol=0)
+    assert authors[0, 1].item() == pytest.approx(1e-4, rel=1e-12)  # a channel zero everywhere
+    paper = GeM(p=3.0)(x)  # clamp(x, 1e-6): the zero channel pools to 1e-6
+    assert paper[0, 1].item() == pytest.approx(1e-6, rel=1e-12)
+    torch.testing.assert_close(paper[0, 0], want[0, 0], rtol=1e-12, atol=0)
+
+
+def test_gem_variant_reaches_the_network_and_the_recipe_uses_both_authors_forms():
+    from harness.config import TrialConfig
+    from harness.errors import ConfigError
+    from harness.recipes import load_recipe
+    from methods import create_method
+
+    base = {"method": "agw", "model": {"backbone": "test_resnet", "non_local": False}}
+    assert TrialConfig.from_dict(base).model.gem_variant == "paper"
+    cfg = TrialConfig.from_dict(base).with_overrides({"model.gem_variant": "authors-code"})
+    assert create_method(cfg, num_classes=4, num_cameras=3).net.pool.variant == "authors-code"
+    with pytest.raises(ConfigError, match=r"model.gem_variant: expected one of 'paper', 'authors-code'"):
+        TrialConfig.from_dict(base).with_overrides({"model.gem_variant": "clamp"})
+    config = load_recipe("mclnet-authors").config
+    assert config["model"]["gem_variant"] == "authors-code" and config["mcm"]["confusion_variant"] == "authors-code"
+
+
+def test_the_authors_recipe_resizes_test_images_with_lanczos():
+    """The authors' TestData resizes every test image to 144x288 with PIL ANTIALIAS (LANCZOS); the Resize of
+    their test transform then meets an image of its own size and changes nothing."""
+    from harness.recipes import load_recipe
+
+    data = load_recipe("mclnet-authors").config["data"]
+    assert (data["train_resize"], data["test_resize"]) == ("lanczos", "lanczos")
+
+
+# ------------------------------------------------------------------ which feature each loss term receives
+
+# The authors' train.py: CE on the classifier's logits, WRT and the discriminator D on the pooled
+# feature `feat` (x_pool), ICA and CCA on the BNNeck feature `feat_norm`; the center-loss ablation
+# replaces ICA on the same feature. The terms of each preset are the spec's ablation table.
+PRESET_TERMS = {
+    "agw": {"ce", "wrt"},
+    "agw+mcm": {"ce", "wrt", "mcm"},
+    "agw+mcm+center": {"ce", "wrt", "mcm", "center"},
+    "agw+mcm+ica": {"ce", "wrt", "mcm", "ica"},
+    "mclnet": {"ce", "wrt", "mcm", "ica", "cca"},
+    "mclnet-no-mcm": {"ce", "wrt", "ica", "cca"},
+}
+TERM_INPUT = {"ce": ("logits", "pids"), "wrt": ("pool", "pids"), "mcm_step": ("pool", "modality"),
+              "mcm": ("pool", None), "center": ("bn", "pids"), "ica": ("bn", "pids"), "cca": ("bn", "cams")}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_TERMS))
+def test_each_loss_term_receives_the_feature_of_the_authors_code(preset, monkeypatch):
+    import types
+
+    import torch
+
+    import methods.mclnet as mclnet
+    from harness.config import TrialConfig
+    from methods import create_method
+    from methods.registry import list_methods
+
+    assert {m.name for m in list_methods()} == set(PRESET_TERMS)  # a new preset needs its row here
+    cfg = TrialConfig.from_dict({"method": preset, "model": {"backbone": "test_resnet", "non_local": False}})
+    method = create_method(cfg, num_classes=3, num_cameras=4).train()
+    received: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def recorder(term, function):
+        def record(features, labels=None, *args, **kwargs):
+            received[term] = (features, labels)
+            return function(features, *(() if labels is None else (labels,)), *args, **kwargs)
+        return record
+
+    monkeypatch.setattr(mclnet, "F", types.SimpleNamespace(cross_entropy=recorder("ce", mclnet.F.cross_entropy)))
+    monkeypatch.setattr(mclnet, "wrt_loss", recorder("wrt", mclnet.wrt_loss))
+    monkeypatch.setattr(mclnet, "center_loss", recorder("center", mclnet.center_loss))
+    marginal = mclnet.marginal_center_loss
+
+    def marginal_recorder(features, labels, centers, **kwargs):
+        term = "ica" if centers is getattr(method, "id_centers", None) else "cca"
+        received[term] = (features, labels)
+        return marginal(features, labels, centers, **kwargs)
+
+    monkeypatch.setattr(mclnet, "marginal_center_loss", marginal_recorder)
+    if hasattr(method, "mcm"):
+        monkeypatch.setattr(method.mcm, "discriminator_step",
+                            recorder("mcm_step", method.mcm.discriminator_step))
+        monkeypatch.setattr(method.mcm, "confusion_loss", recorder("mcm", method.mcm.confusion_loss))
+    outputs = {}
+    method.net.register_forward_hook(lambda module, args, out: outputs.update(out))
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 64, 32, generator=generator)
+    batch = {"modality": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), "pids": torch.tensor([0, 0, 1, 1, 0, 0, 2, 2]),
+             "cams": torch.tensor([0, 1, 0, 1, 2, 3, 2, 3])}
+    losses = method.training_losses(images, batch["modality"], batch["pids"], batch["cams"])
+
+    assert set(losses) == PRESET_TERMS[preset]
+    expected_calls = PRESET_TERMS[preset] | ({"mcm_step"} if "mcm" in PRESET_TERMS[preset] else set())
+    assert set(received) == expected_calls
+    assert not torch.equal(outputs["pool"], outputs["bn"])  # the two features are told apart
+    for term, (features, labels) in received.items():
+        feature, label = TERM_INPUT[term]
+        assert torch.equal(features, outputs[feature]), f"{preset}: {term} must receive the {feature} feature"
+        if label is not None:
+            assert torch.equal(labels, batch[label]), f"{preset}: {term} must receive the {label}"

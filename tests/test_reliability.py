@@ -97,6 +97,17 @@ def test_run_name_outside_results_dir_is_refused(name, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["../../x", "..", "/tmp/elsewhere", "a/b", ".hidden", ""])
+def test_eval_name_outside_results_dir_is_refused_before_the_model_is_read(name, tmp_path, capsys):
+    from harness.cli import main
+
+    model = tmp_path / "in" / "k.safetensors"  # not even read: the name is checked first
+    results = tmp_path / "in" / "deeper" / "results"
+    assert main(["eval", str(model), "--name", name, "--results-dir", str(results), "--quiet"]) == 2
+    assert "--name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["..", ".", "../up", "/abs"])
 def test_spec_name_outside_results_dir_is_refused(name, tmp_path, capsys):
     from harness.cli import main
@@ -150,6 +161,29 @@ def test_out_of_range_setting_exits_2_before_training(setting, key, tmp_path, ca
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("options", [
+    ["--workers", "0"], ["--workers", "-2"], ["--gpus", "a,b"], ["--trials-per-gpu", "0"],
+    ["--backend", "optuna", "--workers", "0"], ["--backend", "optuna", "--stale-after", "1"],
+    ["--backend", "optuna", "--storage", "notaurl"], ["--backend", "optuna", "--storage", "sqlite://"],
+    ["--backend", "optuna", "--storage", "postgresql://nobody@127.0.0.1:1/none"],
+    ["--set", "model.pretrained_file=missing.safetensors"],
+])
+def test_a_refused_sweep_leaves_no_results_folder(options, tmp_path, capsys, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: early\nbase: {method: agw, model: {backbone: test_resnet, non_local: false}, "
+                    "data: {height: 64, width: 32}}\n")
+    code = main(["sweep", str(spec), "--results-dir", str(tmp_path / "results"), "--quiet", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    flag = options[-2] if options[-2].startswith("--") and options[-2] != "--set" else "model.pretrained_file"
+    assert flag in err, err
+    assert not (tmp_path / "results").exists()
+
+
 # ------------------------------------------------------------------ faults of the environment: exit 2, a message
 
 def _failed_record():
@@ -196,6 +230,51 @@ def test_truncated_record_store_is_reported(tmp_path, capsys):
     (folder / "records.sqlite").write_bytes(data[:200])
     code, err = _cli(["table", str(folder)], capsys)
     assert code == 2 and "records.sqlite" in err
+
+
+def _store_with_raw_row(folder, blob: str) -> int:
+    """A store holding one good trial and one row whose record text is `blob`; returns that row's id."""
+    import sqlite3
+    from contextlib import closing
+
+    from harness.results.store import ResultStore
+    from tests.test_results import _record
+
+    ResultStore(folder).put_trial("good", [_record("agw", 0, 40.0, 30.0)])
+    with closing(sqlite3.connect(folder / "records.sqlite")) as con, con:
+        cursor = con.execute("INSERT INTO records (trial_key, status, protocol, created, record) "
+                             "VALUES ('bad', 'ok', 'all-single', 0, ?)", (blob,))
+        return cursor.lastrowid
+
+
+@pytest.mark.parametrize("blob, fragment", [
+    ('{"trial_key": "bad", "status": "ok", "rank1": 4', "not a JSON record"),  # cut off mid-write by hand
+    ("5", "not a JSON record"),
+    ('{"trial_key": "bad", "status": "ok", "method": "agw", "rank1": 50.0}', "'config'"),  # an older writer
+    ('{"trial_key": "bad", "status": "ok", "config": "{}", "rank1": 50.0}', "'method'"),
+    ('{"trial_key": "bad", "status": "done", "method": "agw", "config": "{}"}', "'status'"),
+    ('{"trial_key": "bad", "status": "ok", "method": "agw", "config": "[1"}', "'config'"),
+])
+def test_a_damaged_record_is_refused_naming_the_store_and_row(tmp_path, capsys, blob, fragment):
+    folder = tmp_path / "sweep"
+    row = _store_with_raw_row(folder, blob)
+    code, err = _cli(["table", str(folder), "--no-plots"], capsys)
+    assert code == 2 and f"{folder / 'records.sqlite'} row {row}" in err and fragment in err, err
+    assert not (folder / "table.md").exists()  # no table with a silent "nan" row
+
+
+def test_a_damaged_record_stops_a_resumed_run_before_training(tmp_path, capsys):
+    folder = tmp_path / "results" / "run"
+    import yaml
+
+    from tests.conftest import TINY
+
+    row = _store_with_raw_row(folder, '{"trial_key": "old", "status": "ok", "rank1": 50.0}')
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "method": "agw", "train": {**TINY["train"], "epochs": 1}}))
+    code, err = _cli(["run", "--config", str(config), "--results-dir", str(tmp_path / "results"), "--quiet"], capsys)
+    assert code == 2 and f"row {row}" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["records.sqlite"]  # no checkpoint: nothing trained
 
 
 def test_non_utf8_spec_exits_2(tmp_path, capsys):
@@ -464,3 +543,135 @@ def test_a_rerun_removes_temporaries_a_killed_run_left(tmp_path, capsys):
     capsys.readouterr()
     assert not left.exists()
     assert (tmp_path / "results" / "run" / "records.sqlite").is_file()
+
+
+# ------------------------------------------------------------------ weights files: refused before training
+
+def _tiny_spec(tmp_path, grid: str) -> str:
+    import yaml
+
+    from tests.conftest import TINY
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "pre", "base": {**TINY, "method": "agw"}}) + f"grid: {grid}\n")
+    return str(spec)
+
+
+def test_pretrained_file_that_fits_no_backbone_tensor_stops_the_sweep_before_training(tmp_path, capsys):
+    """Before: timm loaded the file non-strictly and every trial trained from random init, exit 0."""
+    import timm
+    from safetensors.torch import save_file
+
+    good, plain = tmp_path / "good.safetensors", tmp_path / "plain.pth"
+    save_file(timm.create_model("test_resnet", num_classes=0).state_dict(), str(good))
+    torch.save({"a": torch.zeros(2)}, plain)
+    results = str(tmp_path / "results")
+    spec = _tiny_spec(tmp_path, f"{{model.pretrained_file: [{good}, {plain}]}}")  # the last grid point is wrong
+    code, err = _cli(["sweep", spec, "--results-dir", results, "--quiet"], capsys)
+    assert code == 2 and f"grid point {{'model.pretrained_file': '{plain}'}}" in err
+    assert f"{plain} is a plain state dict" in err and "unexpected ['a']" in err and "export-backbone" in err
+    assert not (tmp_path / "results").exists()
+    code, err = _cli(["sweep", _tiny_spec(tmp_path, "{seed: [0]}"), "--results-dir", results, "--quiet",
+                      "--set", f"model.pretrained_file={plain}"], capsys)
+    assert code == 2 and "plain state dict" in err
+
+
+def test_truncated_pretrained_file_stops_the_sweep_before_training(tmp_path, capsys):
+    """Before: the pre-run check only saw that the file existed; every trial failed and the sweep exited 1."""
+    import timm
+
+    path = tmp_path / "w.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    code, err = _cli(["sweep", _tiny_spec(tmp_path, "{seed: [0]}"), "--set", f"model.pretrained_file={path}",
+                      "--results-dir", str(tmp_path / "results"), "--quiet"], capsys)
+    assert code == 2 and f"model.pretrained_file: {path}: unreadable weights file" in err
+    assert not list((tmp_path / "results").rglob("*.ckpt"))
+
+
+# ------------------------------------------------------------------ files are as readable as the user's own
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_mode_open_gives_under_the_umask(tmp_path, umask):
+    from harness.atomic import atomic_directory, atomic_path, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "table.md", "| a |\n")
+        with atomic_path(tmp_path / "models" / "k.safetensors") as temporary:
+            temporary.write_bytes(b"weights")
+        with atomic_directory(tmp_path / "tree") as temporary:
+            (temporary / "cam1").mkdir()
+    finally:
+        os.umask(old)
+    file_mode, folder_mode = 0o666 & ~umask, 0o777 & ~umask  # what open() and mkdir() give
+    assert (tmp_path / "table.md").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "models" / "k.safetensors").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "tree").stat().st_mode & 0o777 == folder_mode
+
+
+def test_a_replaced_file_keeps_its_mode_as_open_would(tmp_path):
+    from harness.atomic import atomic_write_text
+
+    target = tmp_path / "chosen.yaml"
+    target.write_text("old")
+    target.chmod(0o640)
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o640
+
+
+def test_table_files_are_readable_by_the_group_under_umask_022(tmp_path, capsys):
+    from tests.test_results import _record, _store
+
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0)])
+    old = os.umask(0o022)
+    try:
+        code, _ = _cli(["table", str(store.folder), "--out", str(tmp_path / "out"), "--no-plots"], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0
+    written = sorted((tmp_path / "out").iterdir())
+    assert written and {p.stat().st_mode & 0o777 for p in written} == {0o644}
+
+
+# ------------------------------------------------------------------ no temporaries of killed writers stay anywhere
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def _left_by(pid: int, target) -> object:
+    from harness.atomic import _temporary_name
+
+    return target.parent / (_temporary_name(target).replace(f".{os.getpid()}.", f".{pid}.") + ".ab12" + target.suffix)
+
+
+def test_the_first_write_into_any_folder_removes_what_killed_writers_left_there(tmp_path):
+    from harness.atomic import _temporary_name, atomic_write_text
+
+    folder = tmp_path / "anywhere" / "deep"
+    folder.mkdir(parents=True)
+    left = _left_by(_dead_pid(), folder / "cmc-all-single.png")
+    left.write_bytes(b"half a figure")
+    live = folder / (_temporary_name(folder / "table.md") + ".cd34.md")  # a live writer's (this process)
+    live.write_text("in progress")
+    atomic_write_text(folder / "table.md", "done")
+    assert not left.exists() and live.exists()
+
+
+def test_rerun_of_a_killed_table_command_leaves_no_temporary_in_its_out_folder(tmp_path, capsys):
+    from tests.test_results import _record, _store
+
+    store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0)])
+    out = tmp_path / "out"
+    out.mkdir()
+    left = _left_by(_dead_pid(), out / "cmc-all-single.png")  # as `kill -9` during savefig leaves it
+    left.write_bytes(b"\x89PNG half")
+    code, _ = _cli(["table", str(store.folder), "--out", str(out), "--no-plots"], capsys)
+    assert code == 0 and not left.exists()
+    assert not [p for p in out.iterdir() if ".vireid-tmp" in p.name]

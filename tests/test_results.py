@@ -403,10 +403,11 @@ def test_spec_table_block_refuses_unknown_grouping_keys_and_metrics():
 def test_records_of_several_node_folders_merge_into_one_table(tmp_path, capsys):
     from harness.cli import main
 
-    # node A ran seeds 0-1, node B seeds 2-3 and (again) seed 1 of agw: that trial counts once
+    # node A ran seeds 0-1, node B seeds 2-3 and (again) seed 1 of agw, with the same numbers at another
+    # speed: that trial counts once
     _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 44.0, 32.0)], name="node-a")
     _store(tmp_path, [_record("agw", 2, 42.0, 34.0), _record("agw", 3, 46.0, 36.0),
-                      _record("agw", 1, 99.0, 99.0)], name="node-b")
+                      _record("agw", 1, 44.0, 32.0, train_img_per_s=55.0, device="cuda (H100)")], name="node-b")
     out = tmp_path / "merged"
     assert main(["table", str(tmp_path / "node-a"), str(tmp_path / "node-b"), "--out", str(out), "--no-plots"]) == 0
     rows = pd.read_csv(out / "table-all-single.csv").set_index("method")
@@ -415,6 +416,21 @@ def test_records_of_several_node_folders_merge_into_one_table(tmp_path, capsys):
     assert not (tmp_path / "node-a" / "table.md").exists()  # sources are only read
     assert main(["table", str(tmp_path / "node-a"), str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("differs", [{"rank5": 32.5}, {"rank10": 50.0}, {"status": "failed", "protocol": None},
+                                     {"mINP_std": 0.25}])
+def test_a_trial_with_other_numbers_in_another_folder_is_refused_in_either_order(tmp_path, capsys, differs):
+    from harness.cli import main
+
+    _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 44.0, 32.0)], name="node-a")
+    _store(tmp_path, [_record("agw", 1, 44.0, 32.0, **differs)], name="node-b")
+    a, b = str(tmp_path / "node-a"), str(tmp_path / "node-b")
+    for folders in ([a, b], [b, a]):
+        assert main(["table", *folders, "--out", str(tmp_path / "merged"), "--no-plots"]) == 2
+        err = capsys.readouterr().err
+        assert "agw-1-test_resnet" in err and a in err and b in err and "Traceback" not in err
+    assert not (tmp_path / "merged").exists()
 
 
 def test_search_table_names_each_sampled_value_once_rounded_and_fits_the_terminal(tmp_path):
@@ -445,3 +461,40 @@ def test_search_table_names_each_sampled_value_once_rounded_and_fits_the_termina
     for value in ("0.01144", "0.002001", "13.97", "0.9205", "pruned"):
         assert value in text
     assert "sigma" in text and "lr" in text  # the swept keys, shortened, head their columns
+
+
+def _regdb_record(method, split, rank1, mAP, seed=0, **config):
+    cfg = {"method": method, "seed": seed, "model": {"backbone": "resnet50"},
+           "data": {"dataset": "regdb", "trial": split}, **config}
+    return _record(method, seed, rank1, mAP, protocol="v2t", dataset="regdb", backbone="resnet50",
+                   trial_key=f"{method}-{seed}-{split}-{len(config)}", config=json.dumps(cfg, sort_keys=True))
+
+
+def test_regdb_splits_are_replicates_one_row_with_the_mean_over_the_ten_splits(tmp_path):
+    """The published RegDB number is the mean over its ten splits (data.trial 1..10): ten records of
+    one configuration make one row with n = 10, and deltas pair the splits."""
+    agw = [60.0, 62.5, 58.0, 61.0, 59.5, 63.0, 60.5, 57.0, 64.0, 61.5]
+    gain = [1.0, 2.0, 0.5, 1.5, 3.0, 2.5, 1.0, 0.0, 2.0, 1.5]
+    store = _store(tmp_path, [_regdb_record(m, split, value, value - 5)
+                              for split, (a, g) in enumerate(zip(agw, gain), start=1)
+                              for m, value in (("agw", a), ("mclnet", a + g))])
+    s = add_deltas(summarise(store.dataframe(), protocol="v2t"), "agw")
+    assert list(s.rows["method"]) == ["agw", "mclnet"] and list(s.rows["n"]) == [10, 10]
+    rows = s.rows.set_index("method")
+    assert rows.loc["agw", "rank1"] == pytest.approx(607.0 / 10)
+    assert rows.loc["agw", "mAP"] == pytest.approx(607.0 / 10 - 5)
+    assert rows.loc["agw", "rank1_std"] == pytest.approx(np.std(agw, ddof=1))
+    assert rows.loc["mclnet", "rank1_delta"] == pytest.approx(15.0 / 10) and rows.loc["mclnet", "rank1_delta_n"] == 10
+    assert "data.trial" not in s.key_columns
+
+
+def test_a_record_stored_before_a_key_was_added_reads_as_holding_its_default(tmp_path):
+    # seeds 0-1 recorded before mcm.confusion_variant existed, seed 2 after (at its default): one row, n = 3
+    old = [_record("mclnet", seed, 40.0 + seed, 30.0) for seed in (0, 1)]
+    cfg = json.loads(old[0]["config"]) | {"seed": 2, "mcm": {"confusion_variant": "updated"}}
+    new = _record("mclnet", 2, 42.0, 30.0, config=json.dumps(cfg, sort_keys=True))
+    variant = _record("mclnet", 0, 90.0, 30.0, trial_key="variant",
+                      config=json.dumps(cfg | {"seed": 0, "mcm": {"confusion_variant": "authors-code"}}))
+    s = summarise(_store(tmp_path, [*old, new, variant]).dataframe())
+    assert list(s.rows["n"]) == [3, 1] and s.rows["rank1"].iloc[0] == pytest.approx(41.0)
+    assert list(s.rows["mcm.confusion_variant"]) == ["updated", "authors-code"]

@@ -71,7 +71,7 @@ def test_bad_model_paths_and_overrides_are_input_errors(tiny_config, tmp_path):
     with pytest.raises(InputError, match="do not fit"):  # classifier of 9 classes, weights of 7
         load_method(read_model(tmp_path / "k"))
     (tmp_path / "k.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(InputError, match="unreadable safetensors"):
+    with pytest.raises(InputError, match="unreadable weights file"):
         load_method(saved)
 
 
@@ -227,3 +227,89 @@ def test_eval_may_switch_the_test_feature(trained_sweep, tmp_path):
     for metric in ("rank1", "mAP", "mINP"):
         assert switched[metric].iloc[0] == pytest.approx(from_card[metric].iloc[0], abs=1e-12)
     assert switched["mAP"].iloc[0] != pytest.approx(trial["mAP"].iloc[0], abs=1e-9)  # not the BN feature
+
+
+# ------------------------------------------------------------------ damaged cards and weights: exit 2, nothing built
+
+def _saved(tmp_path, tiny_config):
+    cfg = tiny_config(method="mclnet")
+    return save_model(tmp_path, "k", TrainedModel(_trained_like_method(cfg), cfg, 7, 4, "synthetic"))
+
+
+def test_eval_refuses_weights_of_another_dtype(tiny_config, tmp_path, capsys):
+    """Before: floats stored as int64 were cast into the network and evaluated without a word."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    weights = _saved(tmp_path, tiny_config)
+    with safe_open(str(weights), "pt") as handle:
+        metadata, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    floats = sorted(k for k, v in tensors.items() if v.is_floating_point())
+    save_file({k: (v * 1000).round().long() if k in floats else v for k, v in tensors.items()}, str(weights),
+              metadata=metadata)
+    assert main(["eval", str(weights), "--results-dir", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{len(floats)} tensor(s) of another dtype, never cast: ['{floats[0]} torch.int64 for torch.float32'" in err
+    assert "Traceback" not in err
+
+
+def _card_with(card, change):
+    if not isinstance(change, dict):
+        return change  # the whole body
+    out = json.loads(json.dumps(card))
+    for dotted, value in change.items():
+        node = out
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return out
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (5, "holds 5; expected a JSON object"), (None, "holds null; expected a JSON object"),
+    ({"num_classes": "ten"}, "num_classes: expected an integer, got 'ten'"),
+    ({"num_classes": 10**12}, "num_classes: expected a value >= 1 and <="),
+    ({"num_classes": 10**400}, "num_classes: expected a value >= 1 and <="),
+    ({"num_cameras": 0}, "num_cameras: expected a value >= 1"),
+    ({"num_cameras": KeyError}, "missing num_cameras"),
+    ({"config.data.height": 10**9}, "config.data.height: expected a value >= 1 and <="),
+    ({"config.data.height": 1e9}, "config.data.height: expected an integer, got 1000000000.0"),
+    ({"method": "agw"}, "contradicts itself: method 'agw', but its config names 'mclnet'"),
+    ({"dataset": "regdb"}, "contradicts itself: dataset 'regdb', but its config names 'synthetic'"),
+    ({"format": "vireid-model/2"}, "format 'vireid-model/2' is not accepted; a saved model's card has format "
+                                   "'vireid-model/1'"),
+    ({"format": "vireid-backbone/1"}, "the card of an exported backbone"),
+    ({"trial_key": "other"}, "weights are those of trial 'k', its card names trial 'other'"),
+])
+def test_a_malformed_card_is_refused_with_exit_2(change, fragment, tiny_config, tmp_path, capsys):
+    """Before: TypeError / ValueError tracebacks, terabyte allocations, or a half-used self-contradicting card."""
+    weights = _saved(tmp_path, tiny_config)
+    card_path = weights.with_suffix(".json")
+    card_path.write_text(json.dumps(_card_with(json.loads(card_path.read_text()), change)))
+    assert main(["eval", str(weights), "--results-dir", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{card_path if 'trial' not in fragment else weights}: " in err and fragment in err, err
+    assert "Traceback" not in err
+
+
+def test_a_card_that_does_not_fit_its_weights_allocates_nothing(tiny_config, tmp_path, monkeypatch):
+    import methods
+
+    weights = _saved(tmp_path, tiny_config)
+    card_path = weights.with_suffix(".json")
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "num_classes": 900_000}))
+    devices = []
+    create = methods.create_method
+
+    def spy(*args, **kwargs):
+        devices.append(torch.empty(0).device.type)  # where this build would put its tensors
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(methods, "create_method", spy)
+    with pytest.raises(InputError, match=r"net\.neck\.classifier\.weight \(7, \d+\) for \(900000, \d+\)"):
+        load_method(read_model(weights))
+    assert devices == ["meta"]  # compared with the weights on the meta device; never built for real

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +132,41 @@ def test_validation_uses_training_identities_only(tiny_config):
     bundle = load_dataset(cfg.data, seed=cfg.seed)
     test_ids = set(bundle.protocols["all-single"].query.pids.tolist())
     assert not test_ids & set(bundle.validation.query.pids.tolist())
+
+
+def _bnneck_by_hand(pooled: torch.Tensor, bn: torch.nn.BatchNorm1d) -> torch.Tensor:
+    """BatchNorm1d at test time: the running statistics, never the batch's."""
+    return (pooled - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+
+
+@pytest.mark.parametrize("test_feature", [None, "pool"])
+def test_test_features_are_the_bnneck_feature_by_default_and_extracted_in_eval_mode(tiny_config, test_feature):
+    from harness.config import TrialConfig
+    from harness.data.augment import normalize
+    from harness.trial import extract_features
+
+    assert TrialConfig().model.test_feature == "bn"  # the specs report the BNNeck feature
+    cfg = tiny_config(**({} if test_feature is None else {"model.test_feature": test_feature}))
+    method = create_method(cfg, num_classes=5, num_cameras=4)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # running statistics away from their init: test and training mode differ
+        for module in method.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+    images = torch.randint(0, 256, (6, 3, 64, 32), dtype=torch.uint8, generator=generator)
+    modalities = np.array([0, 1, 0, 1, 1, 0])
+    with torch.no_grad():
+        method.eval()
+        pooled = method.net.pool(method.net.backbone(normalize(images), torch.as_tensor(modalities)))
+        expected = pooled if test_feature == "pool" else _bnneck_by_hand(pooled, method.net.neck.bn)
+    state = {k: v.clone() for k, v in method.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    method.train()  # as a trainer leaves it
+    features, _ = extract_features(method, images, modalities, device=torch.device("cpu"), batch_size=4,
+                                   amp="none", channels_last=False)
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+    other = _bnneck_by_hand(pooled, method.net.neck.bn) if test_feature == "pool" else pooled
+    assert not torch.allclose(features, other, atol=1e-3)
+    for key, value in state.items():  # no running statistic moved
+        assert torch.equal(method.state_dict()[key], value), key

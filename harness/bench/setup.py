@@ -138,10 +138,10 @@ def bench_settings(cfg: TrialConfig, height: int, width: int, batch: int, device
     """The BenchSettings fields of a run, as keyword arguments."""
     import timm
 
-    from harness.trial import device_name
+    from harness.provenance import device_label
 
     t = cfg.train
     return dict(method=cfg.method, backbone=cfg.model.backbone, height=height, width=width, batch=batch,
-                device=str(device), device_name=device_name(device), torch_version=torch.__version__,
+                device=str(device), device_name=device_label(device), torch_version=torch.__version__,
                 timm_version=timm.__version__, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
                 fused_optimizer=t.fused_optimizer)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from harness.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
+from harness.atomic import atomic_path, atomic_write_text
 from harness.config import ResizeFilter
 from harness.errors import EnvironmentFault, HarnessError, InputError, check_int
 
@@ -176,7 +176,6 @@ def load_images(
         return torch.from_numpy(cached)
 
     images = decode_images(paths, height, width, resample=resample)
-    remove_stale_temporaries(cache_dir, recursive=False)  # of killed writers; a live worker's are kept
     try:
         manifest_file.unlink(missing_ok=True)
         with atomic_path(array_file) as temporary:

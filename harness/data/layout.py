@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +180,25 @@ def scan_camera_tree(
             by_pid[pid] = IdentityFolder(id_entry.path, names)
         tree.folders[cam] = by_pid
     return tree
+
+
+def require_cameras(
+    tree: CameraTree,
+    cameras: Iterable[int],
+    describe: Callable[[int], str],
+    problems: list[DataProblem] | None = None,
+) -> None:
+    """Each of `cameras` must be a folder of `tree` holding at least one identity folder.
+
+    A camera folder without identities is as unusable as a missing one (its images are gone);
+    `describe(cam)` says what the camera is, for the message.
+    """
+    for cam in cameras:
+        path = tree.base / f"cam{cam}"
+        if cam not in tree.folders:
+            report_problem(problems, path, f"camera folder is missing{loop_note(path)} ({describe(cam)})")
+        elif not tree.folders[cam]:
+            report_problem(problems, path, f"camera folder holds no identity folder ({describe(cam)})")
 
 
 def camera_pool(

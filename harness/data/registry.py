@@ -170,13 +170,21 @@ def _synthetic_root(cfg: DataConfig, dataset: Dataset) -> Path:
     return ensure_synthetic(dataset, spec, cache_root(cfg) / "synthetic")
 
 
+def dataset_label(cfg: DataConfig) -> str:
+    """The name the loaded dataset carries (records' `dataset`, a saved model's card): the registered
+    name, or "synthetic" / "synthetic-<layout>" for the built-in dataset."""
+    if cfg.dataset != SYNTHETIC:
+        return get_dataset(cfg.dataset, "data.dataset").name
+    layout = get_dataset(cfg.synthetic.layout, "data.synthetic.layout").name
+    return SYNTHETIC if layout == "sysu" else f"{SYNTHETIC}-{layout}"
+
+
 def load_dataset(cfg: DataConfig, *, seed: int = 0) -> DatasetBundle:
     """Load a dataset and, if asked, carve the validation protocol out of its training identities."""
     if cfg.dataset == SYNTHETIC:
         dataset = get_dataset(cfg.synthetic.layout, "data.synthetic.layout")
         bundle = dataset.load(_synthetic_root(cfg, dataset), cfg)
-        name = SYNTHETIC if dataset.name == "sysu" else f"{SYNTHETIC}-{dataset.name}"
-        bundle = dataclasses.replace(bundle, name=name)
+        bundle = dataclasses.replace(bundle, name=dataset_label(cfg))
     else:
         dataset = get_dataset(cfg.dataset, "data.dataset")
         bundle = dataset.load(_require_root(cfg), cfg)

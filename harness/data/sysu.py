@@ -5,9 +5,9 @@ integers). Camera and identity come from the folder names (``camN`` / an integer
 never from character offsets of the path, so any root path works. A missing (identity, camera)
 folder is normal.
 
-Every camera folder cam1..cam6 must exist (a missing one, e.g. a whole infrared camera, is a
-problem for the loader and the check alike); identity folders are read as harness.data.layout
-describes.
+Every camera folder cam1..cam6 must exist and hold identity folders (a missing or empty one, e.g.
+a whole infrared camera, is a problem for the loader and the check alike); identity folders are
+read as harness.data.layout describes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from harness.data.layout import (
     camera_pool,
     loop_note,
     read_id_list,
+    require_cameras,
     scan_camera_tree,
 )
 from harness.data.registry import Dataset, register_dataset, split_draw_index
@@ -81,6 +82,11 @@ class SysuLayout:
     tree: CameraTree
 
 
+def _describe_camera(cam: int) -> str:
+    kind = "infrared" if cam in SYSU_INFRARED_CAMERAS else "visible"
+    return f"cam{cam} is a {kind} camera; SYSU-MM01 has cam1..cam6, infrared cam3 and cam6"
+
+
 def scan_sysu(root: str | os.PathLike[str], problems: list[DataProblem] | None = None) -> SysuLayout | None:
     """Read the id files and index the camera folders; None when the root itself is missing."""
     base = absolute_root(root)
@@ -92,13 +98,7 @@ def scan_sysu(root: str | os.PathLike[str], problems: list[DataProblem] | None =
     if not tree.folders:
         report_problem(problems, base, "no camera folders cam1..cam6 found")
     else:
-        for cam in SYSU_CAMERAS:
-            if cam not in tree.folders:
-                kind = "infrared" if cam in SYSU_INFRARED_CAMERAS else "visible"
-                report_problem(
-                    problems, base / f"cam{cam}", f"camera folder is missing (cam{cam} is a {kind} camera; "
-                    "SYSU-MM01 has cam1..cam6, infrared cam3 and cam6)"
-                )
+        require_cameras(tree, SYSU_CAMERAS, _describe_camera, problems)
     present = tree.identities()
     for split, name in SYSU_ID_FILES.items():
         for pid in ids[split]:

@@ -92,6 +92,33 @@ class TrialRecord:
         return {name: getattr(self, name) for name in IDENTITY_FIELDS} | dict(self.fields)
 
 
+REQUIRED_FIELDS = ("trial_key", "status", "method", "config")
+"""What a stored record needs to land in a table: without them it would become a silent 'nan' row."""
+
+
+def parse_stored_record(text: Any) -> dict[str, Any]:
+    """A stored record's JSON text as a mapping, or ValueError saying what is wrong with it."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a JSON record ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON record (a {type(data).__name__}, expected an object)")
+    missing = [name for name in REQUIRED_FIELDS if not isinstance(data.get(name), str) or not data[name]]
+    if missing:
+        raise ValueError(f"the record has no {', '.join(repr(m) for m in missing)} (every record carries "
+                         f"{', '.join(REQUIRED_FIELDS)}; it was written by another program or version)")
+    if data["status"] not in STATUSES:
+        raise ValueError(f"the record's 'status' is {data['status']!r}, expected one of {', '.join(STATUSES)}")
+    try:
+        config = json.loads(data["config"])
+    except ValueError as exc:
+        raise ValueError(f"the record's 'config' is not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"the record's 'config' is a {type(config).__name__}, expected a JSON object")
+    return data
+
+
 def as_record_dict(record: TrialRecord | Mapping[str, Any]) -> dict[str, Any]:
     return record.as_dict() if isinstance(record, TrialRecord) else dict(record)
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from harness.atomic import atomic_write_text
 from harness.errors import InputError
-from harness.results.metrics import TABLE_METRICS
+from harness.results.metrics import ACCURACY_METRICS, TABLE_METRICS, VALIDATION_PREFIX
 from harness.results.paper import (
     ANY_PROTOCOL,
     TERMINAL_WIDTH,
@@ -62,17 +64,75 @@ def consistency_warnings(records: pd.DataFrame) -> list[str]:
                      if parsed[lib].astype(str).nunique() > 1}
         out.append("rows of this table come from different library versions: " + "; ".join(
             f"{lib} {', '.join(v)}" for lib, v in differing.items()) + " (numbers are not comparable digit for digit)")
-    if "device" in ok and ok["device"].nunique() > 1:
+    if "hardware" in ok and ok["hardware"].dropna().nunique() > 1:
+        parsed = pd.DataFrame([json.loads(v) for v in ok["hardware"].dropna()])
+        differing = {key: sorted(parsed[key].dropna().astype(str).unique()) for key in parsed.columns
+                     if parsed[key].astype(str).nunique() > 1}
+        out.append("rows of this table come from different hardware: " + "; ".join(
+            f"{key} {' / '.join(values)}" for key, values in differing.items())
+            + " (numbers are not comparable digit for digit, throughput not at all)")
+    elif "device" in ok and ok["device"].nunique() > 1:
         devices = "; ".join(sorted(ok["device"].astype(str).unique()))
         out.append(f"rows of this table come from different devices: {devices} (throughput columns are not comparable)")
     return out
 
 
+def hardware_note(records: pd.DataFrame) -> str | None:
+    """The caption's sentence naming what computed the table's rows (records' `device` field)."""
+    ok = records[records["status"] == "ok"]
+    if "device" not in ok or ok["device"].dropna().empty:
+        return None
+    devices = sorted(ok["device"].dropna().astype(str).unique())
+    return ("Computed on " if len(devices) == 1 else "Computed on several machines: ") + "; ".join(devices) + "."
+
+
+OutcomeKey = tuple[str | None, str]
+"""(protocol, status) of one stored record of a trial."""
+
+
+def _outcome_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns that say what a trial measured: every accuracy metric, its gallery spread and its
+    validation form (costs such as img/s depend on the machine and may differ between two runs)."""
+    names = [*ACCURACY_METRICS, *(VALIDATION_PREFIX + m for m in ACCURACY_METRICS)]
+    return [c for name in names for c in (name, f"{name}_std") if c in frame.columns]
+
+
+def _outcomes(frame: pd.DataFrame) -> dict[str, dict[OutcomeKey, dict[str, Any]]]:
+    """trial_key -> {(protocol, status): {metric: value}} (NaN and missing both None)."""
+    columns = _outcome_columns(frame)
+    out: dict[str, dict[OutcomeKey, dict[str, Any]]] = {}
+    for row in frame.to_dict("records"):
+        protocol = row.get("protocol")
+        protocol = None if protocol is None or (isinstance(protocol, float) and math.isnan(protocol)) else protocol
+        values = {c: None if row.get(c) is None or (isinstance(row.get(c), float) and math.isnan(row[c]))
+                  else row[c] for c in columns}
+        out.setdefault(row["trial_key"], {})[(protocol, row["status"])] = values
+    return out
+
+
+def _difference(a: dict[OutcomeKey, dict[str, Any]], b: dict[OutcomeKey, dict[str, Any]]) -> str:
+    """What differs between two outcomes of one trial, in words."""
+    if set(a) != set(b):
+        def show(outcome: dict[OutcomeKey, dict[str, Any]]) -> str:
+            return ", ".join(f"{status} on {protocol}" if protocol else status for protocol, status in sorted(
+                outcome, key=str))
+        return f"{show(a)} vs {show(b)}"
+    for key in sorted(a, key=str):
+        differing = [f"{c} {a[key].get(c)} vs {b[key].get(c)}" for c in sorted(set(a[key]) | set(b[key]))
+                     if a[key].get(c) != b[key].get(c)]
+        if differing:
+            return f"{key[0] or key[1]}: " + ", ".join(differing[:4])
+    return "no difference"
+
+
 def read_stores(folders: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Records and curves of one or more results folders, read without modifying them.
 
-    A trial stored in several folders (the same configuration run on two nodes) is counted once:
-    its records from the first folder that holds it are kept.
+    A trial stored in several folders (the same configuration run on two nodes) is counted once
+    when every copy has the same status and accuracy numbers on every protocol (its records, speed
+    included, come from the first folder that holds it); copies that disagree are refused with
+    InputError naming the trial and both folders, so a merged table never depends on the order
+    of the folders.
     """
     frames, curve_frames = [], []
     for folder in folders:
@@ -84,13 +144,27 @@ def read_stores(folders: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(frames) == 1:
         df, curves = frames[0], curve_frames[0]
     else:
-        seen: set[str] = set()
+        first: dict[str, tuple[Path, dict[OutcomeKey, dict[str, Any]]]] = {}
+        conflicts: list[str] = []
         kept = []
-        for frame in frames:
+        for folder, frame in zip(folders, frames):
             if frame.empty:
                 continue
-            kept.append(frame[~frame["trial_key"].isin(seen)])
-            seen |= set(frame["trial_key"])
+            outcomes = _outcomes(frame)
+            for key, outcome in outcomes.items():
+                if key not in first:
+                    continue
+                where, seen = first[key]
+                if seen != outcome:
+                    conflicts.append(f"trial {key}: {where} and {folder} differ ({_difference(seen, outcome)})")
+            kept.append(frame[~frame["trial_key"].isin(first)])
+            first.update({key: (folder, outcome) for key, outcome in outcomes.items() if key not in first})
+        if conflicts:
+            more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+            raise InputError("the same trial (configuration and seed) is stored with different results: "
+                             + "; ".join(conflicts[:3]) + more + ". A merged table counts a trial once and cannot "
+                             "choose between them: name only one of these folders, or remove the trial's records "
+                             "from one store")
         df = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame()
         non_empty = [c for c in curve_frames if not c.empty]
         curves = (pd.concat(non_empty, ignore_index=True).drop_duplicates(["trial_key", "epoch"])
@@ -138,7 +212,8 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
         raise InputError("published rows given as one paper.setting entry fit a single protocol; choose one "
                          "protocol, or map each protocol to its entry (rows: {ROW: {PROTOCOL: paper.setting}})")
     warnings = consistency_warnings(records)
-    notes = [*notes, *(f"Warning: {w}." for w in warnings)]
+    hardware = hardware_note(records)
+    notes = [*notes, *([hardware] if hardware else []), *(f"Warning: {w}." for w in warnings)]
     if published and _is_synthetic(folder, summaries):
         notes.append("Published numbers are not shown beside rows measured on synthetic or dry-run data.")
         published = None

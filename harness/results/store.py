@@ -8,7 +8,6 @@ immutable, a store that a running sweep is writing is opened read-only, and noth
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from harness.errors import EnvironmentFault
-from harness.results.records import TrialRecord, as_record_dict, record_json
+from harness.results.records import TrialRecord, as_record_dict, parse_stored_record, record_json
 
 STORE_NAME = "records.sqlite"
 _SCHEMA = """CREATE TABLE IF NOT EXISTS records (
@@ -49,7 +48,8 @@ class ResultStore:
         return con
 
     def check_writable(self) -> None:
-        """Raise EnvironmentFault unless records can be written here (run before a sweep trains)."""
+        """Raise EnvironmentFault unless records can be written here and every stored one read back
+        (run before a sweep trains, so a damaged row stops it before, not after, the training)."""
         try:
             with closing(self._connect()) as con:
                 con.execute("BEGIN IMMEDIATE")
@@ -59,6 +59,7 @@ class ResultStore:
                                    "damaged, move it away and rerun") from None
         except OSError as exc:
             raise EnvironmentFault(f"{self.folder}: cannot write the record store ({exc.strerror or exc})") from None
+        self.dataframe()
 
     def _read_connection(self) -> sqlite3.Connection:
         """A connection that cannot write and leaves no `-wal`/`-shm` file behind."""
@@ -115,6 +116,18 @@ class ResultStore:
         return wide.sort_index().reset_index().rename_axis(columns=None)
 
     def dataframe(self) -> pd.DataFrame:
-        """Every stored record as one row (`record_id` in insertion order)."""
+        """Every stored record as one row (`record_id` in insertion order).
+
+        A damaged row (not JSON, or without the fields a table needs) raises EnvironmentFault
+        naming the store and the row: a table never shows it as a silent 'nan' row.
+        """
         rows = self._read("SELECT id, record FROM records ORDER BY id")
-        return pd.DataFrame([{"record_id": i, **json.loads(r)} for i, r in rows])
+        return pd.DataFrame([{"record_id": i, **self._parse(i, r)} for i, r in rows])
+
+    def _parse(self, row: int, text: Any) -> dict[str, Any]:
+        try:
+            return parse_stored_record(text)
+        except ValueError as exc:
+            raise EnvironmentFault(
+                f"{self.path} row {row}: {exc}. Remove that row (sqlite3 {self.path} 'DELETE FROM records WHERE "
+                f"id = {row}') or move the store away") from None

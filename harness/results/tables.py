@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.config import TrialConfig
+from harness.config_schema import fill_added_keys
 from harness.errors import ConfigError, InputError
 from harness.results.metrics import (
     ACCURACY_METRICS,
@@ -63,6 +65,8 @@ def expand_records(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
     configs = [json.loads(c) if isinstance(c, str) else {} for c in df.get("config", pd.Series([None] * len(df)))]
+    # a record stored before a key was added reads as holding its default: one row with the newer records
+    configs = [fill_added_keys(TrialConfig, c) if isinstance(c, dict) and c else c for c in configs]
     flat = [_flatten(c) for c in configs]
     out = df.rename(columns={f"{m}_std": f"{m}_gallery_std" for m in ACCURACY_METRICS}).reset_index(drop=True)
     dotted = pd.DataFrame(flat, index=out.index)

@@ -50,16 +50,28 @@ class LocalBackend(Backend):
     supports = frozenset({"retry_failed", "workers", "gpus", "trials_per_gpu"})
     description = "grid points on this machine, in sequence or one worker process per GPU"
 
+    @staticmethod
+    def _workers(request: SweepRequest) -> tuple[list[str], bool]:
+        """Each worker's CUDA_VISIBLE_DEVICES, and whether they are a pool of processes (else: this one)."""
+        explicit = parse_gpus(request.gpus)
+        devices = worker_devices(explicit if explicit is not None else visible_gpus(), workers=request.workers,
+                                 trials_per_gpu=request.trials_per_gpu)
+        return devices, not (len(devices) == 1 and explicit is None and request.trials_per_gpu is None)
+
+    def check(self, request: SweepRequest) -> None:
+        _, pooled = self._workers(request)
+        resolve_trial_function(request.trial_fn)
+        if pooled:
+            trial_function_path(request.trial_fn)  # the workers import it
+
     def run(self, request: SweepRequest) -> None:
         spec = request.spec
         # identical grid points (e.g. a --set that pins a grid key) run once; each key is computed
         # once here (it reads the pretrained weights file, if any)
         keyed = {config_key(c): c for c in spec.trials(request.overrides)}
         configs = list(keyed.values())
-        explicit = parse_gpus(request.gpus)
-        devices = worker_devices(explicit if explicit is not None else visible_gpus(), workers=request.workers,
-                                 trials_per_gpu=request.trials_per_gpu)
-        trial_fn = resolve_trial_function(request.trial_fn)  # a bad path fails here
+        devices, pooled = self._workers(request)
+        trial_fn = resolve_trial_function(request.trial_fn)
         keys = swept_keys(spec)
         store = ResultStore(request.folder)
         done = store.statuses()
@@ -69,7 +81,7 @@ class LocalBackend(Backend):
             for key in keyed:
                 if done.get(key) in skip:
                     progress.trial_skipped(done[key])
-            if len(devices) == 1 and explicit is None and request.trials_per_gpu is None:
+            if not pooled:
                 for i, cfg in todo:
                     label = trial_label(cfg, keys)
                     progress.trial_started(label, epochs=cfg.train.epochs)

@@ -23,6 +23,7 @@ that were running start again and `run_trial` continues them from their epoch ch
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -79,6 +80,26 @@ def quiet_search() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
+def check_gpus_per_trial(value: float) -> None:
+    """`--gpus-per-trial`: a fraction in (0, 1] (trials sharing a GPU) or a whole number of GPUs."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value and (value <= 1 or float(value).is_integer())):
+        raise ConfigError(f"--gpus-per-trial: expected a fraction in (0, 1] or a whole number, got {value!r}")
+
+
+def check_ray(spec: SweepSpec, *, trial_fn: Any = None, gpus_per_trial: float | None = None) -> None:
+    """What `run_ray` would refuse before starting Ray, checked before any file is written."""
+    if importlib.util.find_spec("ray") is None:
+        raise EnvironmentFault(RAY_MISSING)
+    if spec.search is not None and spec.search.pruner == "hyperband":
+        raise ConfigError(f"{spec.source}: search.pruner hyperband: Ray's HyperBandScheduler pauses and resumes "
+                          "trials, which this backend's function trials do not support; use pruner median or none "
+                          "on ray, or --backend optuna")
+    if gpus_per_trial is not None:
+        check_gpus_per_trial(gpus_per_trial)
+    resolve_trial_function(trial_fn)  # a bad path fails here, not in every trial
+
+
 def trial_resources(cluster: dict[str, float], node_cpus: Sequence[float] = (),
                     gpus_per_trial: float | None = None) -> dict[str, float]:
     """CPUs and GPUs of one trial, from `ray.cluster_resources()` and the CPUs of each node.
@@ -93,10 +114,7 @@ def trial_resources(cluster: dict[str, float], node_cpus: Sequence[float] = (),
     nodes = [float(c) for c in node_cpus if c and c > 0]
     smallest = min(nodes) if nodes else cpus
     if gpus_per_trial is not None:
-        if not (isinstance(gpus_per_trial, (int, float)) and not isinstance(gpus_per_trial, bool)
-                and 0 < gpus_per_trial and (gpus_per_trial <= 1 or float(gpus_per_trial).is_integer())):
-            raise ConfigError(f"--gpus-per-trial: expected a fraction in (0, 1] or a whole number, "
-                              f"got {gpus_per_trial!r}")
+        check_gpus_per_trial(gpus_per_trial)
         if gpus < gpus_per_trial:
             raise ConfigError(f"--gpus-per-trial {gpus_per_trial}: the Ray cluster has {gpus:g} GPU(s); a trial "
                               "asking for more would wait forever")
@@ -324,10 +342,7 @@ def run_ray(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None =
     folder = Path(folder).resolve()
     configs = spec.trials(overrides)
     check_search(spec, configs)
-    if spec.search is not None and spec.search.pruner == "hyperband":
-        raise ConfigError(f"{spec.source}: search.pruner hyperband: Ray's HyperBandScheduler pauses and resumes "
-                          "trials, which this backend's function trials do not support; use pruner median or none "
-                          "on ray, or --backend optuna")
+    check_ray(spec, trial_fn=trial_fn, gpus_per_trial=gpus_per_trial)
     objectives, directions = objective_names(spec), objective_directions(spec)
     plan = search_plan(spec, len(configs), seed=configs[0].seed)
     swept = swept_keys(spec)
@@ -336,7 +351,6 @@ def run_ray(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None =
                "report_metric": reports_every_epoch(spec), "search": spec.search is not None, "trial_fn": trial_fn,
                "swept": swept, "labels": [trial_label(c, [k for k in swept if k in spec.grid]) for c in configs],
                "keep_models": spec.keep_models}
-    resolve_trial_function(trial_fn)  # a bad path fails here, not in every trial
     folder.mkdir(parents=True, exist_ok=True)
     started_here = not ray.is_initialized()
     try:
@@ -373,6 +387,9 @@ class RayBackend(Backend):
     name = "ray"
     supports = frozenset({"search", "address", "gpus_per_trial"})
     description = "Ray Tune on this machine or a cluster"
+
+    def check(self, request: SweepRequest) -> None:
+        check_ray(request.spec, trial_fn=request.trial_fn, gpus_per_trial=request.gpus_per_trial)
 
     def run(self, request: SweepRequest) -> None:
         run_ray(request.spec, request.folder, overrides=request.overrides, quiet=request.quiet,

@@ -61,6 +61,13 @@ class Backend(ABC):
     """Options of OPTION_FLAGS this backend honours; any other one set is refused before anything runs."""
     description: ClassVar[str] = ""
 
+    def check(self, request: SweepRequest) -> None:  # noqa: B027  (optional: a backend without options has nothing to check)
+        """Refuse (InputError, exit 2) an option value or trial function this backend cannot run with.
+
+        `run_sweep` calls it before the results folder is created, so a refused sweep leaves no
+        folder, store or checkpoint behind; `run` may assume it passed.
+        """
+
     @abstractmethod
     def run(self, request: SweepRequest) -> None:
         """Run every planned trial not finished yet; records go to `request.folder`'s store."""

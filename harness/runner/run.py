@@ -23,7 +23,8 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, overrides: dict[st
               retry_failed: bool = False, stale_after: int | None = None) -> Path:
     """Run (or resume) every trial of `spec` on a registered backend; returns the sweep's results folder.
 
-    Options a backend does not take are refused (ConfigError, exit 2) before anything runs;
+    Options a backend does not take, and values it cannot run with, are refused (ConfigError, exit 2)
+    before the results folder is created;
     `trial_fn` replaces harness.trial.run_trial (a callable, or 'package.module:function' where
     trials run in other processes).
     """
@@ -34,6 +35,7 @@ def run_sweep(spec: SweepSpec, *, backend: str | None = None, overrides: dict[st
                            retry_failed=retry_failed, stale_after=stale_after)
     check_request(chosen, request)
     check_search(spec, spec.trials(request.overrides))  # every grid point and the search block, before any file
+    chosen.check(request)  # the backend's option values (workers, GPUs, storage URL), before any file
     prepare_output_folder(request.folder)
     ResultStore(request.folder).check_writable()
     chosen.run(request)

@@ -41,7 +41,11 @@ class TrialComponents:
 
 
 def prepare_run(cfg: TrialConfig) -> torch.device:
-    """Seed every global generator, apply `train.threads` and resolve `train.device`; first step of any run."""
+    """Seed every global generator, apply `train.threads` and the numerics mode's torch switch and
+    resolve `train.device`; first step of any run."""
+    from harness.numerics import configure_torch
+
+    configure_torch()
     seed_everything(cfg.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

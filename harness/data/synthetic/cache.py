@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from harness.atomic import atomic_directory, remove_stale_temporaries
+from harness.atomic import atomic_directory
 from harness.data.cache_root import cache_root
 from harness.data.synthetic.spec import GENERATOR_VERSION, SynthLayout, SynthSpec
 
@@ -46,7 +46,6 @@ def ensure_synthetic(layout: WritableLayout, spec: SynthSpec, cache_dir: Path | 
     final = root / cache_key(layout, spec)
     if (final / MARKER_NAME).is_file():
         return final
-    remove_stale_temporaries(root, recursive=False)
     try:
         with atomic_directory(final) as temporary:
             started = time.perf_counter()

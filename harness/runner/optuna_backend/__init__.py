@@ -6,9 +6,9 @@ while queued slots remain, under a lock (the sweep folder's, or the database ser
 shared `--storage` URL). Each slot carries its grid point as the user attribute `grid_index`;
 the sampler fills the search space.
 
-Modules: `job` (the sweep as plain data), `study` (storage, samplers, pruners, locks, stale
-trials), `objective` (one trial, the worker loop), `tables` (CSV), `driver` (processes, GPUs,
-signals; the worker CLI).
+Modules: `job` (the sweep as plain data), `storage_url` (a `--storage` URL's driver and reachability),
+`study` (storage, samplers, pruners, locks, stale trials), `objective` (one trial, the worker loop),
+`tables` (CSV), `driver` (processes, GPUs, signals; the worker CLI).
 
 Resume: rerunning the same command continues the study. A worker killed mid-trial leaves its
 trial RUNNING; without a heartbeat for `--stale-after` seconds it is queued again (and resumes
@@ -28,6 +28,14 @@ class OptunaBackend(Backend):
     name = "optuna"
     supports = frozenset({"search", "workers", "storage", "gpus", "trials_per_gpu", "stale_after"})
     description = "an Optuna study (SQLite or a shared database), one or more pinned worker processes"
+
+    def check(self, request: SweepRequest) -> None:
+        from harness.runner.optuna_backend.driver import check_optuna
+        from harness.runner.optuna_backend.job import STALE_AFTER
+
+        check_optuna(request.spec, workers=request.workers, gpus=request.gpus, trials_per_gpu=request.trials_per_gpu,
+                     trial_fn=request.trial_fn, storage=request.storage,
+                     grace_period=request.stale_after if request.stale_after is not None else STALE_AFTER)
 
     def run(self, request: SweepRequest) -> None:
         from harness.runner.optuna_backend.driver import run_optuna

@@ -27,6 +27,7 @@ from harness.runner.optuna_backend.job import (
     OptunaJob,
 )
 from harness.runner.optuna_backend.objective import display, progress_status, work
+from harness.runner.optuna_backend.storage_url import check_storage
 from harness.runner.optuna_backend.study import (
     finished_trials,
     open_study,
@@ -117,6 +118,32 @@ def run_worker_processes(job: OptunaJob, study: optuna.Study, devices: list[str]
                                "rerun the same command to resume")
 
 
+def worker_plan(spec: SweepSpec, *, workers: int | None, gpus: str | None, trials_per_gpu: int | None,
+                trial_fn: Callable[..., Any] | str | None, grace_period: int) -> tuple[list[str], bool, str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES, whether the trials run in this process, and the trial
+    function's import path for worker processes; ConfigError for a value that cannot run."""
+    check_int(grace_period, "--stale-after", minimum=2)
+    default = spec.search.workers if spec.search else 1
+    explicit_gpus = parse_gpus(gpus)
+    devices = worker_devices(explicit_gpus if explicit_gpus is not None else visible_gpus(), workers=workers,
+                             trials_per_gpu=trials_per_gpu, default_workers=default)
+    in_process = len(devices) == 1 and explicit_gpus is None and trials_per_gpu is None
+    path = None if in_process else trial_function_path(trial_fn)
+    resolve_trial_function(trial_fn)  # a bad path fails here, not in every worker
+    return devices, in_process, path
+
+
+def check_optuna(spec: SweepSpec, *, workers: int | None = None, gpus: str | None = None,
+                 trials_per_gpu: int | None = None, trial_fn: Callable[..., Any] | str | None = None,
+                 storage: str | None = None, grace_period: int = STALE_AFTER) -> None:
+    """Everything `run_optuna` would refuse, checked before any file is written (the storage URL is
+    connected to once)."""
+    worker_plan(spec, workers=workers, gpus=gpus, trials_per_gpu=trials_per_gpu, trial_fn=trial_fn,
+                grace_period=grace_period)
+    if storage is not None:
+        check_storage(storage)
+
+
 def run_optuna(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None = None, workers: int | None = None,
                quiet: bool = False, trial_fn: Callable[..., Any] | str | None = None, storage: str | None = None,
                gpus: str | None = None, trials_per_gpu: int | None = None,
@@ -130,17 +157,12 @@ def run_optuna(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | Non
     """
     from harness.progress import SweepProgress
 
-    check_int(grace_period, "--stale-after", minimum=2)
+    devices, in_process, path = worker_plan(spec, workers=workers, gpus=gpus, trials_per_gpu=trials_per_gpu,
+                                            trial_fn=trial_fn, grace_period=grace_period)
     heartbeat_interval = min(heartbeat_interval, max(1, grace_period // 3))
-    default = spec.search.workers if spec.search else 1
-    explicit_gpus = parse_gpus(gpus)
-    devices = worker_devices(explicit_gpus if explicit_gpus is not None else visible_gpus(), workers=workers,
-                             trials_per_gpu=trials_per_gpu, default_workers=default)
-    in_process = len(devices) == 1 and explicit_gpus is None and trials_per_gpu is None
-    path = None if in_process else trial_function_path(trial_fn)
     job = OptunaJob(spec=spec, folder=Path(folder), overrides=dict(overrides or {}), trial_fn=path,
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period, storage=storage)
-    run_trial_fn = resolve_trial_function(trial_fn)  # a bad path fails here, not in every worker
+    run_trial_fn = resolve_trial_function(trial_fn)
     with quiet_optuna():
         study = prepare_study(job)
         with SweepProgress(total=len(job.plan), title=spec.name, quiet=quiet) as progress:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.runner.optuna_backend.storage_url import database_url
 from harness.search import (
     check_search,
     objective_directions,
@@ -41,10 +42,13 @@ class OptunaJob:
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     grace_period: int = STALE_AFTER
     storage: str | None = None
-    """An RDB URL shared by several nodes (postgresql://...); None: `<folder>/optuna.sqlite`."""
+    """An RDB URL shared by several nodes (postgresql://..., given the installed driver); None: the
+    sweep folder's `optuna.sqlite`."""
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder).resolve()
+        if self.storage is not None:  # the documented bare form gets the installed driver
+            self.storage = database_url(self.storage)
         self.configs = self.spec.trials(self.overrides)
         check_search(self.spec, self.configs)
         self.objectives = objective_names(self.spec)

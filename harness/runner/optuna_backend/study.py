@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from harness.errors import ConfigError, EnvironmentFault
 from harness.runner.optuna_backend.job import LOCK_FILE, OptunaJob
+from harness.runner.optuna_backend.storage_url import database_url, shown, storage_engine
 from harness.search import GRID_INDEX
 
 try:  # POSIX; elsewhere concurrent workers on one node run without the folder lock
@@ -63,7 +64,7 @@ def storage(job: OptunaJob) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url=job.storage, **common)
     except Exception as exc:  # noqa: BLE001  (driver missing, server down, bad credentials)
-        raise EnvironmentFault(f"--storage {job.storage!r}: cannot open the study storage "
+        raise EnvironmentFault(f"--storage {shown(job.storage)!r}: cannot open the study storage "
                                f"({type(exc).__name__}: {exc})") from None
 
 
@@ -147,15 +148,8 @@ class DatabaseLock:
     def __init__(self, url: str, name: str) -> None:
         import sqlalchemy
 
-        try:
-            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        except (sqlalchemy.exc.ArgumentError, ImportError) as exc:  # not a URL, or its driver is missing
-            raise EnvironmentFault(f"--storage {url!r}: {exc}; for PostgreSQL: pip install -e '.[postgres]'") \
-                from None
+        self.engine = storage_engine(database_url(url), poolclass=sqlalchemy.pool.NullPool)
         self.dialect = self.engine.dialect.name
-        if self.dialect not in ("postgresql", "mysql"):
-            raise ConfigError(f"--storage: {self.dialect} URLs are not supported; use postgresql://, mysql:// or "
-                              "the default SQLite file")
         self.key = zlib.crc32(f"vireid:{name}".encode())
         self.name = f"vireid:{name}"
         self._conn: Any = None
@@ -230,7 +224,7 @@ def prepare_study(job: OptunaJob) -> optuna.Study:
     """Create or continue the study (once, before any worker starts) and queue every missing slot."""
     job.folder.mkdir(parents=True, exist_ok=True)
     with study_lock(job), quiet_optuna():
-        where = job.storage or str(job.folder / "optuna.sqlite")
+        where = shown(job.storage) if job.storage else str(job.folder / "optuna.sqlite")
         try:
             study = optuna.create_study(storage=storage(job), study_name=job.spec.name, directions=job.directions,
                                         sampler=sampler(job, 0, 1), pruner=pruner(job), load_if_exists=True)
