@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.config_schema import RangeChecked, added_key, build_dataclass, ranged, registered
+from harness.config_schema import RangeChecked, added_key, build_dataclass, key_data, ranged, registered
 from harness.data.synthetic.spec import SynthSpec
 from harness.errors import ConfigError
 from harness.yaml_loader import load_yaml_text
@@ -125,6 +125,21 @@ class MarginalCenterConfig(RangeChecked):
 
 
 @dataclass
+class ADPConfig(RangeChecked):
+    """CAJ's triplet, the enhanced squared difference (methods.losses.adp_loss; the CAJ code's TripletLoss_ADP)."""
+
+    weight: float = ranged(1.0, minimum=0)
+    alpha: float = ranged(1.0, minimum=0)
+    """Sharpness of the softmax weights of the distances (softmax(alpha * d) over positives, (-alpha * d) negatives)."""
+    gamma: float = ranged(1.0, above=0)
+    """Scale of the gap between the weighted positive and negative distances."""
+    square: bool = True
+    """True: the gap squared, signed by whether it is violated (the code's --square 1); False: softplus of the gap."""
+    variant: Literal["paper", "authors-code"] = "paper"
+    """The weighting as written (exact masked softmax), or the CAJ code's (masked-max softmax + 1e-6, as WRT's)."""
+
+
+@dataclass
 class LossConfig(RangeChecked):
     ce_weight: float = ranged(1.0, minimum=0)
     label_smoothing: float = ranged(0.0, minimum=0, below=1)
@@ -137,6 +152,9 @@ class LossConfig(RangeChecked):
     """Marginal center semantics: the paper's (learnable centers, per-sample hinge) or the public code's."""
     wrt_variant: Literal["paper", "authors-code"] = "paper"
     """WRT: the spec formula, or the AGW code's masked-max softmax with +1e-6 (methods.losses.wrt_loss)."""
+    adp: ADPConfig = added_key(factory=ADPConfig)
+    kl_weight: float = added_key(0.0, minimum=0)
+    """CAJ's KL term between the visible and infrared identity predictions (the code's --kl, 0 by default)."""
 
 
 @dataclass
@@ -152,6 +170,19 @@ class MCMConfig(RangeChecked):
     confusion_variant: Literal["updated", "authors-code"] = added_key("updated")
     """L_e after M's update: updated (M's output recomputed with the updated M, frozen) or authors-code (M's
     output from before the update, its gradient taken through the updated weights; methods.mcm)."""
+
+
+@dataclass
+class ChannelAugConfig(RangeChecked):
+    """Channel augmentation, for the methods that use it (caj: harness.data.augment.channel_exchange and
+    channel_adaptive_gray)."""
+
+    exchange_grayscale: bool = False
+    """The exchanged visible view may also be the grayscale image (1/4 each); the CAJ code trains with one of
+    R, G, B copied to all three channels, 1/3 each (its ChannelExchange(gray=2))."""
+    adaptive_gray_p: float = ranged(0.5, minimum=0, maximum=1)
+    """Infrared images: a random channel copied to all three with probability 3/4, else grayscale with this
+    probability (the code's ChannelAdapGray(probability=0.5))."""
 
 
 @dataclass
@@ -223,6 +254,7 @@ class TrainConfig(RangeChecked):
     erasing_attempts: int | None = ranged(None, minimum=1, maximum=100)
     """None: one box, clipped to the image. N: up to N draws, the first that fits is used, else no erasing
     (the MCLNet code: 100)."""
+    channel_aug: ChannelAugConfig = added_key(factory=ChannelAugConfig)
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
@@ -267,6 +299,10 @@ class TrialConfig(RangeChecked):
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """What identifies the configuration (`to_dict` less the `added_key` keys at their default)."""
+        return key_data(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, where: str = "config") -> TrialConfig:

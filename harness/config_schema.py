@@ -4,7 +4,12 @@ A numeric field declares its valid range next to its default:
 `epochs: int = ranged(80, minimum=1)`, `erasing_p: float = ranged(0.5, minimum=0, maximum=1)`,
 `lr: float = ranged(0.01, above=0)` (strict bound), list fields with `factory=` and optionally
 `length=` / `min_length=` / `ascending=True` (each element is range-checked); a string field whose
-values are a registry's names uses `registered(default, names=...)`. `build_dataclass` checks a
+values are a registry's names uses `registered(default, names=...)`. A key added after results
+were recorded is declared with `added_key(default, ...)` (bounds as `ranged`; `factory=` for a
+whole section): at its default it stays out of a configuration's key (`key_data`, what
+`harness.provenance.config_key` hashes) and a stored configuration without it reads as holding it
+(`fill_added_keys`), so the results, checkpoints and table rows recorded before it keep their
+identity; set to anything else it enters the key. `build_dataclass` checks a
 mapping against the annotations (ints accepted for floats, unknown keys refused with the closest
 name) and the ranges, with a ConfigError naming the dotted key, the value and what is accepted;
 `RangeChecked` applies the range checks to a dataclass built directly in Python.
@@ -89,43 +94,48 @@ def registered(default: str, *, names: Callable[[], Sequence[str]]) -> Any:
     return field(default=default, metadata={"names": names})
 
 
-def added_key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING) -> Any:
-    """A key added after results were recorded, `default` being the behaviour from before it existed.
+def added_key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
+    """A key added after results were recorded, its default being the behaviour from before it existed.
 
-    At that value the key stays out of configuration keys (harness.provenance.config_key), and a
-    stored configuration without it reads as holding it (`fill_added_keys`): finished trials,
-    checkpoints and table rows recorded before the key existed keep their identity. A whole
-    section added later is `added_key(factory=SectionConfig)`: it stays out while every key of it
-    holds its default.
+    Declared like `ranged` (bounds; `factory=` for a list or a whole section). At its default the key
+    stays out of configuration keys (`key_data`), and a stored configuration without it reads as
+    holding it (`fill_added_keys`): finished trials, checkpoints and table rows recorded before the
+    key existed keep their identity.
     """
-    return field(default=default, default_factory=factory, metadata={"added": True})
+    metadata: dict[str, Any] = {"added": True}
+    if bounds or not (dataclasses.is_dataclass(factory) and isinstance(factory, type)):
+        metadata["range"] = Range(**bounds)
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def key_data(config: Any) -> dict[str, Any]:
+    """What identifies a config dataclass: `dataclasses.asdict`, less the `added_key` fields at their default."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("added") and value == _default_of(f):
+            continue
+        out[f.name] = key_data(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 @functools.cache
 def added_keys(cls: type) -> tuple[tuple[str, Any], ...]:
-    """(dotted path, default) of every `added_key` field of a config dataclass, nested sections included."""
+    """(dotted path, default as plain data) of every `added_key` field of a config dataclass, nested
+    sections included (an added section is one entry, its default a mapping)."""
     found: list[tuple[str, Any]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("added"):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = _default_of(f)
             found.append((f.name, dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default))
         elif dataclasses.is_dataclass(hints[f.name]):
             found += [(f"{f.name}.{path}", default) for path, default in added_keys(hints[f.name])]
     return tuple(found)
-
-
-def drop_added_defaults(cls: type, tree: dict[str, Any]) -> dict[str, Any]:
-    """`tree` (a config as nested dicts) without the added keys that hold their default (what keys hash)."""
-    out = copy.deepcopy(tree)
-    for dotted, default in added_keys(cls):
-        *sections, name = dotted.split(".")
-        node = out
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict) and name in node and node[name] == default:
-            del node[name]
-    return out
 
 
 def fill_added_keys(cls: type, tree: dict[str, Any]) -> dict[str, Any]:

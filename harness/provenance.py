@@ -14,8 +14,6 @@ import os
 import platform
 from typing import TYPE_CHECKING, Any
 
-from harness.config_schema import drop_added_defaults
-
 if TYPE_CHECKING:
     from harness.config import TrialConfig
 
@@ -37,7 +35,7 @@ def config_key(cfg: TrialConfig) -> str:
 
 def keyed_config(cfg: TrialConfig) -> dict[str, Any]:
     """The configuration as keys hash it: every key but the added keys at their default."""
-    return drop_added_defaults(type(cfg), cfg.to_dict())
+    return cfg.key_dict()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

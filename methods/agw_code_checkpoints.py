@@ -81,6 +81,15 @@ _GEM = {"net.pool.p": "GeM power: the code's fixed p = 3.0 (model.gem_p)"}
 
 
 @register_importer(
+    "caj", method="caj", recipe="caj-authors",
+    source="mangye16/Cross-Modal-Re-ID-baseline ICCV21_CAJ model.py embed_net (train_ext.py: {'net': state_dict, ...})",
+    config=AGW_CODE_CONFIG,
+    initialised=_GEM,
+    published={"all-single": "caj.sysu_all", "indoor-single": "caj.sysu_indoor",
+               "v2t": "caj.regdb_v2t", "t2v": "caj.regdb_t2v"},
+    notes=AGW_CODE_NOTES,
+)
+@register_importer(
     "mclnet", method="mclnet", recipe="mclnet-authors",
     source="bitreidgroup/Modality-Confusion-Learning model.py embed_net (train.py: {'net': state_dict, ...})",
     config=AGW_CODE_CONFIG,

@@ -8,7 +8,11 @@ Every method is a `ReIDMethod`, an `nn.Module` that implements
 * `test_features(images, modality) -> Tensor`: the (B, D) features evaluation ranks with;
 * `param_groups() -> list[dict]`: SGD parameter groups, each with its own "lr" (and a "name");
 * optionally `compile_network(**torch_compile_options)`: torch.compile what is worth compiling
-  (the default refuses, naming `train.compile`).
+  (the default refuses, naming `train.compile`);
+* optionally `training_batch(images, modality, pids, cams, augment=, generator=)`: the batch
+  `training_losses` receives, made from the identity sampler's uint8 images (the default:
+  `augment(images)` and the labels unchanged). A method that trains on more or other views of its
+  images (CAJ's channel-exchanged visible copy) or has its own augmentation overrides it.
 
 and has a `phase_timer` attribute: a callable `phase_timer(name)` returning a context manager,
 which the trainer replaces by its `harness.training.PhaseTimer` so `vireid bench` can time each
@@ -32,7 +36,10 @@ from harness.errors import ConfigError
 
 PhaseTimerLike = Callable[[str], AbstractContextManager[Any]]
 TestSimilarity = Literal["cosine", "dot"]
-TEST_SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
+Augment = Callable[[torch.Tensor], torch.Tensor]
+"""The configured train augmentation: uint8 (B, 3, H, W) -> normalised float (B, 3, H, W)."""
+TrainingBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""(images, modality, pids, cams) as `training_losses` takes them."""
 _UNTIMED = nullcontext()
 
 
@@ -63,6 +70,20 @@ class ReIDMethod(nn.Module, abc.ABC):
     @abc.abstractmethod
     def param_groups(self) -> list[dict[str, Any]]:
         """SGD parameter groups, each with "params", "lr" and "name" (optionally "weight_decay")."""
+
+    def training_batch(self, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor, cams: torch.Tensor,
+                       *, augment: Augment, generator: torch.Generator) -> TrainingBatch:
+        """The batch `training_losses` trains on, from the identity sampler's batch; the default augments it once.
+
+        `images` are the sampler's uint8 (B, 3, H, W) images (P*K visible, then P*K infrared, each
+        identity-major), `augment` the configured train augmentation (`train.pad`, `flip`, erasing,
+        ...), which draws from `generator`, the trainer's seeded augmentation generator. An override
+        may call `augment` more than once (more views) and add its own random operations; those
+        draw from `generator` too, batched over the images (no per-image Python loop), so that a
+        trial repeats and resumes exactly. The trainer and `vireid bench` both build every batch
+        through this method.
+        """
+        return augment(images), modality, pids, cams
 
     def compile_network(self, **options: Any) -> None:
         """torch.compile the method's network; methods that support `train.compile` override this."""

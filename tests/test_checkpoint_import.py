@@ -172,6 +172,22 @@ def test_card_names_source_file_and_the_config_the_code_implies(checkpoint, impo
     assert block["published"] == {"all-single": "agw.sysu_all", "v2t": "agw.regdb_v2t"}
 
 
+def test_a_caj_checkpoint_is_the_same_network_under_the_caj_method_and_recipe(checkpoint, imported_agw, tmp_path):
+    """ICCV21_CAJ saves the AGW code's embed_net: the same tensors land in the same places, the card names CAJ,
+    its recipe (flip averaging at test time) and CAJ's published rows."""
+    from safetensors.torch import load_file
+
+    from harness.checkpoint_import import import_checkpoint
+
+    weights, _ = import_checkpoint("caj", checkpoint[0], tmp_path / "caj.safetensors", dataset="sysu")
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["method"] == "caj" and card["imported"]["recipe"] == "caj-authors"
+    assert card["config"]["evaluation"]["flip"] is True and card["config"]["data"]["test_resize"] == "lanczos"
+    assert card["imported"]["published"]["all-single"] == "caj.sysu_all"
+    caj, agw = load_file(str(weights)), load_file(str(imported_agw[0]))
+    assert caj.keys() == agw.keys() and all(torch.equal(caj[k], agw[k]) for k in caj)
+
+
 def test_every_tensor_of_the_network_lands_where_the_authors_had_it(checkpoint, imported_agw):
     """Value by value: an independent table of where each of their modules lives in the harness."""
     from safetensors.torch import load_file

@@ -23,6 +23,11 @@ def test_methods_lists_presets(capsys):
         assert f"\n{name} " in out
     mclnet_line = next(line for line in out.splitlines() if line.startswith("mclnet "))
     assert mclnet_line.split()[1:4] == ["yes", "ica", "yes"]
+    # each family under its own switches
+    caj_header = next(line for line in out.splitlines() if "channel_aug" in line)
+    assert caj_header.split()[:3] == ["method", "channel_aug", "triplet"]
+    assert next(line for line in out.splitlines() if line.startswith("caj+no-ca ")).split()[1:3] == ["-", "adp"]
+    assert "caj+<wrt|no-ca" in out and "agw+<mcm|center|ica|cca" in out
 
 
 def test_methods_lists_the_deen_family_under_its_own_switches(capsys):

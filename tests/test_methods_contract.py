@@ -86,3 +86,76 @@ def test_the_trainer_hands_its_timer_to_the_method():
     trainer = Trainer(method, cfg, train, images, device=torch.device("cpu"), seed=0, timer=timer)
     trainer.train_step(trainer.next_indices())
     assert method.phase_timer is timer and timer.calls["forward"] == 1
+
+
+class TwoViews(LinearProbe):
+    """A method that changes its training batch: each visible image a second time, dimmed by a random factor."""
+
+    def __init__(self, num_classes: int, lr: float) -> None:
+        super().__init__(num_classes, lr)
+        self.seen: list[tuple[int, ...]] = []
+
+    def training_batch(self, images, modality, pids, cams, *, augment, generator):
+        visible = modality == 0
+        extra = augment(images[visible])
+        extra = extra * torch.rand(len(extra), 1, 1, 1, generator=generator, device=extra.device)
+        return (torch.cat([augment(images), extra]), torch.cat([modality, modality[visible]]),
+                torch.cat([pids, pids[visible]]), torch.cat([cams, cams[visible]]))
+
+    def training_losses(self, images, modality, pids, cams):
+        self.seen.append((len(images), int((modality == 0).sum()), len(pids), len(cams)))
+        return super().training_losses(images, modality, pids, cams)
+
+
+def _trainer(method, **train):
+    from harness.bench import synthetic_train_set
+    from harness.training import Trainer
+
+    train_set, images = synthetic_train_set(4, 2, 16, 8)
+    cfg = TrainConfig(num_identities=2, images_per_modality=2, **train)
+    return Trainer(method, cfg, train_set, images, device=torch.device("cpu"), seed=3)
+
+
+def test_by_default_the_training_batch_is_each_sampled_image_augmented_once():
+    from harness.data.augment import train_augment
+
+    trainer = _trainer(LinearProbe(4, 0.1), erasing_p=0.5)
+    indices = trainer.next_indices()
+    x, modality, pids, _ = trainer.batches.batch(indices)
+    # the trainer's augmentation generator is seeded with seed + 1 (here 4)
+    expected = train_augment(trainer.images[indices], torch.Generator().manual_seed(4), pad=10, flip=True,
+                             erasing_p=0.5, erasing_area=(0.02, 0.4))
+    assert torch.equal(x, expected)
+    assert torch.equal(modality, trainer.modalities[indices]) and len(pids) == len(indices) == 8
+
+
+def test_a_method_that_changes_its_training_batch_trains_on_it_and_repeats_per_seed():
+    first, second = TwoViews(4, 0.1), TwoViews(4, 0.1)
+    second.load_state_dict(first.state_dict())
+    trainers = [_trainer(m) for m in (first, second)]
+    losses = [t.train_step(t.next_indices()) for t in trainers]
+    # 4 visible + 4 infrared sampled images, the 4 visible ones twice: 12 images, 8 of them visible
+    assert first.seen == second.seen == [(12, 8, 12, 12)]
+    assert losses[0] == losses[1]
+
+
+def test_the_bench_builds_its_batches_and_counts_its_flops_through_the_method(registry_copy):
+    from harness.bench.setup import bench_config
+    from harness.bench.step import measure_step
+
+    built: list[TwoViews] = []
+
+    @register_method("two-views-contract-test", description="test method", configs=("train",))
+    def build(*, train_cfg, num_classes, num_cameras):
+        built.append(TwoViews(num_classes, train_cfg.lr))
+        return built[-1]
+
+    cfg = bench_config("two-views-contract-test", "test_resnet", 8, device="cpu",
+                       overrides={"train.images_per_modality": 2})
+    result = measure_step(cfg, 16, 8, steps=1, warmup=0)
+    # the FLOP count's batch, then one phased and one plain timed step: every one of them 12 images
+    assert built[0].seen == [(12, 8, 12, 12)] * 3
+    # the probe's FLOPs: Linear(3 -> 395 bench classes) forward on 12 images plus its weight gradient,
+    # 2 * 12 * 3 * 395 each, per sampled image (8)
+    assert built[0].layer.out_features == 395
+    assert result.flops_per_image == 2 * (2 * 12 * 3 * 395) // 8

@@ -108,3 +108,50 @@ def test_paper_specs_use_the_authors_recipe_and_their_dry_runs_stay_offline(name
     assert real.train.epochs == 201 and real.model.pretrained == "resnet50.tv_in1k"
     dry = spec.as_dry_run().trials()[0]
     assert dry.model.pretrained is None and dry.model.backbone == "test_resnet" and dry.data.dataset == "synthetic"
+
+
+def test_the_caj_recipe_holds_the_facts_of_the_caj_code():
+    config = load_recipe("caj-authors").config
+    train, loss = config["train"], config["loss"]
+    # train_ext.py: `for epoch in range(start_epoch, 100 - start_epoch)`; lr 0.1 with the base at 0.1x;
+    # adjust_learning_rate: (epoch + 1) / 10 for 10 epochs, x0.1 from 20, x0.01 from 50
+    assert train["epochs"] == 100 and (train["lr"], train["head_lr"]) == (0.01, 0.1)
+    assert (train["warmup_epochs"], train["milestones"], train["gamma"]) == (10, [20, 50], 0.1)
+    assert (train["num_identities"], train["images_per_modality"]) == (8, 4)  # --batch-size 8 --num_pos 4
+    # ChannelRandomErasing(probability=0.5), sl 0.02, sh 0.4, r1 0.3, mean fill, 100 attempts, on every view
+    assert (train["erasing_p"], train["erasing_area"], train["erasing_attempts"]) == (0.5, [0.02, 0.4], 100)
+    assert train["erasing_ratio"] == pytest.approx([0.3, 1 / 0.3]) and train["erasing_fill"] == "constant"
+    # ChannelExchange(gray=2): random.randint(0, 2) never draws the grayscale branch; ChannelAdapGray(0.5)
+    assert train["channel_aug"] == {"exchange_grayscale": False, "adaptive_gray_p": 0.5}
+    # --method adp --alpha 1 --gamma 1 --square 1, --kl 0
+    assert loss["adp"] == {"weight": 1.0, "alpha": 1.0, "gamma": 1.0, "square": True, "variant": "authors-code"}
+    assert loss["kl_weight"] == 0.0 and config["method"] == "caj"
+    # TestData resizes with Image.ANTIALIAS (LANCZOS); testa.py averages each image with its mirror
+    assert config["data"]["test_resize"] == "lanczos" and config["evaluation"]["flip"] is True
+    assert config["model"]["pretrained"] == "resnet50.tv_in1k" and config["model"]["bnneck_init"] == "normal"
+
+
+@pytest.mark.parametrize("name", ["paper_caj_sysu", "paper_caj_regdb", "paper_caj_llcm"])
+def test_caj_paper_specs_use_the_caj_recipe_and_their_published_rows_exist(name):
+    from harness.published import published_by_protocol
+
+    spec = load_spec(f"benchmarks/{name}.yaml")
+    trials = spec.trials()
+    assert {cfg.method for cfg in trials} >= {"agw", "caj"}
+    real = next(cfg for cfg in trials if cfg.method == "caj")
+    assert real.train.epochs == 100 and real.evaluation.flip and real.loss.adp.variant == "authors-code"
+    published = published_by_protocol(spec.table["published"], None)
+    assert all("caj" in rows for rows in published.values()) and set(published) == set(spec.table["protocols"])
+    dry = spec.as_dry_run().trials()[0]
+    assert dry.model.pretrained is None and dry.model.backbone == "test_resnet" and dry.data.dataset == "synthetic"
+
+
+def test_caj_published_numbers_are_the_readme_figures_with_the_llcm_directions():
+    from harness.published import load_published, lookup
+
+    data = load_published()
+    assert lookup(data, "caj.sysu_all") == {"rank1": 69.88, "mAP": 66.89, "mINP": 53.61}
+    assert lookup(data, "caj.regdb_v2t") == {"rank1": 85.03, "mAP": 79.14, "mINP": 65.33}
+    # the DEEN README's CAJ row: first pair IR->VIS (gallery one sampled image per id and camera), then VIS->IR
+    assert (lookup(data, "caj.llcm_ir2vis")["rank1"], lookup(data, "caj.llcm_ir2vis")["mAP"]) == (49.86, 56.40)
+    assert (lookup(data, "caj.llcm_vis2ir")["rank1"], lookup(data, "caj.llcm_vis2ir")["mAP"]) == (63.73, 47.71)

@@ -14,7 +14,7 @@ PRESETS = ["agw", "agw+mcm", "agw+mcm+center", "agw+mcm+ica", "mclnet", "mclnet-
 
 def test_registry_presets_and_switches():
     names = [m.name for m in list_methods()]
-    assert [n for n in names if n in PRESETS] == PRESETS  # in this order; other families may come first
+    assert [n for n in names if n in PRESETS] == PRESETS  # the family's presets in their declared order
     expected = {"agw": (False, "none", False), "agw+mcm": (True, "none", False),
                 "agw+mcm+center": (True, "center", False), "agw+mcm+ica": (True, "ica", False),
                 "mclnet": (True, "ica", True), "mclnet-no-mcm": (False, "ica", True)}

@@ -15,7 +15,8 @@ from harness.bench.peaks import compute_precision, device_peak_tflops
 from harness.bench.setup import BenchSettings, bench_config, bench_settings, build_step_setup, parse_size
 from harness.config import TrialConfig
 from harness.errors import ConfigError
-from harness.training import PhaseTimer, autocast_context, resolve_device, synchronize
+from harness.training import PhaseTimer, autocast_context, resolve_device, synchronize, train_augmentation
+from methods.base import ReIDMethod
 
 
 def training_step_flops(method: nn.Module, images: torch.Tensor, modality: torch.Tensor, pids: torch.Tensor,
@@ -68,15 +69,19 @@ def measure_step(cfg: TrialConfig, height: int, width: int, *, steps: int, warmu
         raise ConfigError(f"bench: expected --steps >= 1 and --warmup >= 0; got steps={steps}, warmup={warmup}")
     flops: dict[str, int] = {}
 
-    def count_flops(method: nn.Module, device: torch.device) -> None:
+    def count_flops(method: ReIDMethod, device: torch.device) -> None:
+        """FLOPs of a batch as the trainer makes it (random images through the method's `training_batch`)."""
         batch = 2 * cfg.train.num_identities * cfg.train.images_per_modality
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        images = torch.randn(batch, 3, height, width, generator=generator).to(device)
-        modality = torch.arange(batch).ge(batch // 2).long().to(device)
+        images = torch.randint(0, 256, (batch, 3, height, width), generator=generator, dtype=torch.uint8)
+        modality = torch.arange(batch).ge(batch // 2).long()
         ids = torch.arange(batch) % cfg.train.num_identities
-        cams = torch.where(modality.cpu() == 0, 0, 2)
+        cams = torch.where(modality == 0, 0, 2)
+        augmentation = torch.Generator(device=device).manual_seed(cfg.seed)
+        step_batch = method.training_batch(images.to(device), modality.to(device), ids.to(device), cams.to(device),
+                                           augment=train_augmentation(cfg.train, augmentation), generator=augmentation)
         with autocast_context(device, cfg.train.amp):
-            flops["step"] = training_step_flops(method, images, modality, ids.to(device), cams.to(device))
+            flops["step"] = training_step_flops(method, *step_batch)
 
     timer = PhaseTimer(resolve_device(cfg.train.device))
     setup = build_step_setup(cfg, height, width, timer=timer, compile_backend=compile_backend,

@@ -118,6 +118,53 @@ def random_grayscale(images: torch.Tensor, generator: torch.Generator, p: float)
     return torch.where(apply[:, None, None, None], luma.expand_as(images), images)
 
 
+CHANNEL_GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+"""The luma weights of the CAJ code's grayscale view, applied to normalised channels."""
+_KEEP = 4
+"""A channel-mixing choice: 0, 1, 2 copy that channel to all three, 3 is the grayscale image, 4 keeps the image."""
+
+
+def _mix_channels(images: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    """Each image (B, 3, H, W) turned by its `choice` (see _KEEP), batched: one gather and two selects."""
+    b, _, h, w = images.shape
+    r, g, bl = CHANNEL_GRAY_WEIGHTS
+    gray = (r * images[:, 0] + g * images[:, 1] + bl * images[:, 2]).unsqueeze(1)
+    picked = images.gather(1, choice.clamp_max(2).view(b, 1, 1, 1).expand(b, 1, h, w))
+    single = torch.where((choice == 3).view(b, 1, 1, 1), gray, picked).expand(b, 3, h, w)
+    return torch.where((choice == _KEEP).view(b, 1, 1, 1), images, single)
+
+
+def _choices(n: int, k: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """n uniform draws from {0, ..., k-1}."""
+    return (_uniform(n, generator, device) * k).long().clamp_max(k - 1)
+
+
+def channel_exchange(images: torch.Tensor, generator: torch.Generator, *, grayscale: bool = False) -> torch.Tensor:
+    """CAJ's random channel exchange: each image becomes one of its channels copied to all three.
+
+    The channel is uniform over R, G, B; with `grayscale` the grayscale image
+    (CHANNEL_GRAY_WEIGHTS) is a fourth equally likely choice. Works on any (B, 3, H, W) float
+    batch; CAJ applies it to normalised, erased images, as its code does.
+    """
+    if images.shape[0] == 0:
+        return images
+    return _mix_channels(images, _choices(images.shape[0], 4 if grayscale else 3, generator, images.device))
+
+
+def channel_adaptive_gray(images: torch.Tensor, generator: torch.Generator, *, p: float) -> torch.Tensor:
+    """CAJ's channel augmentation of infrared images (its code's ChannelAdapGray).
+
+    With probability 1/4 each, one of the channels R, G, B is copied to all three; otherwise
+    (1/4) the image becomes grayscale with probability `p` and stays as it is else.
+    """
+    if images.shape[0] == 0:
+        return images
+    n, device = images.shape[0], images.device
+    choice = _choices(n, 4, generator, device)
+    choice = torch.where((choice == 3) & (_uniform(n, generator, device) >= p), _KEEP, choice)
+    return _mix_channels(images, choice)
+
+
 def train_augment(images: torch.Tensor, generator: torch.Generator, *, pad: int, flip: bool,
                   erasing_p: float, erasing_area: tuple[float, float], grayscale_p: float = 0.0,
                   **erasing: Any) -> torch.Tensor:

@@ -11,7 +11,7 @@
 """
 
 from harness.errors import TrialFailure
-from harness.training.batches import BatchSource, steps_per_epoch
+from harness.training.batches import BatchSource, steps_per_epoch, train_augmentation
 from harness.training.checkpoint import load_checkpoint, save_checkpoint
 from harness.training.components import TrainData, TrialComponents, build_components, prepare_run
 from harness.training.device import autocast_context, fits_on_device, resolve_device, synchronize
@@ -24,5 +24,5 @@ __all__ = [
     "BatchSource", "EpochCallback", "IterationCallback", "PhaseTimer", "TrainData", "TrainStats", "Trainer",
     "TrialComponents", "TrialFailure", "autocast_context", "build_components", "build_optimizer",
     "fits_on_device", "fused_sgd_supported", "load_checkpoint", "lr_factor", "prepare_run", "resolve_device",
-    "save_checkpoint", "seed_everything", "sgd_implementation", "steps_per_epoch", "synchronize",
+    "save_checkpoint", "seed_everything", "sgd_implementation", "steps_per_epoch", "synchronize", "train_augmentation",
 ]

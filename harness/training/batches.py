@@ -2,11 +2,14 @@
 
 The uint8 train images stay on the device when they take at most a quarter of its free memory;
 otherwise they stay in pinned host memory and each batch is gathered on the host and copied
-asynchronously. Augmentation runs batched on the device with its own seeded generator.
+asynchronously. Augmentation runs batched on the device with its own seeded generator; the
+method's `training_batch` turns the sampler's images into the batch it trains on (by default
+each image augmented once).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -17,6 +20,7 @@ from harness.data.sampler import IdentitySampler
 from harness.data.splits import ImageSplit
 from harness.training.device import fits_on_device
 from harness.training.profiling import PhaseTimer
+from methods.base import Augment, ReIDMethod, TrainingBatch
 
 
 def steps_per_epoch(train: ImageSplit, cfg: TrainConfig) -> int:
@@ -32,12 +36,21 @@ def steps_per_epoch(train: ImageSplit, cfg: TrainConfig) -> int:
     return larger // (cfg.num_identities * cfg.images_per_modality) + 1
 
 
+def train_augmentation(cfg: TrainConfig, generator: torch.Generator) -> Augment:
+    """The configured train augmentation (pad + crop, flip, grayscale, normalise, erasing) drawing from `generator`."""
+    return functools.partial(train_augment, generator=generator, pad=cfg.pad, flip=cfg.flip,
+                             erasing_p=cfg.erasing_p, erasing_area=tuple(cfg.erasing_area),
+                             grayscale_p=cfg.grayscale_p, ratio=tuple(cfg.erasing_ratio),
+                             aspect=cfg.erasing_aspect, fill=cfg.erasing_fill,
+                             fill_value=tuple(cfg.erasing_value), attempts=cfg.erasing_attempts)
+
+
 class BatchSource:
-    """Index batches from the identity sampler, turned into augmented image batches on the device."""
+    """Index batches from the identity sampler, turned into the method's training batches on the device."""
 
     def __init__(self, train: ImageSplit, images: torch.Tensor, cfg: TrainConfig, *, device: torch.device,
-                 seed: int, timer: PhaseTimer) -> None:
-        self.cfg, self.device, self.timer = cfg, device, timer
+                 seed: int, timer: PhaseTimer, method: ReIDMethod) -> None:
+        self.cfg, self.device, self.timer, self.method = cfg, device, timer, method
         self.images_on_device = images.device.type == device.type or fits_on_device(
             images.numel() * images.element_size(), device)
         self.images = images.to(device, non_blocking=True) if self.images_on_device else images.pin_memory()
@@ -50,6 +63,7 @@ class BatchSource:
                                        images_per_modality=cfg.images_per_modality, seed=seed)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed + 1)
+        self.augment = train_augmentation(cfg, self.generator)
         self.steps_per_epoch = steps_per_epoch(train, cfg)
 
     @property
@@ -79,19 +93,16 @@ class BatchSource:
             self._staging_free.record()
         return batch
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(augmented images, modality, pids, cams) of the batch `indices`, on the device."""
-        cfg = self.cfg
+    def batch(self, indices: torch.Tensor) -> TrainingBatch:
+        """(images, modality, pids, cams) the method trains on for the sampler's batch `indices`, on the device."""
         with self.timer("data"):
             on_device = indices.to(self.device, non_blocking=True)
-            x = train_augment(self._gather(indices, on_device), self.generator, pad=cfg.pad, flip=cfg.flip,
-                              erasing_p=cfg.erasing_p, erasing_area=tuple(cfg.erasing_area),
-                              grayscale_p=cfg.grayscale_p, ratio=tuple(cfg.erasing_ratio),
-                              aspect=cfg.erasing_aspect, fill=cfg.erasing_fill,
-                              fill_value=tuple(cfg.erasing_value), attempts=cfg.erasing_attempts)
-            if cfg.channels_last:
+            x, modality, pids, cams = self.method.training_batch(
+                self._gather(indices, on_device), self.modalities[on_device], self.pids[on_device],
+                self.cams[on_device], augment=self.augment, generator=self.generator)
+            if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return x, self.modalities[on_device], self.pids[on_device], self.cams[on_device]
+            return x, modality, pids, cams
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), "generator": self.generator.get_state()}

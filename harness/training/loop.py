@@ -67,7 +67,7 @@ class Trainer:
         self.method, self.cfg, self.device = method, cfg, device
         self.timer = timer or PhaseTimer(device)
         method.phase_timer = self.timer
-        self.batches = BatchSource(train, images, cfg, device=device, seed=seed, timer=self.timer)
+        self.batches = BatchSource(train, images, cfg, device=device, seed=seed, timer=self.timer, method=method)
         self.iters_per_epoch = self.batches.steps_per_epoch
         self.optimizer, self.scheduler = build_optimizer(method.param_groups(), cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
