@@ -16,7 +16,10 @@ Every method is a `ReIDMethod`, an `nn.Module` that implements
 
 and has a `phase_timer` attribute: a callable `phase_timer(name)` returning a context manager,
 which the trainer replaces by its `harness.training.PhaseTimer` so `vireid bench` can time each
-part of `training_losses` (the default times nothing).
+part of `training_losses` (the default times nothing), and a `test_similarity` attribute that says
+how evaluation compares two test features: "cosine" (the default: each feature L2-normalised as a
+whole, then the dot product) or "dot" (the plain dot product, for a feature made of parts the
+method normalises itself, whose dot product is then the sum of the parts' cosines).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -32,6 +35,7 @@ from torch import nn
 from harness.errors import ConfigError
 
 PhaseTimerLike = Callable[[str], AbstractContextManager[Any]]
+TestSimilarity = Literal["cosine", "dot"]
 Augment = Callable[[torch.Tensor], torch.Tensor]
 """The configured train augmentation: uint8 (B, 3, H, W) -> normalised float (B, 3, H, W)."""
 TrainingBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -46,6 +50,9 @@ def untimed(phase: str) -> AbstractContextManager[Any]:
 
 class ReIDMethod(nn.Module, abc.ABC):
     """Base class of every registered method (see the module docstring for the contract)."""
+
+    test_similarity: ClassVar[TestSimilarity] = "cosine"
+    """How evaluation compares test features (harness.evaluation `similarity`): "cosine" or "dot"."""
 
     def __init__(self) -> None:
         super().__init__()

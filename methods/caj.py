@@ -30,7 +30,7 @@ from harness.config import LossConfig, ModelConfig, TrainConfig
 from harness.data.augment import channel_adaptive_gray, channel_exchange
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE
 from harness.errors import ConfigError
-from methods.agw import ReIDNet
+from methods.agw import ReIDNet, check_agw_network
 from methods.base import Augment, ReIDMethod, TrainingBatch
 from methods.losses import adp_loss, kl_divergence_loss, wrt_loss
 from methods.registry import register_composer, register_method
@@ -146,7 +146,7 @@ def parse_caj_tokens(tokens: list[str]) -> dict[str, Any]:
     return switches
 
 
-_PRESET = dict(configs=CAJ_CONFIGS)
+_PRESET = dict(configs=CAJ_CONFIGS, check=check_agw_network)
 
 
 # decorators apply bottom-up: `vireid methods` lists caj first
@@ -163,4 +163,4 @@ def build_caj(*, model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainC
 
 
 register_composer("caj", parse=parse_caj_tokens, builder=build_caj, tokens_help="wrt|no-ca joined by +",
-                  configs=CAJ_CONFIGS)
+                  configs=CAJ_CONFIGS, check=check_agw_network)

@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.config import LossConfig, MCMConfig, ModelConfig, TrainConfig
 from harness.errors import ConfigError
-from methods.agw import ReIDNet
+from methods.agw import ReIDNet, check_agw_network
 from methods.base import ReIDMethod
 from methods.losses import center_loss, marginal_center_loss, wrt_loss
 from methods.mcm import ModalityConfusion
@@ -144,7 +144,7 @@ def parse_agw_tokens(tokens: list[str]) -> dict[str, Any]:
     return switches
 
 
-_PRESET = dict(configs=MCLNET_CONFIGS)
+_PRESET = dict(configs=MCLNET_CONFIGS, check=check_agw_network)
 
 
 # decorators apply bottom-up: `vireid methods` lists agw first
@@ -168,4 +168,4 @@ def build_mclnet(*, model_cfg: ModelConfig, loss_cfg: LossConfig, mcm_cfg: MCMCo
 
 
 register_composer("agw", parse=parse_agw_tokens, builder=build_mclnet, tokens_help="mcm|center|ica|cca joined by +",
-                  configs=MCLNET_CONFIGS)
+                  configs=MCLNET_CONFIGS, check=check_agw_network)
