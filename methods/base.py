@@ -89,3 +89,32 @@ class ReIDMethod(nn.Module, abc.ABC):
         """torch.compile the method's network; methods that support `train.compile` override this."""
         raise ConfigError(f"train.compile=true: method {type(self).__name__} cannot be compiled; "
                           "set train.compile to false")
+
+
+class NetworkMethod(ReIDMethod):
+    """A method around one network `self.net` whose forward returns a dict of named outputs (AGW's
+    ReIDNet, DEEN's network): the forward, `train.compile` and the training forward in one place.
+
+    `compile_network` compiles the network's forward as a function that takes the network as an
+    argument (not a compiled module, holding no reference to this instance), so checkpoints keep
+    the plain parameter names of `net`, a deep copy of the method trains its own network, and
+    evaluation and the losses stay eager.
+    """
+
+    net: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._compiled_forward: Callable[..., dict[str, torch.Tensor]] | None = None
+
+    def compile_network(self, **options: Any) -> None:
+        self._compiled_forward = torch.compile(type(self.net).forward, **options)
+
+    def forward(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(images, modality)
+
+    def network_outputs(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's outputs for training: through the compiled forward where `train.compile` set one."""
+        if self._compiled_forward is None:
+            return self.net(images, modality)
+        return self._compiled_forward(self.net, images, modality)

@@ -30,7 +30,7 @@ from harness.config import DataConfig, DEENConfig, LossConfig, ModelConfig, Trai
 from harness.errors import ConfigError, HarnessError
 from methods.agw import BNNeck
 from methods.backbones import ModalityRouting, TwoStreamBackbone, find_stem_module_names
-from methods.base import ReIDMethod
+from methods.base import NetworkMethod
 from methods.deen_losses import cpm_loss, hard_triplet_loss, orthogonality_loss
 from methods.deen_modules import DEEModule, ExpandedStage, MFABlock
 from methods.registry import register_composer, register_method
@@ -166,7 +166,7 @@ def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-class DEEN(ReIDMethod):
+class DEEN(NetworkMethod):
     """DEEN network + its switchable loss terms (see the module docstring)."""
 
     test_similarity = "dot"
@@ -180,14 +180,6 @@ class DEEN(ReIDMethod):
         self.use_cpm, self.use_ort = cpm, ort
         self.net = DEENNet(model_cfg, deen_cfg, num_classes, height=data_cfg.height, width=data_cfg.width, dee=dee,
                            mfa=mfa)
-        self._compiled_forward: Callable[..., dict[str, torch.Tensor]] | None = None
-
-    def compile_network(self, **options: Any) -> None:
-        """torch.compile the network's forward (the losses stay eager); parameter names stay those of `net`."""
-        self._compiled_forward = torch.compile(type(self.net).forward, **options)
-
-    def forward(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net(images, modality)
 
     def test_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """(B, parts x C): the L2-normalised pooled and BN features of each embedding, weighted by
@@ -208,10 +200,7 @@ class DEEN(ReIDMethod):
         """Weighted loss terms of one batch: ce, triplet, and with DEE cpm and ort."""
         d, phase = self.deen_cfg, self.phase_timer
         with phase("forward"):
-            if self._compiled_forward is None:
-                out = self.net(images, modality)
-            else:
-                out = self._compiled_forward(self.net, images, modality)
+            out = self.network_outputs(images, modality)
             pool = _at_least_float32(out["pool"])
         count, batch = self.net.embeddings, images.shape[0]
         labels = pids.repeat(count)
