@@ -149,7 +149,7 @@ def _config(importer: CheckpointImporter, dataset: str, overrides: Mapping[str, 
                           "train.device / eval_batch_size / amp / channels_last / threads")
     where = f"importer {importer.name}"
     tree = TrialConfig.from_dict(apply_recipe(importer.recipe, {}, where=where)).to_dict()
-    for dotted, value in {**importer.config, "method": importer.method, "data.dataset": dataset}.items():
+    for dotted, value in {**importer.config_for(dataset), "method": importer.method, "data.dataset": dataset}.items():
         set_dotted(tree, dotted, value, where=where)
     return TrialConfig.from_dict(tree, where=where).with_overrides(dict(overrides), where="--set")
 
@@ -235,7 +235,7 @@ def import_checkpoint(source: str, path: str | Path, out: str | Path, *, dataset
     imported = {
         "from": importer.name, "source": importer.source, "file": os.path.basename(path), "sha256": sha256,
         "bytes": path.stat().st_size, "state_key": importer.state_key, "recipe": importer.recipe,
-        "config": dict(importer.config), "notes": list(importer.notes),
+        "config": importer.config_for(dataset), "notes": list(importer.notes),
         "tensors": len(converted.tensors), "dropped": len(converted.dropped),
         "initialised": {prefix: reason for prefix, reason in importer.initialised.items()
                         if any(_initialised(importer, k) == reason for k in initialised)},

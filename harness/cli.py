@@ -142,7 +142,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
             print("  ".join([f"{m.name:<{width}}", *(f"{c:<{w}}" for c, w in zip(row, widths)), m.description]))
         print()
     combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in list_composers())
-    print(f"Any combination is valid too: {combos} (e.g. agw+cca, agw+mcm+center+cca, caj+wrt).")
+    print(f"Any combination is valid too: {combos} (e.g. agw+cca, agw+mcm+center+cca, caj+wrt, deen-base+dee+cpm).")
     return 0
 
 

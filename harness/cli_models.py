@@ -42,8 +42,10 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                           group_by=["method", "dataset", "evaluation.rerank.enabled"], plots=False)
     print_report(report)
     if published and "(published)" in report.markdown:  # not beside rows of synthetic data
+        from harness.results.paper import PUBLISHED_SOURCE
+
         print(f"published numbers beside it in {folder / 'table.md'} (.tex, .csv): " + "; ".join(
-            f"{protocol} " + ", ".join(f"{m} {v:.2f}" for m, v in numbers.items())
+            f"{protocol} " + ", ".join(f"{m} {v:.2f}" for m, v in numbers.items() if m != PUBLISHED_SOURCE)
             for protocol, rows in published.items() for numbers in rows.values()))
     return 0
 
@@ -170,7 +172,8 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
                                     "source implies) for vireid eval / show / extract.")
     im.add_argument("--from", dest="source", required=True, metavar="SOURCE",
                     help="the code that saved FILE, a registered checkpoint importer: agw (mangye16/"
-                         "Cross-Modal-Re-ID-baseline), mclnet (bitreidgroup/Modality-Confusion-Learning), ...")
+                         "Cross-Modal-Re-ID-baseline), mclnet (bitreidgroup/Modality-Confusion-Learning), caj, "
+                         "deen (ZYK100/LLCM DEEN), ...")
     im.add_argument("file", help="the checkpoint file (e.g. sysu_agw_p4_n8_lr_0.1_seed_0_best.t)")
     im.add_argument("out", help="output OUT.safetensors (the .json card is written beside it)")
     im.add_argument("--dataset", required=True, choices=[*dataset_names(), "synthetic"],

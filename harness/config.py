@@ -196,6 +196,39 @@ class ChannelAugConfig(RangeChecked):
 
 
 @dataclass
+class DEENConfig(RangeChecked):
+    """DEEN (Zhang & Wang, CVPR 2023): the modules and loss terms of its method family (methods/deen.py)."""
+
+    branches: int = ranged(2, minimum=1)
+    """Embeddings the diverse embedding expansion (DEE) generates beside the original one."""
+    dilations: list[int] = ranged(factory=lambda: [1, 2, 3], min_length=1, minimum=1)
+    """Dilations of a DEE branch's 3x3 convolutions (their outputs are averaged)."""
+    reduction: int = ranged(4, minimum=1)
+    """A DEE branch's inner channels: the stage's channels / reduction."""
+    dropout: float = ranged(0.01, minimum=0, below=1)
+    """Dropout on the expanded batch (original and generated maps), as the authors' DEE_module."""
+    drop_last_stage: bool = False
+    """The authors' RegDB network: the backbone's last stage (ResNet layer4) and the aggregation before it are
+    removed, the expansion follows the stage before; the feature is the new last stage's output."""
+    pnl_reshape: Literal["authors-code", "per-position"] = "authors-code"
+    """Pixel non-local block: "authors-code" reads the (C/2, H, W) maps as (C, H*W/2) as the authors' PNL does
+    (attention between half-maps of 2C/2 rows); "per-position" attends between the H*W positions."""
+    triplet_weight: float = ranged(1.0, minimum=0)
+    triplet_margin: float = ranged(0.3, minimum=0)
+    """Hard-mining triplet over the pooled features of every embedding (the authors' OriTripletLoss)."""
+    cpm_weight: float = ranged(0.8, minimum=0)
+    """lambda_1: weight of the center-guided pair mining loss (summed over the generated embeddings)."""
+    cpm_margin: float = ranged(0.2, minimum=0)
+    ort_weight: float = ranged(0.01, minimum=0)
+    """lambda_2: weight of the orthogonality loss between the generated embeddings."""
+    test_branches: Literal["all", "original"] = "all"
+    """Test feature from every embedding (the authors' test code) or the original one only."""
+    test_weights: list[float] = ranged(factory=lambda: [1.0, 1.0], length=2, minimum=0)
+    """Weights of the pooled and the BN part in the test similarity: [1, 1] is the authors' distmat7 (every
+    part counts once), [0.1, 0.9] their distmat8."""
+
+
+@dataclass
 class TrainConfig(RangeChecked):
     epochs: int = ranged(80, minimum=1)
     iters_per_epoch: int | None = ranged(None, minimum=1)
@@ -270,6 +303,7 @@ class TrialConfig(RangeChecked):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     mcm: MCMConfig = field(default_factory=MCMConfig)
+    deen: DEENConfig = added_key(factory=DEENConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 

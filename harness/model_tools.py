@@ -114,7 +114,7 @@ def extract_paths(method: torch.nn.Module, paths: Sequence[str | Path], modality
                                                     resample=cfg.data.test_resize))
             feats, _ = extract_features(method, images, np.full(len(chunk), modality), device=device,
                                         batch_size=batch, amp=cfg.train.amp, channels_last=cfg.train.channels_last,
-                                        flip=cfg.evaluation.flip)
+                                        flip=cfg.evaluation.flip, similarity=method.test_similarity)
             out.append(feats.cpu())
             progress.advance(len(chunk))
     return torch.cat(out)
@@ -122,7 +122,8 @@ def extract_paths(method: torch.nn.Module, paths: Sequence[str | Path], modality
 
 def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out: str | Path,
                    overrides: dict[str, Any] | None = None, quiet: bool = False) -> Path:
-    """Write `out` (.npz): `features` float32 (N, D) and `paths` (N,) of every image under `folder`.
+    """Write `out` (.npz): `features` float32 (N, D), `paths` (N,) of every image under `folder` and
+    `similarity`, how the method's features are compared ("cosine" or "dot", ReIDMethod.test_similarity).
 
     Paths are stored relative to `folder` as fixed-width unicode (readable with
     `np.load(out, allow_pickle=False)`).
@@ -142,7 +143,8 @@ def extract_folder(model: str | Path, folder: str | Path, *, modality: str, out:
     features = extract_paths(method, files, MODALITIES[modality], cfg, device, quiet=quiet)
     names = np.array([str(p.relative_to(Path(folder))) for p in files])
     with atomic_path(out) as temporary, open(temporary, "wb") as handle:
-        np.savez(handle, features=features.numpy().astype(np.float32), paths=names)
+        np.savez(handle, features=features.numpy().astype(np.float32), paths=names,
+                 similarity=np.array(method.test_similarity))
     return out
 
 

@@ -3,7 +3,8 @@
 `harness.config` checks each key's type and range; what it cannot know without building things
 (is the method registered, does the backbone exist, can it take this input size, does the weights
 file read as weights that cover every tensor of the backbone) is checked here for every grid point,
-once per distinct combination.
+once per distinct combination. The network check is the method's own (`check` of its
+registration), each caching its distinct combinations.
 """
 
 from __future__ import annotations
@@ -11,18 +12,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from harness.config import TrialConfig
 from harness.errors import ConfigError
 
-
-@functools.lru_cache(maxsize=256)
-def _check_network(backbone: str, height: int, width: int, non_local: bool, ratio: float,
-                   last_stride_one: bool) -> None:
-    from methods.agw import check_network_input
-
-    check_network_input(backbone, height, width, non_local=non_local, non_local_ratio=ratio,
-                        last_stride_one=last_stride_one)
+if TYPE_CHECKING:  # pragma: no cover
+    from methods.registry import MethodInfo
 
 
 @functools.lru_cache(maxsize=256)
@@ -40,16 +36,16 @@ def _check_pretrained_file(backbone: str, path: str, size: int, modified_ns: int
 
 
 @functools.lru_cache(maxsize=256)
-def _check_method(name: str) -> None:
+def _check_method(name: str) -> MethodInfo:
     from methods.registry import resolve_method
 
-    resolve_method(name)
+    return resolve_method(name)
 
 
 def check_buildable(cfg: TrialConfig, where: str = "config") -> None:
     """Raise ConfigError (naming `where` and the key) when `cfg`'s method or network cannot be built."""
     try:
-        _check_method(cfg.method)
+        info = _check_method(cfg.method)
         m = cfg.model
         if m.pretrained_file is not None and not os.path.isfile(m.pretrained_file):
             relative = ("" if os.path.isabs(m.pretrained_file)
@@ -60,7 +56,8 @@ def check_buildable(cfg: TrialConfig, where: str = "config") -> None:
                 raise ConfigError(f"model.pretrained={m.pretrained!r} and model.pretrained_file="
                                   f"{m.pretrained_file!r}: set one of them (the file is the offline route)")
             _check_pretrained(m.backbone, m.pretrained)
-        _check_network(m.backbone, cfg.data.height, cfg.data.width, m.non_local, m.non_local_ratio, m.last_stride_one)
+        if info.check is not None:
+            info.check(cfg)  # the method's network at this input size (methods.registry.MethodInfo.check)
         if m.pretrained_file is not None:
             stat = os.stat(m.pretrained_file)
             _check_pretrained_file(m.backbone, os.path.abspath(m.pretrained_file), stat.st_size, stat.st_mtime_ns)

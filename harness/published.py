@@ -2,7 +2,8 @@
 
 `harness/published_results.yaml` holds what papers report; an entry is addressed as
 `paper.setting` (e.g. `mclnet.sysu_all`). Figures under a paper's `unverified` block are
-never shown as published numbers.
+never shown as published numbers. A setting may carry `source: <label>` (where its numbers come
+from, e.g. a README's updated version of a paper's table); tables print it beside the numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from harness.config import load_yaml
 from harness.errors import InputError
 from harness.results.metrics import ACCURACY_METRICS
-from harness.results.paper import ANY_PROTOCOL
+from harness.results.paper import ANY_PROTOCOL, PUBLISHED_SOURCE
 
 BUILTIN = Path(__file__).with_name("published_results.yaml")
 
@@ -26,22 +27,27 @@ def load_published(path: str | Path | None = None) -> dict[str, Any]:
     return data
 
 
-def lookup(data: dict[str, Any], entry: str, *, source: str = "published results") -> dict[str, float]:
+def lookup(data: dict[str, Any], entry: str, *, source: str = "published results") -> dict[str, Any]:
+    """The metrics of `paper.setting` as floats, and its PUBLISHED_SOURCE label when it names one."""
     paper, _, setting = entry.partition(".")
     if paper not in data:
         raise InputError(f"{source}: no paper {paper!r}; known: {', '.join(data)}")
     settings = {k: v for k, v in data[paper].items() if isinstance(v, dict) and k != "unverified"}
     if setting not in settings:
         raise InputError(f"{source}: {paper!r} has no setting {setting!r}; known: {', '.join(settings)}")
-    numbers = settings[setting]
+    numbers = dict(settings[setting])
+    label = numbers.pop(PUBLISHED_SOURCE, None)
     unknown = [k for k in numbers if k not in ACCURACY_METRICS]
     if unknown:
         raise InputError(f"{source}: {entry}: unknown metric(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(ACCURACY_METRICS)}")
-    return {k: float(v) for k, v in numbers.items()}
+                         f"accepted: {', '.join(ACCURACY_METRICS)} (and {PUBLISHED_SOURCE}: a label)")
+    out: dict[str, Any] = {k: float(v) for k, v in numbers.items()}
+    if label is not None:
+        out[PUBLISHED_SOURCE] = str(label)
+    return out
 
 
-def published_rows(spec: dict[str, Any], protocol: str | None = None) -> dict[str, dict[str, float]]:
+def published_rows(spec: dict[str, Any], protocol: str | None = None) -> dict[str, dict[str, Any]]:
     """`{file: PATH|builtin, rows: {row: "paper.setting"}}` -> numbers per row.
 
     A row's entry may also be a mapping protocol -> "paper.setting", for tables of several
@@ -58,13 +64,13 @@ def published_rows(spec: dict[str, Any], protocol: str | None = None) -> dict[st
     return out
 
 
-def published_by_protocol(spec: dict[str, Any], protocols: list[str] | None) -> dict[str, dict[str, dict[str, float]]]:
+def published_by_protocol(spec: dict[str, Any], protocols: list[str] | None) -> dict[str, dict[str, dict[str, Any]]]:
     """protocol -> row -> published numbers, for a table of `protocols` (None: every recorded one).
 
     A row given as one plain "paper.setting" entry lands under ANY_PROTOCOL and is shown only
     when the table has a single protocol.
     """
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     data = load_published(spec.get("file"))
     source = str(spec.get("file") or BUILTIN)
     for row, entry in (spec.get("rows") or {}).items():

@@ -25,9 +25,18 @@ import torch.nn.functional as F
 _JACCARD_BLOCK_ELEMENTS = 1 << 24
 
 
-def original_distance(query_features: torch.Tensor, gallery_features: torch.Tensor) -> torch.Tensor:
-    """(N, N) squared Euclidean distances between the L2-normalised [query; gallery] features."""
-    feats = F.normalize(torch.cat([query_features, gallery_features]), dim=1)
+def original_distance(query_features: torch.Tensor, gallery_features: torch.Tensor, *,
+                      similarity: str = "cosine") -> torch.Tensor:
+    """(N, N) squared Euclidean distances between the L2-normalised [query; gallery] features.
+
+    `similarity="dot"` (features the method compares by their plain dot product): the squared
+    Euclidean distances between the features as given, |a|^2 + |b|^2 - 2 a.b.
+    """
+    feats = torch.cat([query_features, gallery_features])
+    if similarity == "dot":
+        norms = feats.square().sum(dim=1)
+        return (norms[:, None] + norms[None, :] - 2.0 * feats @ feats.T).clamp_(min=0.0)
+    feats = F.normalize(feats, dim=1)
     return (2.0 - 2.0 * feats @ feats.T).clamp_(min=0.0)
 
 

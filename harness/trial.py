@@ -28,6 +28,7 @@ from harness.provenance import config_key, environment_fields
 from harness.results.records import TrialRecord
 from harness.saved_models import TrainedModel
 from harness.training import TrainData, autocast_context, build_components, prepare_run
+from methods.base import ReIDMethod
 
 RANKS = (1, 5, 10, 20)
 
@@ -38,24 +39,30 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def flip_average(features: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+def flip_average(features: torch.Tensor, mirrored: torch.Tensor, similarity: str = "cosine") -> torch.Tensor:
     """Test-time flip averaging as the CAJ code's testa.py: both features L2-normalised, averaged, normalised.
 
     The ranking normalises every feature again, so the returned unit vectors rank exactly as the
     code's; the average is taken after the first normalisation, so neither view dominates by norm.
+    For a method whose features are compared by their plain dot product (`similarity="dot"`, parts
+    the method normalised itself) the two features are averaged as they are, with no normalisation
+    (DEEN's test.py adds its two views' normalised parts: the same ranking).
     """
+    if similarity == "dot":
+        return (features + mirrored) / 2
     return F.normalize((F.normalize(features, dim=1) + F.normalize(mirrored, dim=1)) / 2, dim=1)
 
 
 @torch.inference_mode()
 def extract_features(method: torch.nn.Module, images: torch.Tensor, modalities: np.ndarray, *,
                      device: torch.device, batch_size: int, amp: str, channels_last: bool, flip: bool = False,
+                     similarity: str = "cosine",
                      on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, float]:
     """Test features of uint8 images, in batches; returns (features float32, images/s).
 
     `flip` (`evaluation.flip`): each image's feature is averaged with its horizontal mirror's
-    (`flip_average`), which costs a second forward pass. `on_batch(n)` is told after each batch
-    how many images it held (progress displays).
+    (`flip_average`, as the method's `similarity` compares features), which costs a second forward
+    pass. `on_batch(n)` is told after each batch how many images it held (progress displays).
     """
     method.eval()
     mods = torch.as_tensor(modalities, dtype=torch.long)
@@ -71,7 +78,7 @@ def extract_features(method: torch.nn.Module, images: torch.Tensor, modalities: 
         with autocast_context(device, amp):
             f = method.test_features(x, batch_modality)
             mirrored = method.test_features(x.flip(-1), batch_modality) if flip else None
-        out.append(f.float() if mirrored is None else flip_average(f.float(), mirrored.float()))
+        out.append(f.float() if mirrored is None else flip_average(f.float(), mirrored.float(), similarity))
         if on_batch is not None:
             on_batch(len(x))
     feats = torch.cat(out) if out else torch.empty(0)
@@ -94,7 +101,7 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
     return row
 
 
-def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtocol], cfg: TrialConfig,
+def evaluate_protocols(method: ReIDMethod, protocols: dict[str, EvalProtocol], cfg: TrialConfig,
                        device: torch.device, image_cache: Path | None, *, quiet: bool = True,
                        on_progress: Callable[[int, int], None] | None = None
                        ) -> tuple[dict[str, dict[str, Any]], float]:
@@ -125,6 +132,7 @@ def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtoco
         feats, speed = extract_features(method, images, np.asarray(mods), device=device,
                                         batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp,
                                         channels_last=cfg.train.channels_last, flip=cfg.evaluation.flip,
+                                        similarity=method.test_similarity,
                                         on_batch=advance)
     results = {}
     for name, p in protocols.items():
@@ -133,7 +141,8 @@ def evaluate_protocols(method: torch.nn.Module, protocols: dict[str, EvalProtoco
         # rank_metrics' sysu rule uses SYSU camera numbers (1-based); splits store 0-based cameras.
         res = evaluate_trials(feats[qi], feats[gi], p.query.pids, p.gallery.pids, p.query.cams + 1,
                               p.gallery.cams + 1, p.trial_masks, protocol=p.metric_protocol,
-                              query_masks=p.query_masks, rerank=cfg.evaluation.rerank)
+                              query_masks=p.query_masks, rerank=cfg.evaluation.rerank,
+                              similarity=method.test_similarity)
         results[name] = res
     return results, speed
 

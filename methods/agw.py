@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from harness.errors import ConfigError, HarnessError
 from methods.backbones import ModalityRouting, TwoStreamBackbone
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.config import TrialConfig
 
 
 class NonLocalBlock(nn.Module):
@@ -217,3 +221,13 @@ def check_network_input(backbone_name: str, height: int, width: int, *, non_loca
     if features.dim() != 4 or 0 in features.shape:
         raise ConfigError(f"data.height x data.width = {height}x{width}: backbone {backbone_name!r} leaves an empty "
                           f"feature map {tuple(features.shape)}; use a larger input size")
+
+
+check_network_input_cached = functools.lru_cache(maxsize=256)(check_network_input)
+
+
+def check_agw_network(cfg: TrialConfig) -> None:
+    """The AGW network of `cfg.model` at `cfg.data`'s input size (the MCLNet family's registered check)."""
+    m = cfg.model
+    check_network_input_cached(m.backbone, cfg.data.height, cfg.data.width, non_local=m.non_local,
+                               non_local_ratio=m.non_local_ratio, last_stride_one=m.last_stride_one)

@@ -16,7 +16,10 @@ Every method is a `ReIDMethod`, an `nn.Module` that implements
 
 and has a `phase_timer` attribute: a callable `phase_timer(name)` returning a context manager,
 which the trainer replaces by its `harness.training.PhaseTimer` so `vireid bench` can time each
-part of `training_losses` (the default times nothing).
+part of `training_losses` (the default times nothing), and a `test_similarity` attribute that says
+how evaluation compares two test features: "cosine" (the default: each feature L2-normalised as a
+whole, then the dot product) or "dot" (the plain dot product, for a feature made of parts the
+method normalises itself, whose dot product is then the sum of the parts' cosines).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -32,6 +35,7 @@ from torch import nn
 from harness.errors import ConfigError
 
 PhaseTimerLike = Callable[[str], AbstractContextManager[Any]]
+TestSimilarity = Literal["cosine", "dot"]
 Augment = Callable[[torch.Tensor], torch.Tensor]
 """The configured train augmentation: uint8 (B, 3, H, W) -> normalised float (B, 3, H, W)."""
 TrainingBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -46,6 +50,9 @@ def untimed(phase: str) -> AbstractContextManager[Any]:
 
 class ReIDMethod(nn.Module, abc.ABC):
     """Base class of every registered method (see the module docstring for the contract)."""
+
+    test_similarity: ClassVar[TestSimilarity] = "cosine"
+    """How evaluation compares test features (harness.evaluation `similarity`): "cosine" or "dot"."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,3 +89,32 @@ class ReIDMethod(nn.Module, abc.ABC):
         """torch.compile the method's network; methods that support `train.compile` override this."""
         raise ConfigError(f"train.compile=true: method {type(self).__name__} cannot be compiled; "
                           "set train.compile to false")
+
+
+class NetworkMethod(ReIDMethod):
+    """A method around one network `self.net` whose forward returns a dict of named outputs (AGW's
+    ReIDNet, DEEN's network): the forward, `train.compile` and the training forward in one place.
+
+    `compile_network` compiles the network's forward as a function that takes the network as an
+    argument (not a compiled module, holding no reference to this instance), so checkpoints keep
+    the plain parameter names of `net`, a deep copy of the method trains its own network, and
+    evaluation and the losses stay eager.
+    """
+
+    net: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._compiled_forward: Callable[..., dict[str, torch.Tensor]] | None = None
+
+    def compile_network(self, **options: Any) -> None:
+        self._compiled_forward = torch.compile(type(self.net).forward, **options)
+
+    def forward(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(images, modality)
+
+    def network_outputs(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's outputs for training: through the compiled forward where `train.compile` set one."""
+        if self._compiled_forward is None:
+            return self.net(images, modality)
+        return self._compiled_forward(self.net, images, modality)

@@ -20,7 +20,6 @@ augmentation with WRT), `caj+no-ca` (ADP without channel augmentation); any comb
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,8 +29,8 @@ from harness.config import LossConfig, ModelConfig, TrainConfig
 from harness.data.augment import channel_adaptive_gray, channel_exchange
 from harness.data.splits import MODALITY_INFRARED, MODALITY_VISIBLE
 from harness.errors import ConfigError
-from methods.agw import ReIDNet
-from methods.base import Augment, ReIDMethod, TrainingBatch
+from methods.agw import ReIDNet, check_agw_network
+from methods.base import Augment, NetworkMethod, TrainingBatch
 from methods.losses import adp_loss, kl_divergence_loss, wrt_loss
 from methods.registry import register_composer, register_method
 
@@ -47,7 +46,7 @@ def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-class CAJ(ReIDMethod):
+class CAJ(NetworkMethod):
     """AGW network + CAJ's channel augmentation and triplet (see the module docstring)."""
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, *, num_classes: int,
@@ -61,14 +60,6 @@ class CAJ(ReIDMethod):
         self.net = ReIDNet(m.backbone, num_classes, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
                            non_local=m.non_local, non_local_ratio=m.non_local_ratio, gem_p=m.gem_p,
                            last_stride_one=m.last_stride_one, bnneck_init=m.bnneck_init)
-        self._compiled_forward: Callable[..., dict[str, torch.Tensor]] | None = None
-
-    def compile_network(self, **options: Any) -> None:
-        """torch.compile the network's training forward (as MCLNet: the function, not the module)."""
-        self._compiled_forward = torch.compile(type(self.net).forward, **options)
-
-    def forward(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net(images, modality)
 
     def test_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         return self.net(images, modality)[self.model_cfg.test_feature]
@@ -100,10 +91,7 @@ class CAJ(ReIDMethod):
         """Weighted loss terms of one batch as `training_batch` builds it (any visible/infrared batch works)."""
         L, phase = self.loss_cfg, self.phase_timer
         with phase("forward"):
-            if self._compiled_forward is None:
-                out = self.net(images, modality)
-            else:
-                out = self._compiled_forward(self.net, images, modality)
+            out = self.network_outputs(images, modality)
             pool, logits = _at_least_float32(out["pool"]), _at_least_float32(out["logits"])
         losses = {}
         with phase("ce"):
@@ -146,7 +134,7 @@ def parse_caj_tokens(tokens: list[str]) -> dict[str, Any]:
     return switches
 
 
-_PRESET = dict(configs=CAJ_CONFIGS)
+_PRESET = dict(configs=CAJ_CONFIGS, check=check_agw_network)
 
 
 # decorators apply bottom-up: `vireid methods` lists caj first
@@ -163,4 +151,4 @@ def build_caj(*, model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainC
 
 
 register_composer("caj", parse=parse_caj_tokens, builder=build_caj, tokens_help="wrt|no-ca joined by +",
-                  configs=CAJ_CONFIGS)
+                  configs=CAJ_CONFIGS, check=check_agw_network)

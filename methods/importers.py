@@ -85,6 +85,8 @@ class CheckpointImporter:
     """Named recipe (harness/recipes) the card's config starts from."""
     config: Mapping[str, Any] = field(default_factory=dict)
     """Dotted config keys the source code's network and test pipeline imply, over the recipe."""
+    dataset_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """`--dataset` -> dotted keys over `config`, where the source builds or trains another network per dataset."""
     state_key: str | None = "net"
     """Key of the checkpoint dict holding the state dict (None: the file is the state dict)."""
     classifier: str = "net.neck.classifier.weight"
@@ -97,6 +99,11 @@ class CheckpointImporter:
     """Test protocol -> "paper.setting" of harness/published_results.yaml, shown beside its evaluation."""
     notes: tuple[str, ...] = ()
     """Facts about the source's network recorded on the card (what the config keys reproduce)."""
+
+
+    def config_for(self, dataset: str) -> dict[str, Any]:
+        """The dotted keys the source implies for a checkpoint trained on `dataset`."""
+        return {**self.config, **self.dataset_config.get(dataset, {})}
 
 
 _IMPORTERS: dict[str, CheckpointImporter] = {}

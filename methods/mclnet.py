@@ -7,7 +7,6 @@ this space; any combination can also be written as `agw+mcm+ica+cca` etc.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,8 +15,8 @@ from torch import nn
 
 from harness.config import LossConfig, MCMConfig, ModelConfig, TrainConfig
 from harness.errors import ConfigError
-from methods.agw import ReIDNet
-from methods.base import ReIDMethod
+from methods.agw import ReIDNet, check_agw_network
+from methods.base import NetworkMethod
 from methods.losses import center_loss, marginal_center_loss, wrt_loss
 from methods.mcm import ModalityConfusion
 from methods.registry import register_composer, register_method
@@ -32,7 +31,7 @@ def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-class MCLNet(ReIDMethod):
+class MCLNet(NetworkMethod):
     """AGW network + the switchable MCLNet terms (see the module docstring)."""
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, mcm_cfg: MCMConfig, train_cfg: TrainConfig, *,
@@ -61,20 +60,6 @@ class MCLNet(ReIDMethod):
             self.id_centers = nn.Parameter(torch.randn(num_classes, dim), requires_grad=learn)
         if cca:
             self.cam_centers = nn.Parameter(torch.randn(num_cameras, dim), requires_grad=not authors)
-        self._compiled_forward: Callable[..., dict[str, torch.Tensor]] | None = None
-
-    def compile_network(self, **options: Any) -> None:
-        """torch.compile the network's training forward; evaluation and state_dict keys stay those of `net`.
-
-        The compiled function takes the network as an argument (it is not a compiled module
-        and holds no reference to this instance), so checkpoints keep the plain parameter names
-        and a deep copy of the method trains its own network. The MCM update and the losses
-        stay eager.
-        """
-        self._compiled_forward = torch.compile(type(self.net).forward, **options)
-
-    def forward(self, images: torch.Tensor, modality: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net(images, modality)
 
     def test_features(self, images: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         return self.net(images, modality)[self.model_cfg.test_feature]
@@ -84,10 +69,7 @@ class MCLNet(ReIDMethod):
         """Weighted loss terms of one batch; the MCM discriminator is updated here, before L_e."""
         L, phase = self.loss_cfg, self.phase_timer
         with phase("forward"):
-            if self._compiled_forward is None:
-                out = self.net(images, modality)
-            else:
-                out = self._compiled_forward(self.net, images, modality)
+            out = self.network_outputs(images, modality)
             pool, bn = _at_least_float32(out["pool"]), _at_least_float32(out["bn"])
         losses = {}
         with phase("ce"):
@@ -144,7 +126,7 @@ def parse_agw_tokens(tokens: list[str]) -> dict[str, Any]:
     return switches
 
 
-_PRESET = dict(configs=MCLNET_CONFIGS)
+_PRESET = dict(configs=MCLNET_CONFIGS, check=check_agw_network)
 
 
 # decorators apply bottom-up: `vireid methods` lists agw first
@@ -168,4 +150,4 @@ def build_mclnet(*, model_cfg: ModelConfig, loss_cfg: LossConfig, mcm_cfg: MCMCo
 
 
 register_composer("agw", parse=parse_agw_tokens, builder=build_mclnet, tokens_help="mcm|center|ica|cca joined by +",
-                  configs=MCLNET_CONFIGS)
+                  configs=MCLNET_CONFIGS, check=check_agw_network)

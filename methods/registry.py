@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from methods.base import ReIDMethod
 
 Builder = Callable[..., "ReIDMethod"]
-CONFIG_SECTIONS = ("data", "model", "loss", "mcm", "train", "evaluation")
+NetworkCheck = Callable[["TrialConfig"], None]
+CONFIG_SECTIONS = ("data", "model", "loss", "mcm", "deen", "train", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class MethodInfo:
     switches: dict[str, Any] = field(default_factory=dict)
     configs: tuple[str, ...] = ()
     """The TrialConfig sections the builder receives."""
+    check: NetworkCheck | None = None
+    """Raises ConfigError when the method's network cannot be built from a config (backbone, input size);
+    harness.preflight runs it for every grid point before anything trains. None: nothing to check."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Composer:
     builder: Builder
     tokens_help: str
     configs: tuple[str, ...] = ()
+    check: NetworkCheck | None = None
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -73,17 +78,18 @@ def _check_sections(name: str, configs: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def register_method(name: str, *, description: str, configs: tuple[str, ...] = (), builder: Builder | None = None,
-                    **switches: Any) -> Any:
+                    check: NetworkCheck | None = None, **switches: Any) -> Any:
     """Register `name`; as a decorator on the builder, or directly with `builder=`.
 
     `configs` names the TrialConfig sections the builder receives; `switches` are passed to it
-    as keyword arguments (and listed by `vireid methods`).
+    as keyword arguments (and listed by `vireid methods`); `check(cfg)` is the method's network
+    check run before anything trains (MethodInfo.check).
     """
     def register(function: Builder) -> Builder:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         _METHODS[name] = MethodInfo(name=name, builder=function, description=description, switches=dict(switches),
-                                    configs=_check_sections(name, configs))
+                                    configs=_check_sections(name, configs), check=check)
         return function
 
     if builder is not None:
@@ -92,10 +98,10 @@ def register_method(name: str, *, description: str, configs: tuple[str, ...] = (
 
 
 def register_composer(base: str, *, parse: Callable[[list[str]], dict[str, Any]], builder: Builder,
-                      tokens_help: str, configs: tuple[str, ...] = ()) -> None:
+                      tokens_help: str, configs: tuple[str, ...] = (), check: NetworkCheck | None = None) -> None:
     """Accept `base+tok+tok` method names: `parse(tokens)` gives the builder's switches."""
     _COMPOSERS[base] = Composer(base=base, parse=parse, builder=builder, tokens_help=tokens_help,
-                                configs=_check_sections(base, configs))
+                                configs=_check_sections(base, configs), check=check)
 
 
 def list_methods() -> list[MethodInfo]:
@@ -119,7 +125,7 @@ def resolve_method(name: str) -> MethodInfo:
         composer = _COMPOSERS[base]
         switches = composer.parse(tokens)  # raises ConfigError on an unknown token
         return MethodInfo(name=name, builder=composer.builder, description="custom combination", switches=switches,
-                          configs=composer.configs)
+                          configs=composer.configs, check=composer.check)
     close = difflib.get_close_matches(name, list(_METHODS), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     combos = "; ".join(f"{c.base}+<{c.tokens_help}>" for c in _COMPOSERS.values())

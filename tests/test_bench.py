@@ -150,6 +150,15 @@ def test_cli_prints_the_table(capsys):
     assert list(phase_rows(out)) == ["data", "forward", "ce", "wrt", "backward", "optimizer", "other"]
 
 
+def test_cli_times_each_deen_term(capsys):
+    code = main(["bench", "--method", "deen", "--backbone", "test_resnet", "--size", "64x32", "--batch", "8",
+                 "--steps", "1", "--warmup", "0", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("vireid bench: deen on test_resnet, 64x32, batch 8")
+    assert list(phase_rows(out)) == ["data", "forward", "ce", "triplet", "cpm", "ort", "backward", "optimizer",
+                                     "other"]
+
+
 def test_cli_json_output(capsys, monkeypatch):
     import harness.bench as bench
     import harness.bench.step as bench_step

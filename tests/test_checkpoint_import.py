@@ -243,11 +243,12 @@ def test_every_registered_importer_names_a_method_a_valid_config_and_published_e
     from methods.importers import list_importers
 
     importers = list_importers()
-    assert {"agw", "mclnet"} <= {i.name for i in importers}
+    assert {"agw", "mclnet", "caj", "deen"} <= {i.name for i in importers}
     for importer in importers:
         resolve_method(importer.method)
-        cfg = _config(importer, "sysu", {})
-        assert cfg.method == importer.method and cfg.data.dataset == "sysu"
+        for dataset in {"sysu", *importer.dataset_config}:  # the per-dataset keys validate too
+            cfg = _config(importer, dataset, {})
+            assert cfg.method == importer.method and cfg.data.dataset == dataset
         for entry in importer.published.values():
             assert lookup(load_published(), entry)
 

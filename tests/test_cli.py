@@ -30,6 +30,15 @@ def test_methods_lists_presets(capsys):
     assert "caj+<wrt|no-ca" in out and "agw+<mcm|center|ica|cca" in out
 
 
+def test_methods_lists_the_deen_family_under_its_own_switches(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.split()[1:2] == ["dee"])
+    assert header.split()[:5] == ["method", "dee", "mfa", "cpm", "ort"]
+    assert next(line for line in lines if line.startswith("deen-no-mfa ")).split()[1:5] == ["yes", "-", "yes", "yes"]
+    assert "deen-base+<dee|mfa|cpm|ort" in "\n".join(lines)
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["run", "--set", "method=foo"], "unknown method 'foo'"),
     (["run", "--set", "model.backbone=resnet_nope", "--set", "train.epochs=1"], "resnet_nope"),
@@ -122,6 +131,20 @@ def test_paper_spec_dry_run_on_synthetic_regdb_layout(tmp_path, capsys):
     df = ResultStore(tmp_path / "paper-main-regdb-dry-run").dataframe()
     assert sorted(set(df["protocol"])) == ["t2v", "v2t"] and len(df) == 4  # 2 methods x 2 directions
     assert set(df["dataset"]) == {"synthetic-regdb"}
+
+
+def test_deen_llcm_spec_dry_run_on_synthetic_llcm_layout(tmp_path, capsys):
+    argv = ["sweep", "benchmarks/paper_deen_llcm.yaml", "--dry-run", "--set", "train.epochs=1",
+            "--results-dir", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "LLCM IR→VIS" in out and "LLCM VIS→IR" in out
+    assert "(published)" not in out and "not shown beside rows measured on synthetic" in " ".join(out.split())
+    from harness.results import ResultStore
+
+    df = ResultStore(tmp_path / "paper-deen-llcm-dry-run").dataframe()
+    assert sorted(set(df["protocol"])) == ["ir2vis", "vis2ir"] and set(df["method"]) == {"deen"}
+    assert set(df["dataset"]) == {"synthetic-llcm"} and (df["status"] == "ok").all()
 
 
 def test_local_sweep_killed_with_sigkill_resumes_without_losing_records(tmp_path):

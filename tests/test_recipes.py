@@ -23,6 +23,55 @@ def test_the_authors_recipe_holds_the_facts_of_their_code():
     assert config["loss"]["wrt_variant"] == "authors-code" and train["iters_per_epoch"] is None
 
 
+def test_the_deen_recipe_holds_the_facts_of_their_code():
+    config = load_recipe("deen-authors").config
+    train, deen, data = config["train"], config["deen"], config["data"]
+    # DEEN train.py: img_h 384, img_w 144, batch-size 6 (ids) x num_pos 4, lr 0.1 with the base at 0.1 * lr,
+    # `for epoch in range(start_epoch, 151 - start_epoch)`, lambda_1 0.8, lambda_2 0.01, margin 0.3, CPMLoss(0.2)
+    assert (data["height"], data["width"], data["train_resize"], data["test_resize"]) == (384, 144, "lanczos",
+                                                                                          "lanczos")
+    assert (train["num_identities"], train["images_per_modality"], train["lr"], train["head_lr"]) == (6, 4, 0.01, 0.1)
+    assert (train["epochs"], train["warmup_epochs"], train["milestones"], train["gamma"]) == (151, 10, [20, 80], 0.1)
+    assert (deen["cpm_weight"], deen["ort_weight"], deen["triplet_margin"], deen["cpm_margin"]) == (0.8, 0.01, 0.3, 0.2)
+    # RandomGrayscale(p=0.5); RandomErasing(probability=0.5, sl=0.02, sh=0.4, r1=0.3, mean=[0.485, 0.456, 0.406])
+    assert (train["grayscale_p"], train["erasing_p"], train["erasing_area"]) == (0.5, 0.5, [0.02, 0.4])
+    assert train["erasing_ratio"] == pytest.approx([0.3, 1 / 0.3]) and train["erasing_aspect"] == "uniform"
+    assert (train["erasing_fill"], train["erasing_value"], train["erasing_attempts"]) == (
+        "constant", [0.485, 0.456, 0.406], 100)
+    # test.py: --test-batch 32; each part is the sum of the image's and its mirror's; distmat7 counts six once each
+    assert train["eval_batch_size"] == 32 and deen["test_branches"] == "all" and deen["test_weights"] == [1.0, 1.0]
+    assert config["evaluation"]["flip"] is True
+    assert config["model"]["pretrained"] == "resnet50.tv_in1k" and config["model"]["bnneck_init"] == "normal"
+
+
+def test_the_deen_learning_rate_of_every_epoch_is_the_authors_schedule():
+    from harness.config import TrainConfig
+    from harness.training import lr_factor
+
+    cfg = TrainConfig(**{k: v for k, v in load_recipe("deen-authors").config["train"].items()})
+
+    def authors(epoch: int) -> float:  # adjust_learning_rate of DEEN's train.py, lr = 0.1; its `>= 120` never runs
+        if epoch < 10:
+            return 0.1 * (epoch + 1) / 10
+        return 0.1 if epoch < 20 else 0.01 if epoch < 80 else 0.001
+
+    for epoch in range(cfg.epochs):
+        assert cfg.head_lr * lr_factor(epoch, cfg) == pytest.approx(authors(epoch), rel=1e-12), epoch
+        assert cfg.lr * lr_factor(epoch, cfg) == pytest.approx(0.1 * authors(epoch), rel=1e-12), epoch
+
+
+@pytest.mark.parametrize("name, drop_last_stage, erasing", [("paper_deen_llcm", False, [0.02, 0.4]),
+                                                            ("paper_deen_sysu", False, [0.2, 0.8]),
+                                                            ("paper_deen_regdb", True, [0.02, 0.4])])
+def test_deen_paper_specs_use_the_deen_recipe_and_their_dry_runs_stay_offline(name, drop_last_stage, erasing):
+    spec = load_spec(f"benchmarks/{name}.yaml")
+    real = spec.trials()[0]
+    assert real.method == "deen" and real.train.epochs == 151 and real.model.pretrained == "resnet50.tv_in1k"
+    assert real.deen.drop_last_stage is drop_last_stage and real.train.erasing_area == erasing
+    dry = spec.as_dry_run().trials()[0]
+    assert dry.model.pretrained is None and dry.model.backbone == "test_resnet" and dry.data.dataset == "synthetic"
+
+
 def test_spec_base_wins_over_the_recipe_and_the_rest_comes_from_it():
     spec = parse_spec({"name": "r", "recipe": "mclnet-authors", "base": {
         "model": {"backbone": "test_resnet", "pretrained": None}, "train": {"epochs": 3}}})

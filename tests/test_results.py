@@ -366,6 +366,25 @@ def test_published_numbers_only_beside_real_data(tmp_path):
     assert "65.40" not in report.markdown and "not shown beside rows measured on synthetic" in report.markdown
 
 
+def test_published_rows_name_where_their_numbers_come_from(tmp_path):
+    from harness.published import published_by_protocol
+    from harness.sweep import load_spec
+
+    spec = load_spec("benchmarks/paper_deen_llcm.yaml")
+    published = published_by_protocol(spec.table["published"], ["ir2vis", "vis2ir"])
+    records = [_record("deen", seed, 50.0 + seed, 55.0, protocol=protocol, dataset="llcm")
+               for seed in range(2) for protocol in ("ir2vis", "vis2ir")]
+    report = write_report(_store(tmp_path, records).folder, published=published, plots=False)
+    frame = paper_frame(report.summaries, published=published)
+    row = frame[frame[("", "method")] == "deen (published)"].iloc[0]
+    # the LLCM rows are the README's update of the paper's table, and the table says so
+    assert row[("", "runs")] == "README LLCM update"
+    assert row[("LLCM IR→VIS", "Rank-1")] == "55.52" and row[("LLCM VIS→IR", "mAP")] == "55.52"
+    assert "| deen (published) | README LLCM update |" in report.markdown
+    sysu = published_by_protocol({"rows": {"mclnet": {"all-single": "mclnet.sysu_all"}}}, ["all-single"])
+    assert "source" not in sysu["all-single"]["mclnet"]  # a setting without a label: the runs column says "paper"
+
+
 def test_warns_when_rows_come_from_different_versions_or_devices(tmp_path):
     store = _store(tmp_path, [_record("agw", 0, 40.0, 30.0), _record("agw", 1, 41.0, 30.0, torch="2.15.0",
                                                                        device="NVIDIA H200")])

@@ -164,7 +164,7 @@ def test_extract_writes_features_of_every_image_under_a_folder(trained_sweep, tm
     data = np.load(out, allow_pickle=False)
     printed = capsys.readouterr().out
     assert f"wrote {out}: 5 infrared image(s) under {images}, {data['features'].shape[1]}-dimensional" in printed
-    assert sorted(data.files) == ["features", "paths"]
+    assert sorted(data.files) == ["features", "paths", "similarity"] and str(data["similarity"]) == "cosine"
     assert data["paths"].tolist() == ["3.bmp", "a/1.png", "a/b/2.jpg", "c/4.png", "c/5.png"]
     assert data["features"].dtype == np.float32 and data["features"].shape[0] == 5
     assert np.isfinite(data["features"]).all()

@@ -116,3 +116,17 @@ def test_device_label_counts_threads_in_english(threads, text):
     from harness.provenance import hardware_label
 
     assert hardware_label({"cpu": "x86_64", "cpu_capability": "AVX2", "threads": threads}).endswith(text)
+
+
+def test_the_methods_comparison_covers_every_registered_family_with_paired_seeds():
+    from harness.sweep import load_spec
+    from methods.registry import list_composers, resolve_method
+
+    spec = load_spec("benchmarks/methods_synthetic.yaml")
+    trials = spec.trials()
+    builders = {resolve_method(cfg.method).builder for cfg in trials}
+    missing = [c.base for c in list_composers() if c.builder not in builders]
+    assert not missing, f"benchmarks/methods_synthetic.yaml has no method of the families {missing}"
+    seeds = {m: sorted(cfg.seed for cfg in trials if cfg.method == m) for m in {cfg.method for cfg in trials}}
+    assert len({tuple(s) for s in seeds.values()}) == 1 and len(next(iter(seeds.values()))) >= 6  # paired by seed
+    assert spec.table["baseline"] in seeds

@@ -98,7 +98,8 @@ def measure_epoch(cfg: TrialConfig, height: int, width: int, *, num_identities: 
     if eval_count:
         _, per_s = extract_features(method, trainer.images[:eval_count], trainer.modalities[:eval_count].cpu().numpy(),
                                     device=device, batch_size=t.eval_batch_size, amp=t.amp,
-                                    channels_last=t.channels_last, flip=cfg.evaluation.flip)
+                                    channels_last=t.channels_last, flip=cfg.evaluation.flip,
+                                    similarity=method.test_similarity)
         eval_s = eval_images / per_s
 
     train_h = estimate_epochs * epoch_s / 3600

@@ -31,14 +31,16 @@ from harness.reranking import original_distance, rerank_distance
 # --------------------------------------------------------------------------------------------
 
 
-def pairwise_distance(query_features: ArrayLike, gallery_features: ArrayLike) -> torch.Tensor:
+def pairwise_distance(query_features: ArrayLike, gallery_features: ArrayLike, *,
+                      similarity: str = "cosine") -> torch.Tensor:
     """Negative cosine similarity ``-(q . g)`` of L2-normalised features, shape (Q, G).
 
     It orders every gallery exactly like the Euclidean distance between unit vectors
     (``|q - g|^2 = 2 - 2 q.g``) without the extra pass over the matrix. Computed on the query
-    features' device, in float32 unless the features are float64.
+    features' device, in float32 unless the features are float64. ``similarity="dot"``: the
+    features are not normalised, ``-(q . g)`` of the features as given.
     """
-    query, gallery = _features_pair(query_features, gallery_features, "pairwise_distance")
+    query, gallery = _features_pair(query_features, gallery_features, "pairwise_distance", similarity)
     return -(query @ gallery.T)
 
 
@@ -93,6 +95,7 @@ def evaluate_trials(
     max_rank: int = 20,
     query_masks: ArrayLike | None = None,
     rerank: RerankConfig | None = None,
+    similarity: str = "cosine",
 ) -> dict[str, Any]:
     """Metrics of every gallery trial of a protocol from ONE ranking of the union gallery.
 
@@ -105,10 +108,11 @@ def evaluate_trials(
     ``*_std`` are sample standard deviations (ddof=1) over trials, 0.0 when T == 1.
     ``rerank`` (a ``harness.config.RerankConfig``), when enabled, applies k-reciprocal
     re-ranking (``harness.reranking``) to each trial's query x trial-gallery distances.
+    ``similarity`` as in ``pairwise_distance`` ("cosine" or "dot").
     """
     where = "evaluate_trials"
     _check_protocol(protocol, max_rank, where)
-    query, gallery = _features_pair(query_features, gallery_features, where)
+    query, gallery = _features_pair(query_features, gallery_features, where, similarity)
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
     device = query.device
     labels = _Labels.build(q_ids, g_ids, q_cams, g_cams, num_queries, num_gallery, protocol, device, where)
@@ -126,7 +130,7 @@ def evaluate_trials(
                     results.store(block_rows, ranking.metrics(view_masks[trial], protocol, max_rank))
     else:  # re-ranking depends on the whole gallery: one re-ranked distance per trial
         for trial, results in enumerate(trial_results):
-            dist = _reranked_trial_distance(query, gallery, masks[trial], rerank)
+            dist = _reranked_trial_distance(query, gallery, masks[trial], rerank, similarity)
             for rows, view in _query_groups(labels, protocol):
                 view_mask = masks[trial] if view.columns is None else masks[trial].index_select(0, view.columns)
                 for block_rows in torch.split(rows, view.rows_per_block):
@@ -150,11 +154,13 @@ def evaluate_trials(
 
 
 def _reranked_trial_distance(
-    query: torch.Tensor, gallery: torch.Tensor, trial_mask: torch.Tensor, params: RerankConfig
+    query: torch.Tensor, gallery: torch.Tensor, trial_mask: torch.Tensor, params: RerankConfig,
+    similarity: str = "cosine",
 ) -> torch.Tensor:
     """(Q, G) re-ranked distances to trial t's gallery; +inf in the columns outside it."""
     columns = trial_mask.nonzero().flatten()
-    reranked = rerank_distance(original_distance(query, gallery.index_select(0, columns)), query.shape[0],
+    original = original_distance(query, gallery.index_select(0, columns), similarity=similarity)
+    reranked = rerank_distance(original, query.shape[0],
                                k1=params.k1, k2=params.k2, lambda_value=params.lambda_value)
     dist = torch.full((query.shape[0], gallery.shape[0]), float("inf"), dtype=reranked.dtype, device=query.device)
     dist[:, columns] = reranked

@@ -72,9 +72,16 @@ def _integer_vector(
     return tensor.to(torch.int64)
 
 
+SIMILARITIES = ("cosine", "dot")
+"""How two features are compared: cosine (each L2-normalised first) or their plain dot product
+(a method's feature made of parts it normalised itself: methods.base.ReIDMethod.test_similarity)."""
+
+
 def _features_pair(
-    query_features: ArrayLike, gallery_features: ArrayLike, where: str
+    query_features: ArrayLike, gallery_features: ArrayLike, where: str, similarity: str = "cosine"
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if similarity not in SIMILARITIES:
+        raise InputError(f"{where}: similarity must be one of {', '.join(SIMILARITIES)}; got {similarity!r}")
     query = _as_tensor(query_features, "query_features", None, where)
     gallery = _as_tensor(gallery_features, "gallery_features", query.device, where)
     for name, features in (("query_features", query), ("gallery_features", gallery)):
@@ -89,6 +96,8 @@ def _features_pair(
             f"{where}: query_features have dim {query.shape[1]} but gallery_features have dim {gallery.shape[1]}"
         )
     dtype = torch.float64 if torch.float64 in (query.dtype, gallery.dtype) else torch.float32
+    if similarity == "dot":
+        return query.to(dtype), gallery.to(dtype)
     return F.normalize(query.to(dtype), dim=1), F.normalize(gallery.to(dtype), dim=1)
 
 

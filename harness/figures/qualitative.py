@@ -206,15 +206,15 @@ def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = No
     modalities = np.concatenate([p.query.modalities[query_rows], p.gallery.modalities[gallery_rows]])
     feats, _ = extract_features(method, images, modalities, device=device, batch_size=cfg.train.eval_batch_size,
                                 amp=cfg.train.amp, channels_last=cfg.train.channels_last,
-                                flip=cfg.evaluation.flip)
+                                flip=cfg.evaluation.flip, similarity=method.test_similarity)
     feats = feats.cpu().double()
     q_feats, g_feats = feats[:len(q_paths)], feats[len(q_paths):]
     rerank = cfg.evaluation.rerank
     if rerank.enabled:
-        dist = rerank_distance(original_distance(q_feats, g_feats), len(q_paths), k1=rerank.k1, k2=rerank.k2,
-                               lambda_value=rerank.lambda_value).numpy()
+        dist = rerank_distance(original_distance(q_feats, g_feats, similarity=method.test_similarity), len(q_paths),
+                               k1=rerank.k1, k2=rerank.k2, lambda_value=rerank.lambda_value).numpy()
     else:
-        dist = pairwise_distance(q_feats, g_feats).numpy()
+        dist = pairwise_distance(q_feats, g_feats, similarity=method.test_similarity).numpy()
     q_ids, g_ids = p.query.pids[query_rows], p.gallery.pids[gallery_rows]
     q_cams, g_cams = p.query.cams[query_rows], p.gallery.cams[gallery_rows]
     shown = np.unique(np.linspace(0, len(q_paths) - 1, min(queries, len(q_paths))).round().astype(int))

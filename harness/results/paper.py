@@ -32,11 +32,14 @@ from harness.results.tables import (
 
 ANY_PROTOCOL = "*"
 """Published rows given as one plain entry (harness.published): shown only in a single-protocol table."""
+PUBLISHED_SOURCE = "source"
+"""A published setting's optional label of where its numbers come from (harness.published), printed in the
+published row's runs column instead of "paper" (e.g. which version of a dataset's results they are)."""
 CHECK = "✓"
 SWITCH_COLUMNS = ("MCM", "ICA/center", "CCA")
 TERMINAL_WIDTH = 80
-Published = dict[str, dict[str, dict[str, float]]]
-"""protocol -> row label -> metric -> published value (percent)."""
+Published = dict[str, dict[str, dict[str, Any]]]
+"""protocol -> row label -> metric -> published value (percent), and optionally PUBLISHED_SOURCE -> label."""
 
 
 def method_switches(name: str) -> dict[str, Any] | None:
@@ -113,7 +116,9 @@ def _published_rows(frame: pd.DataFrame, summaries: Sequence[Summary], published
     key = summaries[0].key_columns[0]
     out = pd.DataFrame("", index=range(len(names)), columns=frame.columns)
     out[("", key)] = [f"{name} (published)" for name in names]
-    out[("", "runs")] = "paper"
+    sources = [list(dict.fromkeys(str(rows[name][PUBLISHED_SOURCE]) for rows in published.values()
+                                  if PUBLISHED_SOURCE in rows.get(name, {}))) for name in names]
+    out[("", "runs")] = ["; ".join(labels) or "paper" for labels in sources]
     for summary in summaries:
         for m in summary.metrics:
             info = metric(m)
