@@ -32,7 +32,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.config import TrialConfig, load_yaml
+    from harness.config import TrialConfig, load_yaml, resolve_file_paths
     from harness.recipes import apply_recipe
     from harness.results import print_report, write_report
     from harness.runner import run_sweep
@@ -42,6 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = load_yaml(args.config) if args.config else {}
     if base is not None and not isinstance(base, dict):
         raise ConfigError(f"{args.config}: a trial config is a YAML mapping of config keys")
+    if args.config and base:
+        base = resolve_file_paths(base, Path(args.config).parent)  # relative paths: from the file's folder
     source = str(args.config or "defaults")
     base = apply_recipe(args.recipe, base or {}, where="--recipe")
     TrialConfig.from_dict(base, where=source)
@@ -86,8 +88,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.final or args.final_trial or spec.final:
         from harness.final import run_final
 
-        _, report = run_final(spec, results_dir=args.results_dir, trial=args.final_trial, quiet=args.quiet)
+        folder, report = run_final(spec, results_dir=args.results_dir, trial=args.final_trial, quiet=args.quiet)
         print_report(report)
+        from harness.final import CHOSEN_CONFIG
+
+        print(f"the chosen configuration: {folder / CHOSEN_CONFIG} (vireid run --config accepts it)", file=sys.stderr)
     return 0
 
 

@@ -51,11 +51,16 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def cmd_extract(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    import numpy as np
+
     from harness.model_tools import extract_folder
 
     out = extract_folder(args.model, args.folder, modality=args.modality, out=args.out, overrides=overrides,
                          quiet=args.quiet)
-    print(f"wrote {out}")
+    with np.load(out, allow_pickle=False) as data:
+        count, dim = data["features"].shape
+    print(f"wrote {out}: {count} {args.modality} image(s) under {args.folder}, {dim}-dimensional features "
+          "(np.load: features, paths)")
     return 0
 
 
@@ -64,7 +69,7 @@ def cmd_show(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     files = show_saved_model(args.model, overrides=_with_rerank(overrides, args.rerank), out=args.out,
                              protocol=args.protocol, queries=args.queries, top_k=args.top_k,
-                             trial=args.trial, quiet=args.quiet)
+                             trial=args.trial, tsne_identities=args.tsne_identities, quiet=args.quiet)
     print("written: " + ", ".join(str(f) for f in files))
     return 0
 
@@ -107,7 +112,8 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     add_set(ev)
     ev.add_argument("--rerank", action="store_true",
                     help="k-reciprocal re-ranking (evaluation.rerank.k1 / k2 / lambda_value: 20, 6, 0.3)")
-    ev.add_argument("--protocol", help="protocol to tabulate (default: the first recorded)")
+    ev.add_argument("--protocol", help="tabulate only this protocol (default: every protocol evaluated; all of "
+                    "them are evaluated and recorded either way)")
     ev.add_argument("--name", default="eval", help="results sub-folder, one plain folder name (default: eval)")
     ev.add_argument("--results-dir", default="results", help="where result folders go (default: results)")
     ev.add_argument("--quiet", action="store_true", help="no progress display")
@@ -136,6 +142,8 @@ def add_model_commands(sub: Any, add_set: Callable[[argparse.ArgumentParser], No
     sh.add_argument("--trial", type=int, default=0, help="gallery trial drawn in the ranked lists (default 0)")
     sh.add_argument("--queries", type=int, default=6, help="queries in the ranked lists (default 6)")
     sh.add_argument("--top-k", type=int, default=10, help="gallery images per ranked list (default 10)")
+    sh.add_argument("--tsne-identities", type=int, default=10,
+                    help="identities in the t-SNE, a seeded sample, each in its own colour (default 10, at most 20)")
     sh.add_argument("--rerank", action="store_true", help="rank with k-reciprocal re-ranking")
     sh.add_argument("--out", default="figures", help="output folder (default: figures)")
     sh.add_argument("--quiet", action="store_true", help="no progress display")

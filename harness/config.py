@@ -19,6 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,16 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.config_schema import RangeChecked, added_key, build_dataclass, key_data, ranged, registered
+from harness.config_schema import (
+    RangeChecked,
+    added_key,
+    build_dataclass,
+    key_data,
+    path_field,
+    path_keys,
+    ranged,
+    registered,
+)
 from harness.data.synthetic.spec import SynthSpec
 from harness.errors import ConfigError
 from harness.yaml_loader import load_yaml_text
@@ -72,7 +82,7 @@ class SyntheticConfig(RangeChecked):
 class DataConfig(RangeChecked):
     dataset: str = registered("synthetic", names=_dataset_names(synthetic=True))
     """synthetic (generated, in the layout data.synthetic.layout) or a registered dataset (sysu | regdb | llcm)."""
-    root: str | None = None
+    root: str | None = path_field()
     """Dataset root folder; ignored for synthetic (its cache folder is used)."""
     height: int = ranged(288, minimum=1, maximum=IMAGE_SIDE_MAX)
     width: int = ranged(144, minimum=1, maximum=IMAGE_SIDE_MAX)
@@ -85,7 +95,7 @@ class DataConfig(RangeChecked):
     gallery_trials: int = ranged(10, minimum=1)
     val_identities: int = ranged(0, minimum=0)
     """Training identities held out as a validation protocol (0 = none)."""
-    cache_dir: str | None = None
+    cache_dir: str | None = path_field()
     """Where decoded images and synthetic trees are cached (default ~/.cache/vireid)."""
     train_resize: ResizeFilter = "lanczos"
     """Filter that resizes training images once at load (the authors' code: PIL LANCZOS)."""
@@ -100,7 +110,7 @@ class ModelConfig(RangeChecked):
     pretrained: str | None = None
     """ImageNet weights through timm's hub cache: "imagenet" (timm's default for the backbone) or a timm tag
     such as "resnet50.tv_in1k" (torchvision's, as the published numbers); needs the network or a filled cache."""
-    pretrained_file: str | None = None
+    pretrained_file: str | None = path_field()
     """Local weights file (.pth / .safetensors): the offline route, never touches the network. It holds every
     tensor of the timm backbone under timm's names (methods.backbones.pretrained_tensors), checked before training."""
     non_local: bool = True
@@ -325,6 +335,34 @@ def field_paths(cls: type = TrialConfig, prefix: str = "") -> list[str]:
             out += field_paths(hints[f.name], path + ".")
         else:
             out.append(path)
+    return out
+
+
+def _file_path(value: Any, folder: Path) -> Any:
+    """A relative path string read from a file in `folder`, as the config keeps it: relative to the
+    working folder when it lies below it (records stay portable between checkouts), else absolute."""
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    resolved = os.path.normpath(os.path.join(os.path.abspath(folder), value))
+    here = os.getcwd()
+    return os.path.relpath(resolved, here) if os.path.commonpath([resolved, here]) == here else resolved
+
+
+def resolve_file_paths(tree: dict[str, Any], folder: str | Path, prefix: str = "") -> dict[str, Any]:
+    """A config mapping read from a file in `folder` (nested and/or dotted keys) with its relative
+    path keys (`path_keys`: model.pretrained_file, data.root, data.cache_dir) resolved against
+    `folder`, not against the folder the command runs in; lists of values (grid, choices) each."""
+    keys = set(path_keys(TrialConfig))
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in keys:
+            out[key] = resolve_file_paths(value, folder, f"{dotted}.")
+        elif dotted in keys:
+            out[key] = [_file_path(v, Path(folder)) for v in value] if isinstance(value, list) else \
+                _file_path(value, Path(folder))
+        else:
+            out[key] = value
     return out
 
 

@@ -94,6 +94,24 @@ def registered(default: str, *, names: Callable[[], Sequence[str]]) -> Any:
     return field(default=default, metadata={"names": names})
 
 
+def path_field(default: str | None = None) -> Any:
+    """A file or folder path field: a relative value read from a file (a sweep spec, a trial config)
+    means relative to that file's folder (see `path_keys` and harness.config.resolve_file_paths)."""
+    return field(default=default, metadata={"path": True})
+
+
+def path_keys(cls: type, prefix: str = "") -> list[str]:
+    """Dotted keys of every `path_field` of a config dataclass and its nested sections."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += path_keys(hints[f.name], f"{prefix}{f.name}.")
+        elif f.metadata.get("path"):
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
 def added_key(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
     """A key added after results were recorded, its default being the behaviour from before it existed.
 

@@ -10,13 +10,20 @@ A row holds `epoch` (1-based) and
 - `val/<metric>` (percent) when the trial holds out validation identities.
 
 `CurveRecorder` attaches to a Trainer's iteration and epoch callbacks. Its rows survive a resumed
-trial: they are written (atomically) beside the checkpoint after each epoch and read back with it.
+trial: they are written (atomically) beside the checkpoint after each epoch and read back with it,
+and its `on_rows` hook sees them after each epoch (the runner writes TensorBoard events live).
+
+`write_tensorboard` writes a trial's folder: the rows, and when the trial is over its final test
+metrics (`test/<protocol>/rank1|mAP|mINP`, `test_scalars`) and an HParams summary (the swept keys
+and the final metrics), so TensorBoard's HParams view compares the trials of a sweep.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,8 +66,9 @@ class CurveRecorder:
     """Collects the per-epoch rows of one trial (see the module docstring)."""
 
     def __init__(self, trainer: Any, *, validate: Callable[[], dict[str, float]] | None = None,
-                 resume_file: Path | None = None) -> None:
-        self.trainer, self.validate, self.resume_file = trainer, validate, resume_file
+                 resume_file: Path | None = None,
+                 on_rows: Callable[[list[dict[str, float]]], None] | None = None) -> None:
+        self.trainer, self.validate, self.resume_file, self.on_rows = trainer, validate, resume_file, on_rows
         self.rows: list[dict[str, float]] = []
         self._epoch_lrs: dict[str, float] = {}
         self._monitored: dict[str, torch.Tensor] = {}
@@ -100,15 +108,47 @@ class CurveRecorder:
         self._monitored, self._steps = {}, 0
         if self.resume_file is not None:
             atomic_write_text(self.resume_file, json.dumps(self.rows))
+        if self.on_rows is not None:
+            self.on_rows(list(self.rows))
 
 
-def write_tensorboard(folder: str | Path, rows: Sequence[dict[str, float]]) -> Path:
-    """Write `rows` as one TensorBoard event file in `folder` (replacing an earlier one).
+TEST_METRICS = ("rank1", "mAP", "mINP")
+"""The final metrics of each test protocol written to TensorBoard as `test/<protocol>/<metric>`."""
+
+
+def test_scalars(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """`test/<protocol>/<metric>` of a trial's ok records (the validation protocol's are the curves' `val/*`)."""
+    out = {}
+    for record in records:
+        protocol = record.get("protocol")
+        if record.get("status") != "ok" or not protocol or protocol == "val":
+            continue
+        for name in TEST_METRICS:
+            value = record.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"test/{protocol}/{name}"] = float(value)
+    return out
+
+
+def hparam_value(value: Any) -> bool | int | float | str:
+    """A value as TensorBoard's HParams plugin takes it (lists and mappings as JSON text)."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def write_tensorboard(folder: str | Path, rows: Sequence[dict[str, float]], *, final: dict[str, float] | None = None,
+                      hparams: dict[str, Any] | None = None) -> Path:
+    """Write `rows` (and, for a finished trial, the `final` scalars at the last epoch and an HParams
+    session of `hparams` against the final metrics) as one TensorBoard event file in `folder`,
+    replacing an earlier one.
 
     The file is produced by torch's SummaryWriter in a private temporary folder, then copied in
-    atomically, so a reader never sees a partial event file.
+    atomically, so a reader never sees a partial event file; called after every epoch, it lets
+    TensorBoard follow a running trial.
     """
     from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     folder = Path(folder)
     with tempfile.TemporaryDirectory(prefix="vireid-tensorboard-") as scratch:
@@ -118,10 +158,21 @@ def write_tensorboard(folder: str | Path, rows: Sequence[dict[str, float]]) -> P
             for tag, value in row.items():
                 if tag != "epoch":
                     writer.add_scalar(tag, value, global_step=step)
+        last = int(rows[-1]["epoch"]) if rows else 0
+        for tag, value in (final or {}).items():
+            writer.add_scalar(tag, value, global_step=last)
+        if hparams is not None:
+            metrics = {k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("val/")}
+            metrics.update(final or {})
+            for summary in hparams_summaries({k: hparam_value(v) for k, v in hparams.items()}, metrics):
+                writer.file_writer.add_summary(summary, last)
         writer.close()
         (event_file,) = Path(scratch).glob("events.out.tfevents.*")
-        for stale in folder.glob("events.out.tfevents.*") if folder.is_dir() else []:
-            stale.unlink()
-        target = folder / event_file.name
+        # named by the time in microseconds, fixed width: each rewrite sorts after the last, as
+        # TensorBoard expects of a run's newer event files
+        target = folder / f"events.out.tfevents.{time.time_ns() // 1000:017d}.{socket.gethostname()}.vireid"
         atomic_write_bytes(target, event_file.read_bytes())
+        for stale in folder.glob("events.out.tfevents.*"):
+            if stale != target:
+                stale.unlink(missing_ok=True)
     return target

@@ -129,5 +129,6 @@ def run_final(spec: SweepSpec, *, results_dir: str | Path = "results", trial: st
     report = write_report(folder, protocols=protocols, metrics=table.get("metrics") or TABLE_METRICS,
                           label_columns={"chosen by": f"{choice.search} on {choice.objective}"},
                           notes=[(f"Configuration chosen by {choice.describe()}; retrained on all training "
-                                  f"identities; exported as {exported.name}.")])
+                                  "identities.")])
+    report.files.append(exported)
     return folder, report

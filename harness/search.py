@@ -3,7 +3,9 @@
 Every backend reads the same answers from here, so one spec gives the same trials on each:
 
 - Objectives are validation metrics (`val_*`, measured on held-out training identities) or costs
-  (`train_img_per_s`, ...); test metrics never select hyper-parameters.
+  (`train_img_per_s`, ...); test metrics never select hyper-parameters, and a search trial never
+  evaluates the test protocols at all (`run_trial(..., test_protocols=False)`): its records are
+  one `val` record carrying `search_fields` (the objectives), which the search table reads.
 - The plan: one slot per grid point without a search; with a search, every grid point gets
   `n_trials` sampled trials (sampler `grid` enumerates the discretised space instead, `n_trials`
   capping the combinations per grid point with a seeded subset).
@@ -25,6 +27,7 @@ from harness.config import TrialConfig
 from harness.errors import ConfigError, check_int
 from harness.preflight import check_buildable
 from harness.results.metrics import ACCURACY_METRICS, COST_METRICS, VALIDATION_PREFIX, objective_direction
+from harness.results.records import objectives_field
 from harness.sweep import MAX_GRID_POINTS, SweepSpec
 
 GRID_INDEX = "grid_index"
@@ -51,6 +54,14 @@ def objective_directions(spec: SweepSpec) -> list[str]:
 def validation_key(objective: str) -> str | None:
     """`val_mAP` -> `mAP`, the key of `validate()`'s dict; None for a cost objective."""
     return objective[len(VALIDATION_PREFIX):] if objective.startswith(VALIDATION_PREFIX) else None
+
+
+def search_fields(spec: SweepSpec) -> dict[str, Any]:
+    """Record fields of every trial of a search (none for a grid): its objectives and their directions
+    as JSON (`objectives`), which tells the tables a search's records from a grid's and how to rank them."""
+    if spec.search is None:
+        return {}
+    return objectives_field(dict(zip(objective_names(spec), objective_directions(spec))))
 
 
 def reports_every_epoch(spec: SweepSpec) -> str | None:
@@ -159,13 +170,14 @@ def check_search(spec: SweepSpec, configs: Sequence[TrialConfig]) -> None:
                 f"{src}: search objective {name!r} is not a validation metric; use one of {accepted} "
                 f"(held-out training identities) or a cost ({', '.join(COST_METRICS)}): test metrics never "
                 "select hyper-parameters")
-    if any(validation_key(n) for n in names) and "data.val_identities" not in search.space:
+    if "data.val_identities" not in search.space:  # a search trial is scored on validation identities only
         for i, cfg in enumerate(configs):
             if cfg.data.val_identities <= 0:
                 raise ConfigError(
                     f"{src}: search objective {names[0]!r} needs validation data but data.val_identities is "
                     f"{cfg.data.val_identities} (grid point {i}); set data.val_identities > 0 in base so some "
-                    "training identities are held out for validation")
+                    "training identities are held out for validation (search trials never evaluate the test "
+                    "protocols)")
     for key, dist in search.space.items():
         where = f"{src}: search.space.{key}"
         kind = dist["type"]
@@ -205,17 +217,26 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def trial_hparams(cfg: TrialConfig, keys: Sequence[str]) -> dict[str, Any]:
+    """What TensorBoard's HParams view compares a trial by: its method, seed and every swept key's value."""
+    tree = cfg.to_dict()
+    return {"method": cfg.method, "seed": cfg.seed, **{key: _dotted(tree, key) for key in keys}}
+
+
+def _dotted(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def trial_label(cfg: TrialConfig, keys: Sequence[str]) -> str:
     """`agw data.trial=3 seed=0`: the method, then every swept key with this trial's value."""
     tree = cfg.to_dict()
     parts = [cfg.method]
     for key in keys:
-        if key == "method":
-            continue
-        node: Any = tree
-        for part in key.split("."):
-            node = node[part]
-        parts.append(f"{key}={_short(node)}")
+        if key != "method":
+            parts.append(f"{key}={_short(_dotted(tree, key))}")
     if "seed" not in keys:
         parts.append(f"seed={cfg.seed}")
     return " ".join(parts)

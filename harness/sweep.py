@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import TrialConfig, field_paths, load_yaml, set_dotted
+from harness.config import TrialConfig, field_paths, load_yaml, resolve_file_paths, set_dotted
 from harness.errors import ConfigError, HarnessError, check_int
 from harness.preflight import check_buildable
 from harness.recipes import apply_recipe
@@ -80,7 +80,7 @@ class SweepSpec:
                 set_dotted(tree, k, v, where=f"{self.source}: grid")
             for k, v in (overrides or {}).items():
                 set_dotted(tree, k, v, where="--set")
-            where = f"{self.source}: grid point {dict(zip(keys, values))}"
+            where = f"{self.source}: grid point {dict(zip(keys, values))}" if keys else self.source
             configs.append(TrialConfig.from_dict(tree, where=where))
             check_buildable(configs[-1], where)
         return configs
@@ -204,10 +204,32 @@ def check_final_block(where: str, block: Any, search: SearchSpace | None) -> dic
     return dict(block)
 
 
-def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
+def _resolve_spec_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The spec's relative path keys (model.pretrained_file, data.root, data.cache_dir) in base, grid,
+    dry_run and categorical search choices, resolved against the spec's folder."""
+    out = dict(data)
+    for part in ("base", "grid", "dry_run"):
+        if isinstance(data.get(part), dict):
+            out[part] = resolve_file_paths(data[part], folder)
+    search = data.get("search")
+    if isinstance(search, dict) and isinstance(search.get("space"), dict):
+        space = {}
+        for key, dist in search["space"].items():
+            if isinstance(dist, dict) and isinstance(dist.get("choices"), list):
+                dist = {**dist, "choices": resolve_file_paths({key: dist["choices"]}, folder)[key]}
+            space[key] = dist
+        out["search"] = {**search, "space": space}
+    return out
+
+
+def parse_spec(data: Any, *, source: str = "<spec>", folder: str | Path | None = None) -> SweepSpec:
+    """A validated spec from its YAML data; `folder` (the spec file's) is what relative paths in it
+    are read from (none given: the working folder, as for --set values)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a sweep spec is a YAML mapping with keys {', '.join(SPEC_KEYS)}")
     _check_keys(source, data, SPEC_KEYS)
+    if folder is not None:
+        data = _resolve_spec_paths(data, Path(folder))
     name = data.get("name") or Path(source).stem
     check_sweep_name(name, f"{source}: name")
     backend = data.get("backend", "local")
@@ -258,4 +280,5 @@ def parse_spec(data: Any, *, source: str = "<spec>") -> SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    return parse_spec(load_yaml(path), source=str(path))
+    """The spec in file `path`; its relative paths are read from the file's folder."""
+    return parse_spec(load_yaml(path), source=str(path), folder=Path(path).parent)

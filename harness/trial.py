@@ -21,7 +21,7 @@ from harness.data.cache_root import cache_root
 from harness.data.images import load_images
 from harness.data.registry import load_dataset
 from harness.data.splits import DatasetBundle, EvalProtocol
-from harness.errors import TrialFailure
+from harness.errors import ConfigError, TrialFailure
 from harness.evaluation import evaluate_trials
 from harness.progress import TaskProgress
 from harness.provenance import config_key, environment_fields
@@ -188,14 +188,20 @@ def protocol_records(cfg: TrialConfig, common: dict[str, Any], protocols: dict[s
 def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
               on_epoch: Callable[[int, dict[str, float], Callable[[], dict[str, float]]], None] | None = None,
               on_iter: Callable[[int, int, dict[str, Any]], None] | None = None,
-              extra: dict[str, Any] | None = None) -> TrialResult:
+              extra: dict[str, Any] | None = None, test_protocols: bool = True,
+              on_curves: Callable[[list[dict[str, float]]], None] | None = None) -> TrialResult:
     """Train `cfg` to its final epoch and evaluate that model on every test protocol.
+
+    `test_protocols=False` (a search trial) evaluates the validation protocol instead and never
+    touches the test images: the records are one record of protocol `val` (held-out training
+    identities), so nothing of the test set can select a configuration.
 
     `on_iter(epoch, step, fields)` follows each training step (`step_fields`) and each batch of
     the final evaluation (`fields["phase"] == "evaluating"`), for progress displays.
     `on_epoch(epoch, losses, validate)` may call `validate()` for validation metrics (computed on
-    held-out training identities only) and may raise to stop the trial. A checkpoint in
-    `workdir` is resumed from. The result carries the per-epoch training curves and, when
+    held-out training identities only) and may raise to stop the trial. `on_curves(rows)` gets
+    the training curves so far after each epoch (harness.curves; live TensorBoard). A checkpoint
+    in `workdir` is resumed from. The result carries the per-epoch training curves and, when
     successful, the final network (`trained`) for the runner to keep.
     """
     key = config_key(cfg)
@@ -220,19 +226,24 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         trainer.iteration_callbacks.append(lambda epoch, step: on_iter(epoch, step, step_fields(trainer)))
     n_params = sum(p.numel() for p in method.parameters())
 
-    validated: dict[int, dict[str, float]] = {}
+    validated: dict[int, tuple[dict[str, Any], float]] = {}
 
-    def validate() -> dict[str, float]:
-        """Validation metrics of the current model, computed once per epoch (curves and pruning share them)."""
+    def validation_result() -> tuple[dict[str, Any], float]:
+        """evaluate_trials' result on the validation protocol for the current model and the images/s of
+        its extraction, computed once per epoch."""
         if bundle.validation is None:
             raise TrialFailure("validation requested but data.val_identities is 0")
         epoch = trainer.stats.epochs_run
         if epoch not in validated:
-            res, _ = evaluate_protocols(method, {"val": bundle.validation}, cfg, device, image_cache)
+            res, speed = evaluate_protocols(method, {"val": bundle.validation}, cfg, device, image_cache)
             method.train()
             validated.clear()
-            validated[epoch] = summarise(res["val"])
+            validated[epoch] = (res["val"], speed)
         return validated[epoch]
+
+    def validate() -> dict[str, float]:
+        """Validation metrics of the current model, computed once per epoch (curves and pruning share them)."""
+        return summarise(validation_result()[0])
 
     if on_epoch:
         trainer.epoch_callbacks.append(lambda epoch, stats: on_epoch(epoch, stats.last_losses, validate))
@@ -242,16 +253,24 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         **(extra or {}),
     }
     curves = CurveRecorder(trainer, validate=validate if bundle.validation is not None else None,
-                           resume_file=curves_resume_file(ckpt) if ckpt else None)
+                           resume_file=curves_resume_file(ckpt) if ckpt else None, on_rows=on_curves)
+    if not test_protocols and bundle.validation is None:
+        raise ConfigError("a search trial is scored on held-out training identities and never on the test "
+                          "protocols: set data.val_identities > 0")
+    protocols = bundle.protocols if test_protocols else {"val": bundle.validation}
     try:
         trainer.maybe_resume()
         curves.attach()
         stats = trainer.fit()
-        results, infer_speed = evaluate_protocols(
-            method, bundle.protocols, cfg, device, image_cache,
-            on_progress=(lambda done, total: on_iter(stats.epochs_run, done - 1, {"phase": "evaluating",
-                                                                                "steps": total}))
-            if on_iter else None)
+        if test_protocols:
+            results, infer_speed = evaluate_protocols(
+                method, protocols, cfg, device, image_cache,
+                on_progress=(lambda done, total: on_iter(stats.epochs_run, done - 1, {"phase": "evaluating",
+                                                                                    "steps": total}))
+                if on_iter else None)
+        else:  # the last epoch's validation, shared with the curves and the pruner
+            result, infer_speed = validation_result()
+            results = {"val": result}
         val = validate() if bundle.validation is not None else {}
     except TrialFailure as exc:
         return TrialResult(key=key, status="failed", failure=str(exc), checkpoint=ckpt, curves=curves.rows, records=[
@@ -263,6 +282,6 @@ def run_trial(cfg: TrialConfig, *, workdir: Path | None = None,
         "final_losses": json.dumps(stats.last_losses),
         **{f"val_{k}": v for k, v in val.items()},
     }
-    return TrialResult(key=key, status="ok", records=protocol_records(cfg, common, bundle.protocols, results),
+    return TrialResult(key=key, status="ok", records=protocol_records(cfg, common, protocols, results),
                        checkpoint=ckpt, curves=curves.rows,
                        trained=TrainedModel(method, cfg, bundle.num_classes, bundle.num_cameras, bundle.name))

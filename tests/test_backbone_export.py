@@ -105,7 +105,7 @@ def test_committed_main_job_backbone_matches_its_card():
 
     root = Path(__file__).resolve().parents[1]
     spec = yaml.safe_load((root / "benchmarks" / "ablation_synthetic.yaml").read_text())
-    weights = root / spec["base"]["model"]["pretrained_file"]
+    weights = root / "benchmarks" / spec["base"]["model"]["pretrained_file"]  # a spec's paths: from its folder
     card = json.loads(weights.with_suffix(".json").read_text())
     assert card["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert card["backbone"] == spec["base"]["model"]["backbone"]

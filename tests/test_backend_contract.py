@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from harness.errors import ConfigError, InputError
@@ -112,6 +113,35 @@ def test_options_a_backend_does_not_take_are_refused_naming_the_flag(tmp_path, b
     assert OPTION_FLAGS[option] in message and f"the {backend} backend does not take it" in message
     assert all(other in message for other in accepting(option)) and accepting(option)
     assert not (tmp_path / "refused").exists()  # refused before anything ran
+
+
+SEARCHING = [p for p in BACKENDS if "search" in get_backend(p.id).supports]
+
+
+@pytest.mark.parametrize("backend", SEARCHING)
+def test_a_search_never_evaluates_the_test_protocols_and_its_table_shows_the_objective(tmp_path, backend):
+    """Search trials are asked for their validation protocol only (the fake trial returns test protocols
+    "a" and "b" unless told not to): one `val` record each, naming the objective; the table is one row
+    per trial with the sampled value, the state and val_mAP, the best trial ticked, no test metric."""
+    from harness.results import write_report
+
+    name = f"search-{backend}"
+    spec = parse_spec({"name": name, "base": {"data": {"val_identities": 4}, "train": {"epochs": 2}},
+                       "search": {"space": {"train.lr": {"type": "uniform", "low": 0.001, "high": 0.079}},
+                                  "n_trials": 3, "sampler": "random", "pruner": "none"}}, source=f"{name}.yaml")
+    sweep(spec, backend, tmp_path)
+    df = ResultStore(tmp_path / name).dataframe()
+    assert len(df) == 3 and set(df["protocol"]) == {"val"} and set(df["status"]) == {"ok"}
+    assert set(df["objectives"]) == {json.dumps({"val_mAP": "maximize"})}
+    report = write_report(tmp_path / name, protocols=["a"], plots=False)  # a spec's test protocol: not searched
+    table = pd.read_csv(tmp_path / name / "table.csv")
+    assert {"trial", "train.lr", "state", "epochs", "val_mAP", "chosen"} <= set(table.columns)
+    assert not {"rank1", "mAP", "protocol"} & set(table.columns)
+    lrs = [json.loads(c)["train"]["lr"] for c in df["config"]]
+    expected = sorted((100.0 * lr / 0.1 * 0.05 for lr in lrs), reverse=True)  # the fake's validation formula
+    assert table["val_mAP"].tolist() == pytest.approx(expected)  # best first
+    assert table["chosen"].tolist() == [True, False, False] and set(table["state"]) == {"ok"}
+    assert "val_mAP" in report.markdown and "Rank-1" not in report.markdown and "| a |" not in report.markdown
 
 
 def test_a_search_on_a_backend_without_search_is_refused(tmp_path):

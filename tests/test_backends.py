@@ -32,6 +32,7 @@ from harness.trial import TrialResult
 
 FAKE = "tests.test_backends:fake_run_trial"
 BLOCK_ENV = "VIREID_TEST_BLOCK_FILE"
+SLEEP_ENV = "VIREID_TEST_TRIAL_SECONDS"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,8 +51,14 @@ def fake_throughput(cfg) -> float:
     return 1000.0 * (1.0 - cfg.train.lr / 0.1) * (0.5 + cfg.train.weight_decay / 0.02)
 
 
-def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None) -> TrialResult:
-    """Stands in for harness.trial.run_trial: per-epoch validation rises linearly to fake_val_map."""
+def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None, test_protocols=True,
+                   on_curves=None) -> TrialResult:
+    """Stands in for harness.trial.run_trial: per-epoch validation rises linearly to fake_val_map.
+
+    Test protocols "a" and "b" get one record each; `test_protocols=False` (a search trial) gives one
+    `val` record instead, as run_trial does."""
+    started = time.time()
+    time.sleep(float(os.environ.get(SLEEP_ENV) or 0))
     block = os.environ.get(BLOCK_ENV)
     if block and Path(block).exists():  # park here until the test kills this process
         Path(block + ".started").write_text(str(os.getpid()))
@@ -74,7 +81,11 @@ def fake_run_trial(cfg, *, workdir=None, on_epoch=None, on_iter=None, extra=None
                      "seed": cfg.seed, "config": json.dumps(cfg.to_dict(), sort_keys=True), "status": "ok",
                      "failure": None, "epochs": epochs, "val_mAP": final, "train_img_per_s": fake_throughput(cfg),
                      "pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                     "started_at": started, "finished_at": time.time(),
                      **(extra or {})}
+    if not test_protocols:
+        return TrialResult(key=key, status="ok", records=[{**common_fields, "protocol": "val", "rank1": final,
+                                                           "mAP": final}])
     records = [{**common_fields, "protocol": p, "rank1": 10.0 + i, "mAP": 5.0 + i} for i, p in enumerate(("a", "b"))]
     return TrialResult(key=key, status="ok", records=records)
 
@@ -165,7 +176,8 @@ def test_optuna_tpe_search_records_every_trial_with_its_params(tmp_path, fake):
     spec = make_spec("tpe", search={"space": LR_SPACE, "n_trials": 6, "sampler": "tpe", "pruner": "none"})
     run_optuna(spec, tmp_path, quiet=True, trial_fn=fake)
     df = ok_records(tmp_path).drop_duplicates("trial_key")
-    assert len(df) == 6 and len(ResultStore(tmp_path).dataframe()) == 12
+    assert len(df) == 6 and len(ResultStore(tmp_path).dataframe()) == 6  # one validation record per trial
+    assert set(df["protocol"]) == {"val"} and set(df["objectives"]) == {json.dumps({"val_mAP": "maximize"})}
     study = load(tmp_path, "tpe")
     by_number = {t.number: t for t in study.trials}
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) and len(study.trials) == 6
@@ -246,7 +258,7 @@ def test_optuna_median_pruning_stores_pruned_records(tmp_path, fake):
         rows = df[df["optuna_trial"] == t.number]
         assert list(rows["status"]) == ["pruned"]
         step = max(t.intermediate_values)
-        assert rows["epochs"].iloc[0] == step + 1 < 4
+        assert rows["epochs"].iloc[0] == step < 4  # steps are epochs 1..n
         # brute force: its best value so far is below the median of the earlier completed trials at that step
         earlier = [u.intermediate_values[step] for u in trials
                    if u.number < t.number and u.state == optuna.trial.TrialState.COMPLETE]
@@ -389,7 +401,7 @@ def test_optuna_two_worker_processes_share_one_budget(tmp_path):
     trials = load(tmp_path, "two").trials
     assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     df = ok_records(tmp_path)
-    assert df["trial_key"].nunique() == 6 and len(df) == 12
+    assert df["trial_key"].nunique() == 6 and len(df) == 6  # one validation record per search trial
     assert os.getpid() not in set(df["pid"])  # the trials ran in the worker processes
     assert sorted(df.drop_duplicates("trial_key")["optuna_trial"]) == list(range(6))
 
@@ -431,6 +443,51 @@ def test_ray_fractional_gpus_per_trial(cluster, nodes, per_trial, expected):
     from harness.runner.ray_backend import trial_resources
 
     assert trial_resources(cluster, nodes, per_trial) == expected
+
+
+@pytest.mark.parametrize("cluster, nodes, threads, expected", [
+    ({"CPU": 2.0}, [2.0], 1, {"cpu": 1.0, "gpu": 0.0}),  # train.threads 1 on 2 cores: two trials at once
+    ({"CPU": 16.0}, [8.0, 8.0], 4, {"cpu": 4.0, "gpu": 0.0}),
+    ({"CPU": 4.0}, [4.0], 16, {"cpu": 4.0, "gpu": 0.0}),  # never more than a node has
+    ({"CPU": 2.0}, [2.0], None, {"cpu": 2.0, "gpu": 0.0}),  # threads left to torch: every core
+    ({"CPU": 16.0, "GPU": 4.0}, [16.0], 2, {"cpu": 2.0, "gpu": 1.0}),
+])
+def test_ray_cpus_per_trial_follow_train_threads(cluster, nodes, threads, expected):
+    from harness.runner.ray_backend import trial_resources, trial_threads
+
+    assert trial_resources(cluster, nodes, threads=threads) == expected
+    spec = make_spec("threads", grid={"train.threads": [1, 2]})
+    assert trial_threads(spec.trials()) == 2 and trial_threads(make_spec("none").trials()) is None
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason="ray[tune] is not installed")
+def test_ray_runs_one_thread_trials_side_by_side_reports_metrics_and_names_the_harness_board(
+        tmp_path, monkeypatch, capsys):
+    """Two CPUs, train.threads 1: the two trials run at the same time (their fake runs of 1.5 s
+    overlap); Tune's results hold the harness's metrics, and the sweep names the harness's
+    TensorBoard folder, not one of Ray's own."""
+    import pandas as pd
+
+    from harness.runner.ray_backend import TRIALS_CSV as RAY_CSV
+    from harness.runner.ray_backend import run_ray
+
+    monkeypatch.setenv(SLEEP_ENV, "1.5")
+    spec = make_spec("rthreads", grid={"train.lr": [0.01, 0.02]},
+                     base={"data": {"val_identities": 4}, "train": {"epochs": 3, "threads": 1}})
+    run_ray(spec, tmp_path, trial_fn=FAKE, num_cpus=2)
+    out = capsys.readouterr().out
+    df = ok_records(tmp_path).drop_duplicates("trial_key").sort_values("started_at")
+    first, second = df.to_dict("records")
+    assert second["started_at"] < first["finished_at"]  # side by side, not one after the other
+    tune_rows = pd.read_csv(tmp_path / RAY_CSV).set_index("config/grid_point")
+    row = tune_rows.loc["mclnet train.lr=0.01 seed=0"]
+    assert row["test/a/rank1"] == 10.0 and row["test/b/mAP"] == 6.0 and row["epochs"] == 3  # the fake's numbers
+    assert row["train_img_per_s"] == pytest.approx(1000.0 * 0.9 * (0.5 + 0.0005 / 0.02))
+    assert "1 CPU(s) and 0 GPU(s) per trial" in out
+    assert f"tensorboard --logdir '{tmp_path.resolve() / 'tensorboard'}'" in out
+    assert "To visualize your results with TensorBoard" not in out  # Ray writes no board of its own
+    assert not list((tmp_path / "ray").rglob("events.out.tfevents*"))
 
 
 @pytest.mark.parametrize("cluster, per_trial, match", [
@@ -544,10 +601,12 @@ def test_ray_outcomes_after_fit_pruned_records_and_interruptions(tmp_path):
     from types import SimpleNamespace
 
     from harness.runner.ray_backend import _store_pruned_trials
+    from harness.search import search_fields
 
     spec = make_spec("outcomes", search={"space": LR_SPACE, "n_trials": 4})
     payload = {"configs": [c.to_dict() for c in spec.trials()], "folder": str(tmp_path), "sweep": "outcomes",
-               "source": "outcomes.yaml", "objectives": ["val_mAP"], "labels": ["mclnet seed=0"]}
+               "source": "outcomes.yaml", "objectives": ["val_mAP"], "labels": ["mclnet seed=0"],
+               "swept": ["train.lr"], "search_fields": search_fields(spec)}
     results = [
         SimpleNamespace(config={"grid_point": "mclnet seed=0", "train.lr": 0.01}, error=None,
                         metrics={"trial_status": "ok", "val_mAP": 1.0, "done": True}),
@@ -563,9 +622,10 @@ def test_ray_outcomes_after_fit_pruned_records_and_interruptions(tmp_path):
     df = ResultStore(tmp_path).dataframe()
     [row] = df.to_dict("records")
     assert row["status"] == "pruned" and json.loads(row["config"])["train"]["lr"] == 0.03
-    assert row["epochs"] == 1 and json.loads(row["val_history"]) == {"0": 0.5} and row["trial_id"] == "t3"
+    assert row["epochs"] == 1 and json.loads(row["val_history"]) == {"1": 0.5} and row["trial_id"] == "t3"
     assert row["failure"] == "pruned after epoch 1 (validation 0.50)"
     assert row["trial_key"] == config_key(spec.trials()[0].with_overrides({"train.lr": 0.03}))
+    assert row["label"] == "mclnet train.lr=0.03 seed=0" and json.loads(row["objectives"]) == {"val_mAP": "maximize"}
 
 
 def test_ray_tables_mark_the_pareto_front(tmp_path):
@@ -615,14 +675,15 @@ def test_optuna_end_to_end_with_the_real_trial(tmp_path):
     spec = tiny_real_spec("real", tmp_path / "cache", n_trials=2, pruner="median")
     run_optuna(spec, tmp_path / "out", quiet=True)
     df = ResultStore(tmp_path / "out").dataframe()
-    assert set(df["status"]) == {"ok"} and set(df["protocol"]) == {"all-single"} and len(df) == 2
+    assert set(df["status"]) == {"ok"} and set(df["protocol"]) == {"val"} and len(df) == 2  # no test protocol
     study = load(tmp_path / "out", "real")
     for t in study.trials:
         [row] = df[df["optuna_trial"] == t.number].to_dict("records")
         assert t.value == pytest.approx(row["val_mAP"])  # the objective is the validation metric
         assert 0.0 <= row["val_mAP"] <= 100.0 and 0.0 <= row["rank1"] <= 100.0
-        assert sorted(t.intermediate_values) == [0, 1]  # validated after each epoch for the pruner
-        assert t.intermediate_values[1] == pytest.approx(row["val_mAP"])  # the final model, validated once more
+        assert sorted(t.intermediate_values) == [1, 2]  # validated after each epoch (1..n) for the pruner
+        assert t.intermediate_values[2] == pytest.approx(row["val_mAP"])  # the final model, validated once more
+        assert row["mAP"] == pytest.approx(row["val_mAP"])  # its one record is the validation protocol's
         assert json.loads(row["config"])["train"]["lr"] == pytest.approx(t.params["train.lr"])
     assert not list((tmp_path / "out" / "checkpoints").glob("*.ckpt"))
 

@@ -101,7 +101,7 @@ def test_sweep_end_to_end_resumes_and_tables(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert any(line.split()[:1] == ["agw"] and " 2 " in line for line in lines)
-    assert any(line.split()[:1] == ["mclnet"] for line in lines) and "Deltas to agw" in out
+    assert any(line.split()[:1] == ["mclnet"] for line in lines) and "Differences to agw" in " ".join(out.split())
     assert max(len(line) for line in lines if "│" in line or line.startswith(" ")) <= 80
     folder = tmp_path / "tiny"
     for name in ("table.md", "table.tex", "table-all-single.md", "table-all-single.csv", "table-all-single.tex",
@@ -115,7 +115,7 @@ def test_sweep_end_to_end_resumes_and_tables(tmp_path, capsys):
     again = store.dataframe()
     assert again["record_id"].tolist() == first["record_id"].tolist()
     assert (main(["table", str(folder), "--baseline", "mclnet", "--no-plots"])) == 0
-    assert "Deltas to mclnet" in capsys.readouterr().out
+    assert "Differences to mclnet" in " ".join(capsys.readouterr().out.split())
 
 
 def test_paper_spec_dry_run_on_synthetic_regdb_layout(tmp_path, capsys):

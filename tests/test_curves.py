@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from harness.provenance import config_key
 from harness.trial import run_trial
 
 
@@ -35,6 +36,36 @@ def test_rows_hold_every_term_learning_rate_speed_and_validation(tiny_config):
         assert row["lr/backbone"] == pytest.approx(expected_lr(t.lr, epoch, 2, [2], t.gamma))
         assert row["lr/head"] == pytest.approx(expected_lr(t.head_lr, epoch, 2, [2], t.gamma))
     assert rows[-1]["val/mAP"] == pytest.approx(result.records[0]["val_mAP"])  # the last validation is reused
+
+
+def test_a_search_trial_never_loads_a_test_image(tiny_config, monkeypatch):
+    """test_protocols=False: the trial is scored on its validation protocol (the last epoch's
+    validation, shared with the curves) and not one test image is decoded."""
+    import harness.trial
+    from harness.data.registry import load_dataset
+
+    cfg = tiny_config(method="agw", **{"data.val_identities": 3})
+    loaded: set[str] = set()
+    load_images = harness.trial.load_images
+
+    def recording(paths, *args, **kwargs):
+        loaded.update(paths)
+        return load_images(paths, *args, **kwargs)
+
+    monkeypatch.setattr(harness.trial, "load_images", recording)
+    result = run_trial(cfg, test_protocols=False)
+    assert result.status == "ok" and [r["protocol"] for r in result.records] == ["val"]
+    bundle = load_dataset(cfg.data, seed=cfg.seed)
+    test_images = {p for protocol in bundle.protocols.values() for split in (protocol.query, protocol.gallery)
+                   for p in split.paths}
+    validation = set(bundle.validation.query.paths) | set(bundle.validation.gallery.paths)
+    assert validation <= loaded and not loaded & test_images
+    [record] = result.records
+    assert record["mAP"] == pytest.approx(result.curves[-1]["val/mAP"]) == pytest.approx(record["val_mAP"])
+    assert record["infer_img_per_s"] > 0
+    loaded.clear()
+    tested = run_trial(cfg)  # the default evaluates every test protocol
+    assert {r["protocol"] for r in tested.records} == set(bundle.protocols) and loaded & test_images
 
 
 def test_rows_survive_a_resumed_trial(tiny_config, tmp_path):
@@ -88,6 +119,53 @@ def test_sweep_stores_curves_and_tensorboard_reads_them_back(tiny_config, tmp_pa
     assert tmp_path / "sweep" / "loss_curves.png" in files and tmp_path / "sweep" / "loss_curves.pdf" in files
 
 
+def _events(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return events
+
+
+def test_tensorboard_follows_a_running_trial_then_gets_test_metrics_and_hparams(tiny_config, tmp_path):
+    """After each epoch the trial's TensorBoard run already holds that epoch (watched from inside the
+    trial); once stored, `test/<protocol>/rank1|mAP|mINP` equal the records and an HParams session
+    names the swept keys with this trial's values and the final metrics."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from harness.results import ResultStore
+    from harness.runner.common import execute_trial
+
+    cfg = tiny_config(method="agw", **{"train.epochs": 3, "data.val_identities": 3, "data.modes": ["all", "indoor"]})
+    folder = tmp_path / "sweep" / "tensorboard" / f"agw train.lr=0.01 [{config_key(cfg)}]"
+    seen = []
+
+    def watch(epoch, losses, validate):
+        events = _events(folder)
+        seen.append([s.step for s in events.Scalars("loss/ce")])
+        assert not [t for t in events.Tags()["scalars"] if t.startswith("test/")]  # not before the end
+
+    result = execute_trial(cfg, ResultStore(tmp_path / "sweep"), sweep="sweep", backend="local", trial_id="0",
+                           on_epoch=watch, keep_model=False, extra={"label": "agw train.lr=0.01"},
+                           hparams={"method": "agw", "train.lr": 0.01, "train.milestones": [1]})
+    assert seen == [[1], [1, 2], [1, 2, 3]]  # live: each epoch visible while the trial still runs
+    events = _events(folder)
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    for record in result.records:
+        for name in ("rank1", "mAP", "mINP"):
+            [point] = events.Scalars(f"test/{record['protocol']}/{name}")
+            assert point.step == 3 and point.value == pytest.approx(record[name], rel=1e-6)
+    assert {r["protocol"] for r in result.records} == {"all-single", "indoor-single"}
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [h.name for h in experiment.hparam_infos] == ["method", "train.lr", "train.milestones"]
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"test/all-single/mAP", "test/indoor-single/rank1", "val/mAP"} <= metric_tags
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["method"].string_value == "agw" and start.hparams["train.lr"].number_value == 0.01
+    assert start.hparams["train.milestones"].string_value == "[1]"
+
+
 def test_loss_curves_figure_draws_the_mean_over_seeds_per_method():
     import numpy as np
     import pandas as pd
@@ -104,6 +182,37 @@ def test_loss_curves_figure_draws_the_mean_over_seeds_per_method():
     ce = {line.get_label(): line.get_ydata().tolist() for line in panels[0].get_lines()}
     assert ce == {"agw": [3.0, 2.0], "mclnet": [5.0, 4.5]}  # mean over the two agw seeds
     assert [line.get_label() for line in panels[1].get_lines()] == ["mclnet"]
+
+
+def test_loss_curves_give_each_method_one_colour_in_every_panel_and_a_legend_entry():
+    """The first panel (cca) holds only mclnet: the legend still names every method, and a colour
+    stands for the same method in every panel."""
+    import pandas as pd
+
+    from harness.figures.curves import loss_curves_figure
+
+    methods = ["agw", "agw+mcm", "agw+mcm+center", "agw+mcm+ica", "mclnet", "mclnet-no-mcm"]
+    records = pd.DataFrame({"trial_key": methods, "method": methods})
+    rows = []
+    for i, m in enumerate(methods):
+        for epoch in (1, 2):
+            row = {"trial_key": m, "epoch": epoch, "loss/ce": 5.0 - i - epoch, "loss/total": 9.0 - i - epoch}
+            if m in ("mclnet", "mclnet-no-mcm"):
+                row["loss/cca"] = 0.5 * i
+            if "mcm" in m and "no-mcm" not in m:
+                row["loss/mcm"] = 0.1 * i
+            rows.append(row)
+    fig = loss_curves_figure(pd.DataFrame(rows), records)
+    [legend] = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == methods
+    legend_colours = {t.get_text(): h.get_color() for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    assert len(set(legend_colours.values())) == len(methods)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["cca", "ce", "mcm", "total"]
+    for ax in panels:
+        for line in ax.get_lines():
+            assert line.get_color() == legend_colours[line.get_label()], (ax.get_title(), line.get_label())
+    assert [line.get_label() for line in panels[0].get_lines()] == ["mclnet", "mclnet-no-mcm"]
 
 
 def test_a_pruned_trial_keeps_the_curves_of_the_epochs_it_trained(tiny_config, tmp_path):

@@ -40,9 +40,14 @@ def test_search_then_final_end_to_end(tmp_path, capsys):
     assert chosen_cfg["train"]["lr"] == best_cfg["train"]["lr"]
     assert best_cfg["data"]["val_identities"] == 4 and chosen_cfg["data"]["val_identities"] == 0
     assert final["num_classes"].iloc[0] == best["num_classes"] + 4  # all training identities
+    assert set(search["protocol"].dropna()) == {"val"}  # search trials never evaluated a test protocol
+    searched = (tmp_path / "tiny-search" / "table.md").read_text()
+    assert "val_mAP" in searched and "Rank-1" not in searched and "all-single" not in searched
+    assert f"| {best['trial_id']} | mclnet |" in searched.splitlines()[4]  # the best trial heads the table, ticked
+    assert searched.splitlines()[4].endswith("| ✓ |")
     table = (tmp_path / "tiny-search-final" / "table.md").read_text()
     assert "chosen by" in table and "tiny-search on val_mAP" in table and best["trial_key"] in table
-    assert "tiny-search: best val_mAP" in out
+    assert "tiny-search: best val_mAP" in " ".join(out.split())
     # the exported configuration is what `vireid run --config` loads, and it is the final trial
     exported = tmp_path / "tiny-search-final" / "chosen.yaml"
     cfg = TrialConfig.from_dict(load_yaml(exported), where=str(exported))

@@ -236,7 +236,8 @@ def test_a_single_seed_claims_no_interval_and_says_so(tmp_path):
     report = write_report(store.folder, baseline="a", plots=False)
     s = report.summaries[0]
     assert best_marks(s, "rank1") == ["", ""]
-    assert "n = 1 have no CI and no significance" in report.markdown
+    assert "Every row has n = 1: no CI, no significance claim; nothing is marked." in report.markdown
+    assert "MCM: ;" not in report.terminal and "CCA: " not in report.terminal  # switches off: not named empty
     stats = statistics_frame(s)
     assert set(stats["95% CI"]) == {"-"} and set(stats["Δ 95% CI"]) == {"-"}
     assert "45.00 ±" not in report.markdown
@@ -286,18 +287,74 @@ def test_paper_table_layout_markdown_latex_and_terminal(tmp_path):
     assert [c for c in frame.columns[5:]] == [(p, m) for p in ("SYSU all", "SYSU indoor")
                                               for m in ("Rank-1", "Rank-10", "Rank-20", "mAP", "mINP")]
     assert frame.iloc[2, 1:4].tolist() == ["✓", "ICA", "✓"] and frame.iloc[1, 1:4].tolist() == ["✓", "center", ""]
-    assert frame[("SYSU all", "Rank-1")].iloc[0] == "41.00 ± 1.00†"  # 3 seeds: no difference can be significant
+    assert frame[("SYSU all", "Rank-1")].iloc[0] == "41.00 ± 1.00"
     md = (store.folder / "table.md").read_text()
     assert "| method | MCM | ICA/center | CCA | runs | SYSU all Rank-1 |" in md
     tex = (store.folder / "table.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\multicolumn{5}{c}{SYSU all}" in tex
     assert "\\checkmark" in tex and "$\\pm$" in tex
+    assert tex.startswith("% needs \\usepackage{booktabs}") and "\\usepackage{amssymb}" in tex.splitlines()[0]
+    assert "\\begin{table*}" in tex and "\\end{table*}" in tex  # 15 columns: both columns of a paper
+    assert "\\label{tab:sweep}" in tex
+    caption = tex[tex.index("\\caption{"):tex.index("\\label")]
+    assert "table-" not in caption and ".md" not in caption and ".csv" not in caption  # no file names
+    stats_tex = (store.folder / "table-all-single.tex").read_text()
+    assert "\\label{tab:sweep-all-single}" in stats_tex and "p $<$ 0.05" in stats_tex
     csv = pd.read_csv(store.folder / "table-all-single.csv")
     assert {"rank1_delta_ci_low", "rank1_delta_ci_high", "rank1_delta_p", "rank1_ci_low", "rank1_gallery_std"} \
         <= set(csv.columns)
     text = render_terminal(report.summaries)
     lines = text.splitlines()
     assert max(map(len, lines)) <= 80 and any("R1" in line for line in lines) and "mclnet" in text
+    assert any(line.split() == ["±", "1.00"] * 3 + ["±", "0.00"] * 2 for line in lines)  # each mean's sd below it
+
+
+def test_paper_csv_holds_numbers_pandas_reads_back(tmp_path):
+    """table.csv: mean, sd and n per (protocol, metric) as numbers and the mark apart; the means and
+    sds are those of the seeds (40/41/42 -> 41, sd 1)."""
+    records = []
+    for seed, e in enumerate([0.3, -0.2, 0.1, -0.4, 0.2, 0.0]):
+        records += [_record("agw", seed, 40.0 + e, 30.0), _record("mclnet", seed, 46.0 - e, 31.0 + seed)]
+    store = _store(tmp_path, records)
+    write_report(store.folder, plots=False, published=None)
+    csv = pd.read_csv(store.folder / "table.csv")
+    assert csv["method"].tolist() == ["agw", "mclnet"] and csv["n"].tolist() == [6, 6]
+    for column in ("all-single.rank1.mean", "all-single.rank1.sd", "all-single.mAP.mean", "all-single.rank1.n"):
+        assert pd.api.types.is_numeric_dtype(csv[column]), column
+    agw = [40.0 + e for e in (0.3, -0.2, 0.1, -0.4, 0.2, 0.0)]
+    assert csv.loc[0, "all-single.rank1.mean"] == pytest.approx(sum(agw) / 6)
+    assert csv.loc[0, "all-single.rank1.sd"] == pytest.approx(float(np.std(agw, ddof=1)))
+    assert csv.loc[1, "all-single.mAP.mean"] == pytest.approx(33.5) and csv.loc[1, "all-single.rank1.n"] == 6
+    assert csv["all-single.rank1.mark"].fillna("").tolist() == ["", "best"]  # 6 pairs, all mclnet ahead
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5])
+def test_fewer_than_six_seeds_mark_nothing_and_the_caption_says_what_n_allows(tmp_path, seeds):
+    """The exact sign-flip test's smallest p with n pairs is 2/2^n: 0.0625 at n = 5, so even a gap
+    every seed agrees on cannot be significant; at n = 6 (0.031) it can."""
+    records = []
+    for seed in range(seeds):
+        records += [_record("agw", seed, 40.0 + 0.1 * seed, 30.0), _record("mclnet", seed, 50.0 + 0.2 * seed, 40.0)]
+    report = write_report(_store(tmp_path, records).folder, baseline="agw", plots=False)
+    s = report.summaries[0]
+    assert best_marks(s, "rank1") == ["", ""]
+    cells = paper_frame([s])[("SYSU all", "Rank-1")].tolist()
+    assert not any("†" in c or "**" in c for c in cells)
+    caption = report.footer.replace("\n", " ")
+    smallest = 2 / 2 ** seeds
+    assert f"With n = {seeds} seeds no difference can be significant" in caption
+    assert f"2/{2 ** seeds} = {smallest:.3g}" in caption and "Bold: best" not in caption
+    assert smallest > 0.05
+    assert not statistics_frame(s)["Δ"].str.endswith("*").any()
+
+
+def test_six_seeds_can_mark_the_best(tmp_path):
+    records = []
+    for seed in range(6):
+        records += [_record("agw", seed, 40.0 + 0.1 * seed, 30.0), _record("mclnet", seed, 50.0 + 0.2 * seed, 40.0)]
+    report = write_report(_store(tmp_path, records).folder, plots=False)
+    assert best_marks(report.summaries[0], "rank1") == ["", "best"]
+    assert "Bold: best" in report.footer.replace("\n", " ") and "no difference can be" not in report.footer
 
 
 def test_published_numbers_only_beside_real_data(tmp_path):
@@ -385,6 +442,41 @@ def test_throughput_figure_marks_mixed_devices(tmp_path):
     assert "MIXED DEVICES" in fig.axes[0].get_xlabel()
 
 
+def test_throughput_figure_shows_95_intervals_and_no_front_through_noise(tmp_path):
+    """Bars are the t CIs of the means (3 seeds: t 4.3027). agw is faster but less accurate than
+    mclnet: with agw's throughput 150/250/350 img/s its interval covers mclnet's 100-102, so no
+    Pareto front is drawn and the figure says why; at 249/250/251 the front is drawn."""
+    from harness.results.plots import resolved_front, throughput_figure
+
+    def figure(speeds, name):
+        records = []
+        for seed in range(3):
+            records += [_record("agw", seed, 40.0, 35.0, train_img_per_s=speeds[seed]),
+                        _record("mclnet", seed, 48.0, 43.0 + seed)]
+        return throughput_figure(summarise(_store(tmp_path, records, name=name).dataframe())).axes[0]
+
+    ax = figure([150.0, 250.0, 350.0], "noisy")
+    assert "Pareto front" not in [line.get_label() for line in ax.get_lines()]
+    assert any("no Pareto front" in t.get_text() for t in ax.texts)
+    half = T975[2] * 100.0 / math.sqrt(3)  # sd of 150, 250, 350 is 100
+    xbar = ax.containers[0].lines[2][0].get_segments()[0]
+    assert xbar[0][0] == pytest.approx(250 - half, abs=0.01) and xbar[1][0] == pytest.approx(250 + half, abs=0.01)
+    ax = figure([249.0, 250.0, 251.0], "apart")
+    [front] = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
+    assert front.get_xdata().tolist() == [101.0, 250.0] and front.get_ydata().tolist() == [44.0, 35.0]
+    assert not any("no Pareto front" in t.get_text() for t in ax.texts)
+
+    points = np.array([[100.0, 40.0], [200.0, 30.0], [150.0, 20.0]])  # the third is dominated
+    apart = np.array([[[95, 105], [39, 41]], [[195, 205], [29, 31]], [[140, 160], [19, 21]]], dtype=float)
+    assert resolved_front(points, apart).tolist() == [0, 1]
+    noisy = apart.copy()
+    noisy[1, 0] = [-5.9, 242.9]  # a throughput CI spanning the other point's
+    assert resolved_front(points, noisy) is None
+    noisy = apart.copy()
+    noisy[1, 1] = [np.nan, np.nan]  # one run: no interval, nothing resolved
+    assert resolved_front(points, noisy) is None
+
+
 def test_spec_table_block_refuses_unknown_grouping_keys_and_metrics():
     from harness.sweep import parse_spec
     from tests.conftest import TINY
@@ -461,6 +553,48 @@ def test_search_table_names_each_sampled_value_once_rounded_and_fits_the_termina
     for value in ("0.01144", "0.002001", "13.97", "0.9205", "pruned"):
         assert value in text
     assert "sigma" in text and "lr" in text  # the swept keys, shortened, head their columns
+
+
+def _search_records():
+    """Four trials of a search on val_mAP: two finished, one pruned after epoch 2, one failed."""
+    from harness.results.records import objectives_field, sampled_params
+
+    rows = []
+    for i, (lr, status, val) in enumerate([(0.011438553, "ok", 31.5), (0.0020007, "pruned", None),
+                                           (0.041, "ok", 44.25), (0.02, "failed", None)]):
+        cfg = {"method": "mclnet", "seed": 0, "model": {"backbone": "test_resnet"},
+               "data": {"dataset": "synthetic", "trial": 1}, "train": {"lr": lr}}
+        extra = {"trial_key": f"t{i}", "trial_id": str(i), "config": json.dumps(cfg), "status": status,
+                 "protocol": "val" if status == "ok" else None, "epochs": 10 if status == "ok" else 2,
+                 **objectives_field({"val_mAP": "maximize"}), **sampled_params({"train.lr": lr})}
+        if status == "ok":
+            extra["val_mAP"] = val
+        if status == "pruned":
+            extra.update(failure="pruned after epoch 2 (validation 12.50)", val_history=json.dumps({"1": 9.0,
+                                                                                                  "2": 12.5}))
+        if status == "failed":
+            extra["failure"] = "RuntimeError: boom"
+        rows.append(_record("mclnet", 0, 40.0, val or 0.0, **extra))
+    return rows
+
+
+def test_search_table_shows_objective_sampled_values_and_pruning_state(tmp_path):
+    store = _store(tmp_path, _search_records())
+    report = write_report(store.folder, protocols=["all-single"], baseline="agw")
+    assert [f.name for f in report.files] == ["table.md", "table.csv"]  # no test-protocol tables, no CMC
+    table = pd.read_csv(store.folder / "table.csv")
+    assert table["trial"].tolist() == [2, 0, 1, 3]  # finished best first, then pruned, then failed
+    assert table["state"].tolist() == ["ok", "ok", "pruned", "failed"]
+    assert table["val_mAP"].tolist()[:2] == [44.25, 31.5] and table["val_mAP"].iloc[2:].isna().all()
+    assert table["last_reported"].iloc[2] == 12.5 and table["epochs"].tolist()[:3] == [10, 10, 2]
+    assert table["chosen"].tolist() == [True, False, False, False]
+    assert table["train.lr"].tolist() == pytest.approx([0.041, 0.011438553, 0.0020007, 0.02])
+    md = (store.folder / "table.md").read_text()
+    assert "| 1 | mclnet | 0.002001 | pruned @2 | 2 | (12.50) |  |" in md
+    assert "| 2 | mclnet | 0.041 | ok | 10 | 44.25 | ✓ |" in md
+    assert "test protocols were not evaluated" in md and "Rank-1" not in md
+    lines = report.terminal.splitlines()
+    assert max(map(len, lines)) <= 80 and "method: mclnet" in report.terminal and "val mAP" in report.terminal
 
 
 def _regdb_record(method, split, rank1, mAP, seed=0, **config):

@@ -132,7 +132,13 @@ def test_eval_on_another_dataset_layout_with_reranking(trained_sweep, tmp_path, 
     assert df["trial_key"].nunique() == 2  # the re-ranked evaluation is its own entry
     assert set(df["protocol"]) == {"v2t", "t2v"} and len(df) == 4  # RegDB's protocols, twice
     assert seen == [(False, 20), (False, 20), (True, 5), (True, 5)]  # the keys reach the ranking
-    assert (tmp_path / "eval" / "table-v2t.md").is_file()
+    assert (tmp_path / "eval" / "table-v2t.md").is_file() and (tmp_path / "eval" / "table-t2v.md").is_file()
+    # --protocol says what it does: without it every evaluated protocol is tabulated
+    from harness.cli import build_parser
+
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]
+    [option] = [a for a in eval_parser._actions if "--protocol" in a.option_strings]
+    assert "every protocol" in option.help and "first" not in option.help
 
 
 def test_eval_refuses_network_overrides_with_exit_2(trained_sweep, capsys):
@@ -141,7 +147,7 @@ def test_eval_refuses_network_overrides_with_exit_2(trained_sweep, capsys):
     assert "method" in capsys.readouterr().err
 
 
-def test_extract_writes_features_of_every_image_under_a_folder(trained_sweep, tmp_path):
+def test_extract_writes_features_of_every_image_under_a_folder(trained_sweep, tmp_path, capsys):
     from PIL import Image
 
     images = tmp_path / "images"
@@ -156,6 +162,8 @@ def test_extract_writes_features_of_every_image_under_a_folder(trained_sweep, tm
     assert main(["extract", str(model), str(images), "--modality", "infrared", "--out", str(out), "--quiet",
                  "--set", "train.eval_batch_size=2"]) == 0
     data = np.load(out, allow_pickle=False)
+    printed = capsys.readouterr().out
+    assert f"wrote {out}: 5 infrared image(s) under {images}, {data['features'].shape[1]}-dimensional" in printed
     assert sorted(data.files) == ["features", "paths", "similarity"] and str(data["similarity"]) == "cosine"
     assert data["paths"].tolist() == ["3.bmp", "a/1.png", "a/b/2.jpg", "c/4.png", "c/5.png"]
     assert data["features"].dtype == np.float32 and data["features"].shape[0] == 5

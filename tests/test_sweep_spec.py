@@ -47,6 +47,77 @@ def test_repository_specs_are_valid():
         assert spec.trials(), path
 
 
+def test_relative_paths_in_a_spec_are_read_from_the_spec_folder(tmp_path, monkeypatch, capsys):
+    """A copied spec runs from any folder: model.pretrained_file, data.root and data.cache_dir
+    relative to the spec (base, grid, dry_run, search choices); a path below the working folder is
+    kept relative to it (records stay portable), one outside it becomes absolute; --set values and
+    absolute paths are taken as given."""
+    import yaml
+
+    from harness.cli import main
+    from harness.config import TrialConfig
+    from harness.sweep import load_spec
+
+    project = tmp_path / "project"
+    (project / "specs" / "weights").mkdir(parents=True)
+    weights = project / "specs" / "weights" / "w.safetensors"
+    import timm
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}, str(weights))
+    spec = {"name": "rel", "base": {"model": {"backbone": "test_resnet", "non_local": False,
+                                              "pretrained_file": "weights/w.safetensors"},
+                                    "data": {"root": "../data", "height": 64, "width": 32}},
+            "grid": {"data.cache_dir": ["cache", "/abs/cache"]},
+            "dry_run": {"data.root": "dry"},
+            "search": {"space": {"data.root": {"type": "categorical", "choices": ["a", "/b"]}}}}
+    (project / "specs" / "rel.yaml").write_text(yaml.safe_dump(spec))
+
+    monkeypatch.chdir(project)  # below the working folder: relative to it
+    loaded = load_spec("specs/rel.yaml")
+    cfgs = loaded.trials()
+    assert cfgs[0].model.pretrained_file == "specs/weights/w.safetensors"
+    assert cfgs[0].data.root == "data" and [c.data.cache_dir for c in cfgs] == ["specs/cache", "/abs/cache"]
+    assert loaded.dry_run == {"data.root": "specs/dry"}
+    assert loaded.search.space["data.root"]["choices"] == ["specs/a", "/b"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # outside it: absolute
+    cfg = load_spec(project / "specs" / "rel.yaml").trials()[0]
+    assert cfg.model.pretrained_file == str(weights) and cfg.data.root == str(tmp_path / "project" / "data")
+    assert TrialConfig.from_dict({"model": {"pretrained_file": "weights/w.safetensors"}}).model.pretrained_file \
+        == "weights/w.safetensors"  # a mapping read from no file: as given (the working folder's)
+
+    config = project / "specs" / "trial.yaml"  # vireid run --config: the same rule
+    config.write_text(yaml.safe_dump({"model": {"backbone": "test_resnet", "pretrained_file": "weights/none.pth"}}))
+    assert main(["run", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--quiet"]) == 2
+    assert f"model.pretrained_file: {project / 'specs' / 'weights' / 'none.pth'} is not a file" in \
+        capsys.readouterr().err
+
+
+def test_errors_of_a_spec_without_grid_name_the_file_not_an_empty_grid_point(tmp_path, capsys):
+    from harness.cli import main
+
+    config = tmp_path / "one.yaml"
+    config.write_text("model: {backbone: no_such_net}\n")
+    assert main(["run", "--config", str(config), "--results-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: " in err and "no_such_net" in err and "grid point" not in err
+    assert main(["run", "--set", "model.backbone=no_such_net", "--results-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "vireid: error: defaults: " in err and "grid point" not in err
+    with pytest.raises(HarnessError, match=r"s.yaml: grid point \{'model.backbone': 'no_such_net'\}"):
+        parse_spec({"name": "s", "grid": {"model.backbone": ["no_such_net"]}}, source="s.yaml")
+
+
+@pytest.mark.parametrize("threads, text", [(1, "1 thread)"), (2, "2 threads)")])
+def test_device_label_counts_threads_in_english(threads, text):
+    from harness.provenance import hardware_label
+
+    assert hardware_label({"cpu": "x86_64", "cpu_capability": "AVX2", "threads": threads}).endswith(text)
+
+
 def test_the_methods_comparison_covers_every_registered_family_with_paired_seeds():
     from harness.sweep import load_spec
     from methods.registry import list_composers, resolve_method

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 import typing
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,7 @@ from harness.config import ResizeFilter
 from harness.errors import EnvironmentFault, HarnessError, InputError, check_int
 
 CACHE_FORMAT = 2
+log = logging.getLogger(__name__)
 RESAMPLING = {name: getattr(Image.Resampling, name.upper()) for name in typing.get_args(ResizeFilter)}
 """Resize filters by config name (data.train_resize / data.test_resize): PIL's, which antialias
 when shrinking."""
@@ -175,7 +178,11 @@ def load_images(
     if cached is not None:
         return torch.from_numpy(cached)
 
+    log.info("decoding %d images to %dx%d (%s) for the image cache %s", len(paths), height, width, resample,
+             cache_dir)
+    started = time.perf_counter()
     images = decode_images(paths, height, width, resample=resample)
+    log.info("decoded and cached %d images in %.0f s", len(paths), time.perf_counter() - started)
     try:
         manifest_file.unlink(missing_ok=True)
         with atomic_path(array_file) as temporary:

@@ -2,10 +2,11 @@
 
 - ranked lists: each query with its top-k gallery images, true matches framed green, false red,
   the query's identity, camera and modality labelled;
-- a 2-D t-SNE embedding (scikit-learn) of the test features, coloured by identity, the modality
-  as marker;
+- a 2-D t-SNE embedding (scikit-learn) of the test features of a seeded sample of at most
+  `TSNE_IDENTITIES` identities (every image of each), one colour per identity, the modality as marker;
 - histograms of intra- and inter-identity distances per modality pair (visible-visible,
-  infrared-infrared, visible-infrared).
+  infrared-infrared, visible-infrared), as densities: intra-identity pairs are a few hundredths
+  of all pairs, and counts would hide them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ MODALITY_NAMES = {MODALITY_VISIBLE: "visible", MODALITY_INFRARED: "infrared"}
 MODALITY_MARKERS = {MODALITY_VISIBLE: "o", MODALITY_INFRARED: "^"}
 MODALITY_PAIRS = ((MODALITY_VISIBLE, MODALITY_VISIBLE), (MODALITY_INFRARED, MODALITY_INFRARED),
                   (MODALITY_VISIBLE, MODALITY_INFRARED))
+TSNE_IDENTITIES = 10
+"""Identities the t-SNE shows by default: as many as a qualitative palette tells apart (tab10)."""
+MAX_TSNE_IDENTITIES = 20
+"""Most identities one figure can show with distinct colours (tab20)."""
 
 
 def excluded_pairs(metric_protocol: str, q_ids: np.ndarray, g_ids: np.ndarray, q_cams: np.ndarray,
@@ -88,20 +93,41 @@ def tsne_embedding(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(feats)
 
 
+def sample_identities(ids: np.ndarray, count: int, *, seed: int) -> np.ndarray:
+    """Indices of every image of `count` identities drawn without replacement (seeded; all of them when
+    there are fewer), in their original order."""
+    if not 1 <= count <= MAX_TSNE_IDENTITIES:
+        raise InputError(f"--tsne-identities {count}: expected 1 to {MAX_TSNE_IDENTITIES} (one colour each)")
+    unique = np.unique(ids)
+    chosen = np.random.default_rng(seed).choice(unique, size=min(count, len(unique)), replace=False)
+    return np.flatnonzero(np.isin(ids, chosen))
+
+
 def embedding_figure(points: np.ndarray, ids: np.ndarray, modalities: np.ndarray, *, title: str = "") -> Any:
-    """Scatter of 2-D points: colour = identity, marker = modality (one collection per modality)."""
+    """Scatter of 2-D points: one distinct colour per identity (at most MAX_TSNE_IDENTITIES, named in
+    the legend), marker = modality."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    _, codes = np.unique(ids, return_inverse=True)
-    colours = plt.get_cmap("tab20")(codes % 20)
+    from matplotlib.lines import Line2D
+
+    unique, codes = np.unique(ids, return_inverse=True)
+    if len(unique) > MAX_TSNE_IDENTITIES:
+        raise ValueError(f"{len(unique)} identities: at most {MAX_TSNE_IDENTITIES} have distinct colours; "
+                         "draw a sample (sample_identities)")
+    palette = plt.get_cmap("tab10" if len(unique) <= 10 else "tab20")
+    colours = palette(codes)
+    fig, ax = plt.subplots(figsize=(6.8, 6), layout="constrained")
     for modality, name in MODALITY_NAMES.items():
         sel = modalities == modality
         if sel.any():
-            ax.scatter(points[sel, 0], points[sel, 1], c=colours[sel], marker=MODALITY_MARKERS[modality], s=18,
-                       label=name, edgecolors="none")
+            ax.scatter(points[sel, 0], points[sel, 1], c=colours[sel], marker=MODALITY_MARKERS[modality], s=22,
+                       edgecolors="none", label=name)
+    handles = [Line2D([], [], linestyle="", marker="s", color=palette(i), label=f"id {pid}")
+               for i, pid in enumerate(unique)]
+    handles += [Line2D([], [], linestyle="", marker=MODALITY_MARKERS[m], color="black", label=name)
+                for m, name in MODALITY_NAMES.items() if (modalities == m).any()]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=8)
     ax.set_title(title or "t-SNE of test features (colour: identity)")
     return fig
 
@@ -124,17 +150,20 @@ def pair_distances(features: np.ndarray, ids: np.ndarray, modalities: np.ndarray
 
 def distance_histogram_figure(distances: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
                               bins: int = 40) -> Any:
-    """One panel per modality pair: intra- vs inter-identity distance histograms (counts)."""
+    """One panel per modality pair: intra- vs inter-identity distance histograms as densities (each
+    integrates to 1; the pair counts are in the legend)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(distances), figsize=(4 * len(distances), 3.2), squeeze=False)
     edges = np.linspace(0.0, 2.0, bins + 1)  # unit vectors are at most 2 apart
     for ax, ((a, b), (intra, inter)) in zip(axes[0], distances.items()):
-        ax.hist(inter, bins=edges, alpha=0.6, color="#7f7f7f", label=f"inter-identity ({len(inter)})")
-        ax.hist(intra, bins=edges, alpha=0.6, color="#1f77b4", label=f"intra-identity ({len(intra)})")
+        ax.hist(inter, bins=edges, density=len(inter) > 0, alpha=0.6, color="#7f7f7f",
+                label=f"inter-identity ({len(inter):,} pairs)")
+        ax.hist(intra, bins=edges, density=len(intra) > 0, alpha=0.6, color="#1f77b4",
+                label=f"intra-identity ({len(intra):,} pairs)")
         ax.set_title(f"{MODALITY_NAMES[a]} - {MODALITY_NAMES[b]}", fontsize=9)
         ax.set_xlabel("distance (L2-normalised features)")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("pairs")
+    axes[0][0].set_ylabel("density")
     fig.tight_layout()
     return fig
 
@@ -146,8 +175,10 @@ def _label(split: ImageSplit, index: int, prefix: str = "") -> str:
 
 def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = None, out: str | Path,
                      protocol: str | None = None, queries: int = 6, top_k: int = 10, trial: int = 0,
-                     max_points: int = 2000, quiet: bool = False) -> list[Path]:
-    """Ranked lists, t-SNE and distance histograms of a saved model on one protocol's trial."""
+                     max_points: int = 2000, tsne_identities: int = TSNE_IDENTITIES,
+                     quiet: bool = False) -> list[Path]:
+    """Ranked lists, t-SNE (of `tsne_identities` identities, seeded by the model's seed) and distance
+    histograms (of at most `max_points` images) of a saved model on one protocol's trial."""
     from harness.data.cache_root import cache_root
     from harness.data.images import load_images
     from harness.evaluation import pairwise_distance
@@ -165,6 +196,7 @@ def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = No
         raise InputError(f"--trial {trial}: {name} has gallery trials 0..{p.trial_masks.shape[0] - 1}")
     if queries < 1 or top_k < 1:
         raise InputError(f"--queries and --top-k must be >= 1, got {queries} and {top_k}")
+    sample_identities(np.zeros(1), tsne_identities, seed=0)  # refuses a bad count before any work
     query_rows = np.flatnonzero(p.query_masks[trial]) if p.query_masks is not None else np.arange(len(p.query))
     gallery_rows = np.flatnonzero(p.trial_masks[trial])
     q_paths = [p.query.paths[i] for i in query_rows]
@@ -197,13 +229,17 @@ def show_saved_model(model: str | Path, *, overrides: dict[str, Any] | None = No
         g_ids[top] == q_ids[shown][:, None],
         [[_label(p.gallery, gallery_rows[j]) for j in row] for row in top]), out / f"{stem}-ranked.png")
 
+    all_ids = np.concatenate([q_ids, g_ids])
+    shown_ids = sample_identities(all_ids, tsne_identities, seed=cfg.seed)
+    points = tsne_embedding(feats[shown_ids].numpy(), seed=cfg.seed)
+    count = len(np.unique(all_ids[shown_ids]))
+    written += save_figure(embedding_figure(points, all_ids[shown_ids], modalities[shown_ids],
+                                            title=f"t-SNE: {bundle.name} {name}, {count} of "
+                                                  f"{len(np.unique(all_ids))} identities (seeded sample)"),
+                           out / f"{stem}-tsne.png")
     rng = np.random.default_rng(cfg.seed)
     sample = np.sort(rng.choice(len(feats), size=min(max_points, len(feats)), replace=False))
-    ids = np.concatenate([q_ids, g_ids])[sample]
-    mods = modalities[sample]
-    points = tsne_embedding(feats[sample].numpy(), seed=cfg.seed)
-    written += save_figure(embedding_figure(points, ids, mods, title=f"t-SNE: {bundle.name} {name}"),
-                           out / f"{stem}-tsne.png")
-    written += save_figure(distance_histogram_figure(pair_distances(feats[sample].numpy(), ids, mods)),
+    written += save_figure(distance_histogram_figure(pair_distances(feats[sample].numpy(), all_ids[sample],
+                                                                    modalities[sample])),
                            out / f"{stem}-distances.png")
     return written

@@ -1,7 +1,9 @@
 """One paper-style table across protocols: switch columns, Rank-1/10/20, mAP, mINP per protocol.
 
-Rendered as Markdown, CSV, LaTeX (booktabs, one \\multicolumn per protocol) and, for the
-terminal, as rich tables no wider than 80 columns.
+Rendered as Markdown, LaTeX (booktabs, one \\multicolumn per protocol; `table*` when wide) and,
+for the terminal, as rich tables no wider than 80 columns (each cell's sd on a second line). The
+CSV holds numbers only: mean, sd and n per (protocol, metric), the best/tied mark in a column of
+its own, so `pandas.read_csv` reads it back.
 """
 
 from __future__ import annotations
@@ -74,8 +76,11 @@ def _label_columns(summary: Summary, short: bool = False) -> tuple[pd.DataFrame,
 
 
 def paper_frame(summaries: Sequence[Summary], markup: Markup = MARKDOWN, *, with_std: bool = True,
-                short: bool = False, published: Published | None = None) -> pd.DataFrame:
-    """The combined table: label columns, then (protocol, metric) columns; MultiIndex columns."""
+                short: bool = False, published: Published | None = None, std_below: bool = False) -> pd.DataFrame:
+    """The combined table: label columns, then (protocol, metric) columns; MultiIndex columns.
+
+    A cell is "mean ± sd" (`std_below`: the sd on a second line, for narrow terminals) with its mark.
+    """
     first = summaries[0]
     labels, _ = _label_columns(first, short)
     columns: dict[tuple[str, str], list[str]] = {("", c): labels[c].tolist() for c in labels.columns}
@@ -88,11 +93,14 @@ def paper_frame(summaries: Sequence[Summary], markup: Markup = MARKDOWN, *, with
             cells = []
             for (_, row), mark in zip(aligned.rows.iterrows(), marks):
                 n = int(row["n"]) if pd.notna(row["n"]) else 0
-                text = format_cell(row[m], row[f"{m}_std"] if with_std else float("nan"), n, info.digits)
+                std = row[f"{m}_std"] if with_std else float("nan")
+                text = format_cell(row[m], float("nan") if std_below else std, n, info.digits)
                 if mark == "best":
                     text = markup.best.format(text)
                 elif mark == "tied":
                     text = markup.tied.format(text)
+                if std_below and n >= 2 and pd.notna(std):
+                    text += f"\n± {format_number(std, info.digits)}"
                 cells.append(text)
             columns[(protocol_title(summary.protocol), info.short if short else info.label)] = cells
     frame = pd.DataFrame(columns)
@@ -122,6 +130,38 @@ def _published_rows(frame: pd.DataFrame, summaries: Sequence[Summary], published
     return out
 
 
+def paper_numbers(summaries: Sequence[Summary], published: Published | None = None) -> pd.DataFrame:
+    """The combined table as numbers (table.csv): label and switch columns, n / failed / pruned, then
+    per protocol and metric `<protocol>.<metric>.mean`, `.sd`, `.n` and `.mark` (best, tied or empty).
+    Published rows carry their number as the mean and `paper` in the runs column."""
+    first = summaries[0]
+    labels, _ = _label_columns(first)
+    out = labels.drop(columns=["runs"]).copy()
+    out["n"] = first.rows["n"].astype(int).to_numpy()
+    for status in ("failed", "pruned"):
+        out[status] = first.rows[status].astype(int).to_numpy()
+    out["runs"] = "measured"
+    for summary in summaries:
+        rows = summary.rows.set_index("configuration").reindex(first.rows["configuration"])
+        aligned = Summary(summary.protocol, summary.key_columns, rows.reset_index(), summary.runs, summary.metrics)
+        for m in summary.metrics:
+            prefix = f"{summary.protocol}.{m}"
+            out[f"{prefix}.mean"] = aligned.rows[m].to_numpy(float)
+            out[f"{prefix}.sd"] = aligned.rows[f"{m}_std"].to_numpy(float)
+            out[f"{prefix}.n"] = aligned.rows[f"{m}_n"].fillna(0).astype(int).to_numpy()
+            out[f"{prefix}.mark"] = best_marks(aligned, m)
+    if published:
+        names = list(dict.fromkeys(row for rows in published.values() for row in rows))
+        extra = pd.DataFrame({first.key_columns[0]: [f"{name} (published)" for name in names], "runs": "paper"})
+        for summary in summaries:
+            numbers = published.get(summary.protocol) or (
+                published.get(ANY_PROTOCOL, {}) if len(summaries) == 1 else {})
+            for m in summary.metrics:
+                extra[f"{summary.protocol}.{m}.mean"] = [numbers.get(name, {}).get(m) for name in names]
+        out = pd.concat([out, extra], ignore_index=True)
+    return out
+
+
 def flat_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Markdown/CSV headers: "<protocol> <metric>" in one line."""
     out = frame.copy()
@@ -135,17 +175,26 @@ def paper_markdown(summaries: Sequence[Summary], published: Published | None = N
     return to_markdown(flat_columns(paper_frame(summaries, MARKDOWN, published=published)))
 
 
-def paper_latex(summaries: Sequence[Summary], caption: str, published: Published | None = None) -> str:
+WIDE_LATEX_COLUMNS = 8
+"""A LaTeX table with more columns than this spans both columns of a two-column paper (`table*`)."""
+LATEX_PACKAGES = "% needs \\usepackage{booktabs} (rules) and \\usepackage{amssymb} (\\checkmark)\n"
+
+
+def paper_latex(summaries: Sequence[Summary], caption: str, published: Published | None = None,
+                label: str | None = None) -> str:
+    """The booktabs table with its caption and `\\label{label}`, preceded by the packages it needs."""
     from harness.results.tables import to_latex
 
     frame = paper_frame(summaries, LATEX, published=published)
     left = sum(1 for col in frame.columns if col[0] == "")
-    return to_latex(frame, caption=caption, left_columns=left, escape_cells=False).replace(
-        "±", r"$\pm$").replace(CHECK, r"\checkmark").replace("→", r"$\to$")
+    environment = "table*" if len(frame.columns) > WIDE_LATEX_COLUMNS else "table"
+    body = to_latex(frame, caption=caption, left_columns=left, escape_cells=False, environment=environment,
+                    label=label)
+    return LATEX_PACKAGES + body.replace("±", r"$\pm$").replace(CHECK, r"\checkmark").replace("→", r"$\to$")
 
 
 def terminal_tables(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH) -> list[Any]:
-    """rich Tables of the combined table (means; best in bold, ties marked) within `width` columns.
+    """rich Tables of the combined table (mean, its sd below; best in bold, ties marked) within `width` columns.
 
     All protocols side by side when they fit, otherwise one table per protocol.
     """
@@ -154,16 +203,17 @@ def terminal_tables(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH) -
     from rich.table import Table
 
     def build(group: Sequence[Summary]) -> Table:
-        frame = paper_frame(group, Markup(best="[bold]{}[/bold]", tied="{}" + TIED_MARK), with_std=False,
-                            short=True)
+        frame = paper_frame(group, Markup(best="[bold]{}[/bold]", tied="{}" + TIED_MARK), short=True,
+                            std_below=True)
         title = ", ".join(protocol_title(s.protocol) for s in group)
         labels = [col for col in frame.columns if not col[0] and col[1] != "runs"]
         constant = [col for col in labels if frame[col].nunique() == 1]
         if len(constant) == len(labels):  # rows told apart by no label: keep the row names
             constant = constant[1:]
-        if constant:  # the same label on every row goes into the title, leaving the width to the numbers
-            title += "\n" + "; ".join(f"{name}: {frame[(top, name)].iloc[0]}" for top, name in constant)
-            frame = frame.drop(columns=constant)
+        named = [f"{name}: {frame[(top, name)].iloc[0]}" for top, name in constant if frame[(top, name)].iloc[0]]
+        if named:  # the same label on every row goes into the title, leaving the width to the numbers
+            title += "\n" + "; ".join(named)
+        frame = frame.drop(columns=constant)  # an empty one (a switch off on every row) says nothing
         table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
         dotted = [name for top, name in frame.columns if not top and "." in name]
         for (top, name), cells in zip(frame.columns, frame.T.itertuples(index=False)):
@@ -172,7 +222,8 @@ def terminal_tables(summaries: Sequence[Summary], width: int = TERMINAL_WIDTH) -
             numbers = bool(top) or name in ("runs", *SWITCH_COLUMNS) or name == frame.columns[0][1]
             # numbers, row names and swept values are never cut: their columns keep the width of their
             # widest cell (a swept key's header may wrap); other labels wrap
-            widest = max([len(str(c).replace("[bold]", "").replace("[/bold]", "")) for c in cells] + [3])
+            widest = max([len(line) for c in cells for line in str(c).replace("[bold]", "").replace("[/bold]", "")
+                          .splitlines()] + [3])
             table.add_column(label if not top else header, justify="right" if top else "left",
                              no_wrap=numbers, min_width=widest if numbers or name in dotted else None,
                              overflow="fold")

@@ -28,6 +28,16 @@ PARAM_PREFIX = "param_"
 the configuration holds them too, so tables read them from there."""
 
 
+OBJECTIVES_FIELD = "objectives"
+"""Record field of every trial of a search: {objective: "maximize" | "minimize"} as JSON. It tells a
+search's records (one `val` record per trial, no test protocol) from a grid's, and ranks them."""
+
+
+def objectives_field(objectives: Mapping[str, str]) -> dict[str, str]:
+    """The record field naming a search's objectives and their directions."""
+    return {OBJECTIVES_FIELD: json.dumps(dict(objectives))}
+
+
 def sampled_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """A search trial's sampled values as record fields (`param_train.lr`, ...)."""
     return {f"{PARAM_PREFIX}{key}": value for key, value in params.items()}

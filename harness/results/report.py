@@ -19,22 +19,30 @@ from harness.results.metrics import ACCURACY_METRICS, TABLE_METRICS, VALIDATION_
 from harness.results.paper import (
     ANY_PROTOCOL,
     TERMINAL_WIDTH,
+    WIDE_LATEX_COLUMNS,
     Published,
-    flat_columns,
-    paper_frame,
     paper_latex,
     paper_markdown,
+    paper_numbers,
     render_terminal,
     terminal_tables,
 )
-from harness.results.stats import significance_caption
+from harness.results.search_table import (
+    search_caption,
+    search_csv,
+    search_markdown,
+    search_objectives,
+    search_table,
+    search_terminal,
+)
+from harness.results.stats import pairs_caption, significance_caption
 from harness.results.store import STORE_NAME, ResultStore
 from harness.results.tables import (
-    PLAIN,
     Summary,
     add_deltas,
     csv_frame,
     expand_records,
+    latex_label,
     statistics_frame,
     summarise,
     summary_caption,
@@ -192,11 +200,16 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
     measured on real data. `label_columns` adds constant label columns (e.g. which search chose a
     configuration) and `notes` sentences to every caption. `sources` are the results folders whose
     stores are read (default: `folder` alone); several are merged, e.g. the folders of the nodes of
-    one multi-node sweep, and the tables and figures are written to `folder`.
+    one multi-node sweep, and the tables and figures are written to `folder`. The records of a
+    search get the search table instead (harness.results.search_table: objectives, sampled values,
+    pruning; no test protocol was evaluated), whatever `protocols` says.
     """
     folder = Path(folder)
     df, curves = read_stores([Path(s) for s in sources] or [folder])
     records = expand_records(df)
+    objectives = search_objectives(records)
+    if objectives is not None:
+        return _write_search_report(folder, records, curves, objectives, plots=plots)
     recorded = list(dict.fromkeys(records.loc[records["status"] == "ok", "protocol"].dropna()))
     protocols = [p for p in (protocols or recorded or [None])]
     summaries = []
@@ -226,18 +239,19 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
         stats_frame = statistics_frame(summary)
         md = f"### {folder.name}: {summary.protocol}\n\n{to_markdown(stats_frame)}\n{caption}\n"
         sections.append(md)
-        for name, text in ((f"table{suffix}.md", md),
-                           (f"table{suffix}.tex", to_latex(stats_frame, caption=caption,
-                                                           left_columns=len(summary.key_columns) + 1)),
+        tex = to_latex(stats_frame, caption=caption, left_columns=len(summary.key_columns) + 1,
+                       environment="table*" if len(stats_frame.columns) > WIDE_LATEX_COLUMNS else "table",
+                       label=latex_label(f"{folder.name}-{summary.protocol or 'no-protocol'}"))
+        for name, text in ((f"table{suffix}.md", md), (f"table{suffix}.tex", tex),
                            (f"table{suffix}.csv", csv_frame(summary).to_csv(index=False))):
             atomic_write_text(folder / name, text)
             files.append(folder / name)
     caption = _paper_caption(summaries, baseline, notes)
     paper_md = f"### {folder.name}\n\n{paper_markdown(summaries, published)}\n{caption}\n"
     atomic_write_text(folder / "table.md", paper_md)
-    atomic_write_text(folder / "table.tex", paper_latex(summaries, caption, published))
-    atomic_write_text(folder / "table.csv", flat_columns(paper_frame(summaries, PLAIN,
-                                                                     published=published)).to_csv(index=False))
+    atomic_write_text(folder / "table.tex", paper_latex(summaries, caption, published,
+                                                        label=latex_label(folder.name)))
+    atomic_write_text(folder / "table.csv", paper_numbers(summaries, published).to_csv(index=False))
     files += [folder / "table.md", folder / "table.tex", folder / "table.csv"]
     failures = records[records["status"] == "failed"].drop_duplicates("trial_key")
     failed_text = "".join(f"- {r['method']} seed {r['seed']}: {r['failure']}\n" for _, r in failures.iterrows())
@@ -269,13 +283,36 @@ def write_report(folder: str | Path, *, protocols: Sequence[str | None] | None =
                   warnings=warnings, summaries=summaries)
 
 
+def _write_search_report(folder: Path, records: pd.DataFrame, curves: pd.DataFrame, objectives: dict[str, str],
+                         *, plots: bool) -> Report:
+    """table.md / table.csv of a search (one row per trial) and its loss curves."""
+    table = search_table(records, objectives)
+    markdown = search_markdown(table, folder.name)
+    files = [folder / "table.md", folder / "table.csv"]
+    atomic_write_text(files[0], markdown)
+    atomic_write_text(files[1], search_csv(table))
+    if plots and importlib.util.find_spec("matplotlib") is not None and not curves.empty:
+        from harness.figures.curves import loss_curves_figure
+        from harness.results.plots import save_figure
+
+        files += save_figure(loss_curves_figure(curves, records), folder / "loss_curves.png")
+    warnings = consistency_warnings(records)
+    footer = textwrap.fill(search_caption(table, folder.name), TERMINAL_WIDTH) + "\n"
+    return Report(markdown=markdown, terminal=search_terminal(table, folder.name) + footer, footer=footer,
+                  files=files, warnings=warnings)
+
+
 def _paper_caption(summaries: Sequence[Summary], baseline: str | None, notes: list[str]) -> str:
-    parts = [("Mean ± sd over seeds (n in the runs column). Bold: best, significantly better than the runner-up "
-              "(paired by seed); † : best not significantly better than these rows (tied).")]
+    parts = ["Mean ± sd over seeds (n in the runs column)."]
+    limit = pairs_caption([n for s in summaries for n in s.rows["n"]])
+    if limit is None or not limit.endswith("nothing is marked."):
+        parts.append("Bold: best, significantly better than the runner-up (paired by seed); † : best not "
+                     "significantly better than these rows (tied).")
+    if limit:
+        parts.append(limit)
     if baseline:
-        parts.append(f"Deltas to {baseline} with CI and p in table-<protocol>.md/csv; " + significance_caption())
-    if min((s.min_n for s in summaries), default=0) < 2:
-        parts.append("Rows with n = 1 have no CI and no significance claim.")
+        parts.append(f"Differences to {baseline}, with CIs and p-values, are in the per-protocol tables. "
+                     + significance_caption())
     parts += notes
     return " ".join(dict.fromkeys(parts))
 
@@ -286,7 +323,7 @@ def print_report(report: Report) -> None:
 
     from rich.console import Console
 
-    if sys.stdout.isatty():
+    if sys.stdout.isatty() and report.summaries:
         console = Console()
         for table in terminal_tables(report.summaries, min(console.width, TERMINAL_WIDTH)):
             console.print(table)

@@ -11,6 +11,7 @@ normal. A difference is called significant only when its CI excludes 0 AND p < A
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,38 @@ def paired_difference(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> Pai
     if ci.std == 0:  # identical differences: the t statistic is 0/0 or infinite
         return PairedDifference(ci.mean, ci.n, ci.low, ci.high, 1.0 if ci.mean == 0 else 0.0, "paired t")
     return PairedDifference(ci.mean, ci.n, ci.low, ci.high, float(stats.ttest_1samp(d, 0.0).pvalue), "paired t")
+
+
+def smallest_p(n: int) -> float:
+    """The smallest p-value the test of `n` pairs can return: 2 / 2**n for the exact sign-flip test
+    (n < SMALL_N: only the two all-same-sign assignments reach the observed |mean|), 0 for the
+    paired t-test; 1 below two pairs (no test)."""
+    if n < 2:
+        return 1.0
+    return 2.0 / 2 ** n if n < SMALL_N else 0.0
+
+
+MIN_SIGNIFICANT_PAIRS = next(n for n in range(2, SMALL_N + 1) if smallest_p(n) < ALPHA)
+"""Fewest pairs with which a difference can be significant (6: 2/2**6 = 0.031 < 0.05)."""
+
+
+def pairs_caption(counts: Sequence[int]) -> str | None:
+    """What the numbers of seeds `counts` (one per table row) allow to claim, or None when every row
+    has enough for a significant difference."""
+    counts = sorted({int(n) for n in counts if n > 0})
+    if not counts or counts[0] >= MIN_SIGNIFICANT_PAIRS:
+        return None
+    top = counts[-1]
+    if top < 2:
+        return "Every row has n = 1: no CI, no significance claim; nothing is marked."
+    if top < MIN_SIGNIFICANT_PAIRS:
+        seeds = f"n = {top}" if len(counts) == 1 else f"n = {counts[0]}-{top}"
+        return (f"With {seeds} seeds no difference can be significant: the exact sign-flip test's "
+                f"smallest p with {top} pairs is 2/{2 ** top} = {smallest_p(top):.3g} and p < {ALPHA:.2f} needs at "
+                f"least {MIN_SIGNIFICANT_PAIRS} pairs; nothing is marked.")
+    return (f"Rows with fewer than {MIN_SIGNIFICANT_PAIRS} seeds cannot differ significantly from another row "
+            f"(the exact sign-flip test needs at least {MIN_SIGNIFICANT_PAIRS} pairs for p < {ALPHA:.2f})" +
+            ("; rows with n = 1 have no CI." if counts[0] < 2 else "."))
 
 
 def significance_caption() -> str:

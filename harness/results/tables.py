@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,7 +28,13 @@ from harness.results.metrics import (
     metric,
 )
 from harness.results.records import PARAM_PREFIX
-from harness.results.stats import mean_interval, paired_difference, significance_caption
+from harness.results.stats import (
+    MIN_SIGNIFICANT_PAIRS,
+    mean_interval,
+    paired_difference,
+    pairs_caption,
+    significance_caption,
+)
 
 REPLICATE_KEYS = ("seed", "data.trial")
 """Configuration keys whose values are repetitions of one configuration (averaged, paired on)."""
@@ -231,7 +238,8 @@ def add_deltas(summary: Summary, baseline: str) -> Summary:
 def best_marks(summary: Summary, m: str) -> list[str]:
     """Per row: "best" when it is significantly better than the runner-up (paired by seed);
     otherwise "tied" for the best row and every row not significantly worse than it; "" else.
-    Nothing is marked when the best row has fewer than two runs (no significance is claimed)."""
+    Nothing is marked when no row shares enough seeds with the best one for any difference to be
+    significant (fewer than MIN_SIGNIFICANT_PAIRS: marking every row tied would say nothing)."""
     rows = summary.rows
     marks = [""] * len(rows)
     means = rows[m].to_numpy(float)
@@ -241,9 +249,11 @@ def best_marks(summary: Summary, m: str) -> list[str]:
     sign = 1.0 if metric(m).direction == "max" else -1.0
     order = valid[np.argsort(-sign * means[valid], kind="stable")]
     best = order[0]
-    if rows.iloc[best]["n"] < 2:
+    if rows.iloc[best]["n"] < MIN_SIGNIFICANT_PAIRS:
         return marks
     tests = {j: _paired(summary, rows.iloc[best], rows.iloc[j], m) for j in order[1:]}
+    if all(t.n < MIN_SIGNIFICANT_PAIRS for t in tests.values()):
+        return marks
     if tests[order[1]].significant and sign * tests[order[1]].mean > 0:
         marks[best] = "best"
         return marks
@@ -290,7 +300,6 @@ class Markup:
 
 
 MARKDOWN = Markup()
-PLAIN = Markup(best="{}", tied="{}" + TIED_MARK, significant="{}" + SIGNIFICANT_MARK)
 LATEX = Markup(best="\\textbf{{{}}}", tied="{}$^\\dagger$", significant="{}$^*$")
 
 
@@ -336,8 +345,9 @@ def summary_caption(summary: Summary) -> str:
               f"distribution.")]
     if summary.baseline is not None:
         parts.append(f"Baseline: {summary.baseline}. " + significance_caption())
-    if summary.min_n < 2:
-        parts.append("Rows with n = 1 have no CI and no significance claim.")
+    limit = pairs_caption(summary.rows["n"].tolist())
+    if limit:
+        parts.append(limit)
     parts += summary.notes
     return " ".join(parts)
 
@@ -355,8 +365,14 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 _LATEX_ESCAPES = (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                  ("^", r"\textasciicircum{}"), ("~", r"\textasciitilde{}"), ("<", r"$<$"), (">", r"$>$"),
                   ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("→", r"$\to$"), ("✓", r"\checkmark"),
                   (TIED_MARK, r"$^\dagger$"))
+
+
+def latex_label(name: str) -> str:
+    """`tab:<name>` with only the characters a LaTeX label takes safely."""
+    return "tab:" + re.sub(r"[^A-Za-z0-9:.-]+", "-", name).strip("-")
 
 
 def latex_escape(text: Any) -> str:
@@ -367,8 +383,9 @@ def latex_escape(text: Any) -> str:
 
 
 def to_latex(frame: pd.DataFrame, *, caption: str | None = None, escape_cells: bool = True,
-             left_columns: int = 1) -> str:
-    """A booktabs table (pandas Styler); MultiIndex columns become \\multicolumn headers."""
+             left_columns: int = 1, environment: str = "table", label: str | None = None) -> str:
+    """A booktabs table (pandas Styler) in `environment` (`table*` spans both columns of a two-column
+    paper); MultiIndex columns become \\multicolumn headers; `label` becomes its \\label."""
     body = frame.copy()
     if escape_cells:
         body = body.map(latex_escape)
@@ -378,5 +395,5 @@ def to_latex(frame: pd.DataFrame, *, caption: str | None = None, escape_cells: b
         body.columns = [latex_escape(c) for c in body.columns]
     styler = body.style.hide(axis="index")
     fmt = "l" * left_columns + "r" * (len(frame.columns) - left_columns)
-    return styler.to_latex(hrules=True, multicol_align="c", column_format=fmt,
-                           caption=latex_escape(caption) if caption else None)
+    return styler.to_latex(hrules=True, multicol_align="c", column_format=fmt, environment=environment,
+                           caption=latex_escape(caption) if caption else None, label=label)

@@ -14,8 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import TrialConfig
-from harness.curves import TENSORBOARD_FOLDER, curves_resume_file, read_curves_file, write_tensorboard
+from harness.curves import (
+    TENSORBOARD_FOLDER,
+    curves_resume_file,
+    read_curves_file,
+    test_scalars,
+    write_tensorboard,
+)
 from harness.errors import ConfigError, InputError, TrialFailure
+from harness.provenance import config_key
 from harness.results import ResultStore, TrialRecord
 from harness.results.records import IDENTITY_FIELDS
 from harness.saved_models import MODELS_FOLDER, save_model
@@ -73,7 +80,8 @@ def base_record(cfg: TrialConfig, *, status: str, failure: str | None, started: 
 def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: str, trial_id: str,
                   trial_fn: TrialFunction | None = None, on_epoch: Callable | None = None,
                   on_iter: Callable[..., None] | None = None, extra: dict[str, Any] | None = None,
-                  passthrough: tuple[type[BaseException], ...] = (), keep_model: bool = True) -> TrialResult:
+                  passthrough: tuple[type[BaseException], ...] = (), keep_model: bool = True,
+                  test_protocols: bool = True, hparams: dict[str, Any] | None = None) -> TrialResult:
     """Run one trial and store its records atomically; any failure inside it becomes a failed record.
 
     Bad input (InputError: missing dataset, unknown backbone) is not a trial failure: it
@@ -82,13 +90,19 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
     (e.g. Optuna's TrialPruned). The final network of an ok trial is kept under
     `<store>/models/` (harness.saved_models) unless `keep_model` is False; the training curves
     go into the store with the records and into `<store>/tensorboard/<label> [<key>]/`, where
-    the label (`extra["label"]`, see harness.search.trial_label) names the swept keys.
+    the label (`extra["label"]`, see harness.search.trial_label) names the swept keys: after
+    every epoch (TensorBoard follows a running trial), then with the final test metrics and an
+    HParams session of `hparams` (harness.search.trial_hparams; default method and seed).
+    `test_protocols=False` (search trials) is passed on: the trial is scored on its validation
+    protocol and never sees the test images.
     """
     info = {"sweep": sweep, "backend": backend, "trial_id": trial_id, **(extra or {})}
     started = time.time()
     run = trial_fn if trial_fn is not None else run_trial
+    board = tensorboard_folder(store, cfg, info, config_key(cfg))
     try:
-        result = run(cfg, workdir=store.folder / "checkpoints", on_epoch=on_epoch, on_iter=on_iter, extra=info)
+        result = run(cfg, workdir=store.folder / "checkpoints", on_epoch=on_epoch, on_iter=on_iter, extra=info,
+                     test_protocols=test_protocols, on_curves=lambda rows: write_tensorboard(board, rows))
     except (InputError, KeyboardInterrupt, *passthrough):
         raise
     except Exception as exc:  # noqa: BLE001  (a crashing trial must not end the sweep)
@@ -100,7 +114,9 @@ def execute_trial(cfg: TrialConfig, store: ResultStore, *, sweep: str, backend: 
     if keep_model and result.trained is not None:
         save_model(store.folder / MODELS_FOLDER, result.key, result.trained, info={"sweep": sweep})
     result.trained = None  # the network is not needed past this point
-    _write_tensorboard(store, cfg, info, result.key, result.curves)
+    if result.curves:
+        write_tensorboard(tensorboard_folder(store, cfg, info, result.key), result.curves,
+                          final=test_scalars(result.records), hparams=hparams or default_hparams(cfg))
     # storing the records marks the trial finished: nothing but cleanup may follow
     store.put_trial(result.key, result.records, curves=result.curves)
     if result.checkpoint is not None:
@@ -132,27 +148,31 @@ def finished_records(store: ResultStore, key: str) -> list[dict[str, Any]] | Non
     return records
 
 
-def _write_tensorboard(store: ResultStore, cfg: TrialConfig, info: dict[str, Any], key: str,
-                       curves: list[dict[str, float]] | None) -> None:
-    """A trial's curves as TensorBoard events under `<store>/tensorboard/<label> [<key>]/`."""
-    if curves:
-        label = str(info.get("label") or f"{cfg.method} seed={cfg.seed}").replace(os.sep, "_")
-        write_tensorboard(store.folder / TENSORBOARD_FOLDER / f"{label} [{key}]", curves)
+def tensorboard_folder(store: ResultStore, cfg: TrialConfig, info: dict[str, Any], key: str) -> Path:
+    """`<store>/tensorboard/<label> [<key>]/`: a trial's TensorBoard run, named by its label."""
+    label = str(info.get("label") or f"{cfg.method} seed={cfg.seed}").replace(os.sep, "_")
+    return store.folder / TENSORBOARD_FOLDER / f"{label} [{key}]"
+
+
+def default_hparams(cfg: TrialConfig) -> dict[str, Any]:
+    return {"method": cfg.method, "seed": cfg.seed}
 
 
 def store_pruned(store: ResultStore, cfg: TrialConfig, *, history: dict[int, float], info: dict[str, Any],
-                 started: float) -> None:
-    """A stopped trial keeps one record (status "pruned", why in "failure") and the curves of the
-    epochs it trained (store and TensorBoard); its checkpoint and the curves waiting beside it go."""
+                 started: float, hparams: dict[str, Any] | None = None) -> None:
+    """A stopped trial keeps one record (status "pruned", why in "failure", `val_history` the values
+    reported after epochs 1..n) and the curves of the epochs it trained (store and TensorBoard); its
+    checkpoint and the curves waiting beside it go. `history` maps 0-based epochs to values."""
     epochs = max(history) + 1 if history else 0
     reason = f"pruned after epoch {epochs}" + (f" (validation {history[epochs - 1]:.2f})" if history else "")
     record = base_record(cfg, status="pruned", failure=reason, started=started,
-                         info={**info, "epochs": epochs,
-                               "val_history": json.dumps({str(k): v for k, v in sorted(history.items())})})
+                         info={**info, "epochs": epochs,  # history by 0-based epoch, stored as epochs 1..n
+                               "val_history": json.dumps({str(k + 1): v for k, v in sorted(history.items())})})
     key = record["trial_key"]
     checkpoint = store.folder / "checkpoints" / f"{key}.ckpt"
     curves = read_curves_file(curves_resume_file(checkpoint))
-    _write_tensorboard(store, cfg, info, key, curves)
+    if curves:
+        write_tensorboard(tensorboard_folder(store, cfg, info, key), curves, hparams=hparams or default_hparams(cfg))
     store.put_trial(key, [record], curves=curves or None)
     for leftover in (checkpoint, curves_resume_file(checkpoint)):
         leftover.unlink(missing_ok=True)

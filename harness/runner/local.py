@@ -24,7 +24,7 @@ from harness.runner.common import (
 )
 from harness.runner.devices import parse_gpus, visible_gpus, worker_devices
 from harness.runner.registry import Backend, SweepRequest, register_backend
-from harness.search import swept_keys, trial_label
+from harness.search import swept_keys, trial_hparams, trial_label
 
 
 def _pin_worker(devices: Any) -> None:
@@ -33,11 +33,12 @@ def _pin_worker(devices: Any) -> None:
 
 
 def _run_in_worker(cfg_tree: dict[str, Any], folder: str, sweep: str, trial_id: str, trial_fn: str | None,
-                   label: str, keep_model: bool) -> tuple[str, str | None, float | None]:
+                   keys: list[str], keep_model: bool) -> tuple[str, str | None, float | None]:
     """One trial in a pool worker; returns (status, failure, Rank-1) for the parent's progress display."""
     cfg = TrialConfig.from_dict(cfg_tree)
     result = execute_trial(cfg, ResultStore(folder), sweep=sweep, backend="local", trial_id=trial_id,
-                           trial_fn=resolve_trial_function(trial_fn), extra={"label": label}, keep_model=keep_model)
+                           trial_fn=resolve_trial_function(trial_fn), extra={"label": trial_label(cfg, keys)},
+                           keep_model=keep_model, hparams=trial_hparams(cfg, keys))
     ok = [r for r in result.records if r.get("status") == "ok"]
     return result.status, result.failure, ok[0].get("rank1") if ok else None
 
@@ -88,6 +89,7 @@ class LocalBackend(Backend):
                     result = execute_trial(cfg, store, sweep=spec.name, backend=self.name, trial_id=str(i),
                                            trial_fn=trial_fn, on_iter=progress.iteration,
                                            keep_model=spec.keep_models, extra={"label": label},
+                                           hparams=trial_hparams(cfg, keys),
                                            on_epoch=lambda e, losses, validate: progress.epoch(e, losses))
                     ok = [r for r in result.records if r.get("status") == "ok"]
                     progress.trial_finished(result.status, score=ok[0].get("rank1") if ok else None,
@@ -107,9 +109,8 @@ class LocalBackend(Backend):
         pending: set[Future] = set()
         try:
             for i, cfg in todo:
-                label = trial_label(cfg, keys)
                 pending.add(pool.submit(_run_in_worker, cfg.to_dict(), str(request.folder), spec.name, str(i), path,
-                                        label, spec.keep_models))
+                                        keys, spec.keep_models))
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:

@@ -28,12 +28,13 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from harness.config import TrialConfig
+from harness.curves import TENSORBOARD_FOLDER, test_scalars
 from harness.errors import ConfigError, EnvironmentFault, InputError, TrialFailure
 from harness.runner.common import (
     PROJECT_ROOT,
@@ -52,9 +53,11 @@ from harness.search import (
     objective_directions,
     objective_names,
     reports_every_epoch,
+    search_fields,
     search_plan,
     suggest_space,
     swept_keys,
+    trial_hparams,
     trial_label,
 )
 from harness.sweep import SweepSpec
@@ -63,6 +66,7 @@ RAY_MISSING = "the ray backend needs ray[tune]: pip install 'vireid-harness[ray]
 RAY_FOLDER = "ray"
 TRIALS_CSV = "ray_trials.csv"
 PARETO_CSV = "pareto.csv"
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 GRID_POINT = "grid_point"
 """Tune's config key for the grid point: its label (method and swept keys), so Tune's tables say what it is."""
 
@@ -78,6 +82,22 @@ def quiet_search() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(level)
+
+
+@contextmanager
+def without_ray_tensorboard() -> Iterator[None]:
+    """Tune keeps its CSV and JSON logs (restoring an experiment reads them) but writes no TensorBoard
+    files of its own and so points to none: the harness writes each trial's run under
+    `<sweep>/tensorboard/` (curves, test metrics, HParams)."""
+    saved = os.environ.get(NO_AUTO_LOGGERS)
+    os.environ[NO_AUTO_LOGGERS] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(NO_AUTO_LOGGERS, None)
+        else:
+            os.environ[NO_AUTO_LOGGERS] = saved
 
 
 def check_gpus_per_trial(value: float) -> None:
@@ -101,13 +121,14 @@ def check_ray(spec: SweepSpec, *, trial_fn: Any = None, gpus_per_trial: float | 
 
 
 def trial_resources(cluster: dict[str, float], node_cpus: Sequence[float] = (),
-                    gpus_per_trial: float | None = None) -> dict[str, float]:
+                    gpus_per_trial: float | None = None, threads: int | None = None) -> dict[str, float]:
     """CPUs and GPUs of one trial, from `ray.cluster_resources()` and the CPUs of each node.
 
     With GPUs: `gpus_per_trial` GPU (default one; 0.5 packs two trials per GPU) and an equal
-    share of the CPUs per trial slot. Without: every CPU of the smallest node, one trial per
-    node (CPU training already uses all the cores it gets). A trial never asks for more CPUs
-    than the smallest node has, so every node can run one.
+    share of the CPUs per trial slot. Without: `threads` CPUs (the trials' `train.threads`: two
+    one-thread trials share two cores), or, where the threads are left to torch (which takes
+    every core), every CPU of the smallest node, one trial per node. A trial never asks for more
+    CPUs than `threads` or than the smallest node has, so every node can run one.
     """
     cpus = float(cluster.get("CPU", 0.0))
     gpus = float(cluster.get("GPU", 0.0))
@@ -119,10 +140,18 @@ def trial_resources(cluster: dict[str, float], node_cpus: Sequence[float] = (),
             raise ConfigError(f"--gpus-per-trial {gpus_per_trial}: the Ray cluster has {gpus:g} GPU(s); a trial "
                               "asking for more would wait forever")
         slots = max(1, math.floor(gpus / gpus_per_trial))
-        return {"cpu": max(1.0, min(math.floor(cpus / slots), smallest)), "gpu": float(gpus_per_trial)}
+        return {"cpu": max(1.0, min(math.floor(cpus / slots), smallest, threads or math.inf)),
+                "gpu": float(gpus_per_trial)}
     if gpus >= 1:
-        return {"cpu": max(1.0, min(math.floor(cpus / gpus), smallest)), "gpu": 1.0}
-    return {"cpu": max(1.0, math.floor(smallest)), "gpu": 0.0}
+        return {"cpu": max(1.0, min(math.floor(cpus / gpus), smallest, threads or math.inf)), "gpu": 1.0}
+    return {"cpu": max(1.0, math.floor(min(smallest, threads or math.inf))), "gpu": 0.0}
+
+
+def trial_threads(configs: Sequence[TrialConfig]) -> int | None:
+    """The CPU threads one trial of the sweep uses: the largest `train.threads`, or None where a
+    trial leaves them to torch (every core)."""
+    threads = [c.train.threads for c in configs]
+    return None if not threads or None in threads else max(threads)
 
 
 class DefineByRun:
@@ -144,6 +173,39 @@ def _trial_config(payload: dict[str, Any], config: dict[str, Any]) -> tuple[Tria
     return base.with_overrides(params, where=f"{payload['source']}: ray trial"), params
 
 
+def epoch_reporter(metric: str | None, objective: str, report: Callable[[dict[str, Any]], None], *,
+                   epochs: int, search: bool) -> Callable[[int, dict[str, float], Callable], None]:
+    """The `on_epoch` of a Tune trial: after each epoch but the last (reported with the records) it
+    reports the epoch (1..n) and the training loss, and the validation objective `metric` where the
+    scheduler reads it (validated only then: a validation pass per epoch costs). In a search whose
+    objective is not read per epoch nothing is reported before the end: Tune's searcher expects its
+    objective in every report."""
+    validated: dict[str, float] = {}
+    validate_epoch = validation_reporter(metric, lambda value, epoch: validated.update({objective: value}))
+
+    def on_epoch(epoch: int, losses: dict[str, float], validate: Callable[[], dict[str, float]]) -> None:
+        if epoch >= epochs - 1 or (search and metric is None):
+            return
+        validated.clear()
+        validate_epoch(epoch, losses, validate)
+        loss = losses.get("total")
+        report({"epoch": epoch + 1, **({"loss": float(loss)} if loss is not None else {}), **validated})
+
+    return on_epoch
+
+
+def final_metrics(records: list[dict[str, Any]], objectives: Sequence[str]) -> dict[str, float]:
+    """What a finished trial reports to Tune beside its status: the test metrics of each protocol
+    (`test/<protocol>/<metric>`, as in TensorBoard), training images/s and the epochs trained."""
+    out: dict[str, float] = dict(test_scalars(records))
+    first = records[0] if records else {}
+    for name in ("train_img_per_s", "epochs"):
+        value = first.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in objectives:
+            out[name] = float(value)
+    return out
+
+
 def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     """The Tune trainable: one harness trial, run inside a Ray worker."""
     from ray import tune
@@ -157,21 +219,22 @@ def tune_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     store = ResultStore(payload["folder"])
     objectives = payload["objectives"]
     trial_id = tune.get_context().get_trial_id()
-    info = {"ray_trial": trial_id, "label": trial_label(cfg, payload["swept"]),
-            **sampled_params(params)}
-    on_epoch = validation_reporter(
-        payload["report_metric"], lambda value, epoch: tune.report({objectives[0]: value, "epoch": epoch + 1}),
-        last_epoch=cfg.train.epochs - 1)  # the last epoch is reported with the records
+    info = {"ray_trial": trial_id, "label": trial_label(cfg, payload["swept"]), **sampled_params(params),
+            **payload["search_fields"]}
+    on_epoch = epoch_reporter(payload["report_metric"], objectives[0], tune.report, epochs=cfg.train.epochs,
+                              search=payload["search"])
     records = finished_records(store, key)  # identical config already finished (resume, repeated sample)
     reused = records is not None
     if records is None:
         result = execute_trial(cfg, store, sweep=payload["sweep"], backend="ray", trial_id=trial_id,
                                trial_fn=resolve_trial_function(payload["trial_fn"]), on_epoch=on_epoch, extra=info,
-                               keep_model=payload["keep_models"])
+                               keep_model=payload["keep_models"], test_protocols=not payload["search"],
+                               hparams=trial_hparams(cfg, payload["swept"]))
         if result.status != "ok":
             raise TrialFailure(result.failure or "trial failed")
         records = result.records
-    metrics: dict[str, Any] = {"trial_status": "ok", "trial_key": key, "reused": reused}
+    metrics: dict[str, Any] = {"trial_status": "ok", "trial_key": key, "reused": reused,
+                               **final_metrics(records, objectives)}
     if payload["search"]:
         metrics.update(zip(objectives, objective_values(store, cfg, records, objectives)))
     else:
@@ -219,8 +282,9 @@ def _store_pruned_trials(results: Any, payload: dict[str, Any]) -> dict[str, int
         history = {int(last["epoch"]) - 1: float(last[objective])} if objective in last and "epoch" in last else {}
         trial_id = last.get("trial_id", "")
         info = {"sweep": payload["sweep"], "backend": "ray", "trial_id": trial_id, "ray_trial": trial_id,
-                **sampled_params(params)}
-        store_pruned(store, cfg, history=history, info=info, started=time.time() - float(last.get("time_total_s", 0)))
+                "label": trial_label(cfg, payload["swept"]), **sampled_params(params), **payload["search_fields"]}
+        store_pruned(store, cfg, history=history, info=info, started=time.time() - float(last.get("time_total_s", 0)),
+                     hparams=trial_hparams(cfg, payload["swept"]))
     return counts
 
 
@@ -301,8 +365,11 @@ def _tuner(tune: Any, spec: SweepSpec, payload: dict[str, Any], plan: list[dict[
         tune_config = tune.TuneConfig(num_samples=len(plan), search_alg=searcher,
                                       scheduler=_scheduler(spec, payload, modes), reuse_actors=True,
                                       trial_name_creator=names.name, trial_dirname_creator=names.dirname)
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     run_config = tune.RunConfig(name=spec.name, storage_path=str(storage), verbose=0 if quiet else 1,
-                                failure_config=tune.FailureConfig(max_failures=0))
+                                failure_config=tune.FailureConfig(max_failures=0),
+                                callbacks=[CSVLoggerCallback(), JsonLoggerCallback()])
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -350,15 +417,20 @@ def run_ray(spec: SweepSpec, folder: Path, *, overrides: dict[str, Any] | None =
                "source": spec.source, "objectives": objectives, "directions": directions,
                "report_metric": reports_every_epoch(spec), "search": spec.search is not None, "trial_fn": trial_fn,
                "swept": swept, "labels": [trial_label(c, [k for k in swept if k in spec.grid]) for c in configs],
-               "keep_models": spec.keep_models}
+               "keep_models": spec.keep_models, "search_fields": search_fields(spec)}
     folder.mkdir(parents=True, exist_ok=True)
     started_here = not ray.is_initialized()
     try:
         if started_here:
             _init_ray(ray, address, num_cpus, num_gpus)
         nodes = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-        resources = trial_resources(ray.cluster_resources(), nodes, gpus_per_trial)
-        with quiet_search():
+        resources = trial_resources(ray.cluster_resources(), nodes, gpus_per_trial, trial_threads(configs))
+        if not quiet:
+            board = folder / TENSORBOARD_FOLDER
+            print(f"ray sweep {spec.name}: {resources['cpu']:g} CPU(s) and {resources['gpu']:g} GPU(s) per trial; "
+                  f"the trials' records go to {folder}, their TensorBoard runs to {board} "
+                  f"(tensorboard --logdir '{board}')", flush=True)
+        with quiet_search(), without_ray_tensorboard():
             tuner = _tuner(tune, spec, payload, plan, folder / RAY_FOLDER, resources, quiet)
             results = tuner.fit()
         counts = _store_pruned_trials(results, payload)

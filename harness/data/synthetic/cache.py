@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from harness.data.cache_root import cache_root
 from harness.data.synthetic.spec import GENERATOR_VERSION, SynthLayout, SynthSpec
 
 MARKER_NAME = ".synthetic-complete.json"
+log = logging.getLogger(__name__)
 
 
 class WritableLayout(SynthLayout, Protocol):
@@ -46,9 +48,11 @@ def ensure_synthetic(layout: WritableLayout, spec: SynthSpec, cache_dir: Path | 
     final = root / cache_key(layout, spec)
     if (final / MARKER_NAME).is_file():
         return final
+    log.info("building synthetic data (%s layout, %d identities, %d image(s) per camera) in %s", layout.name,
+             spec.num_identities, spec.images_per_camera, final)
+    started = time.perf_counter()
     try:
         with atomic_directory(final) as temporary:
-            started = time.perf_counter()
             layout.write_synthetic(temporary, spec)
             marker = {
                 "layout": layout.name,
@@ -62,5 +66,6 @@ def ensure_synthetic(layout: WritableLayout, spec: SynthSpec, cache_dir: Path | 
     except OSError:
         if not (final / MARKER_NAME).is_file():  # a concurrent writer did not finish it either
             raise
+    log.info("built the synthetic data in %.0f s", time.perf_counter() - started)
     return final
 

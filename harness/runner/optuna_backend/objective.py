@@ -35,7 +35,7 @@ from harness.runner.optuna_backend.study import (
     study_lock,
     watch_running_trials,
 )
-from harness.search import GRID_INDEX, suggest_space, trial_label
+from harness.search import GRID_INDEX, search_fields, suggest_space, trial_hparams, trial_label
 
 GC_AFTER_SECONDS = 10.0
 
@@ -74,8 +74,7 @@ class Objective:
         trial.set_user_attr("trial_key", key)
         label = trial_label(cfg, job.swept)
         trial.set_user_attr("label", label)
-        info = {"optuna_trial": trial.number, "label": label,
-                **sampled_params(params)}
+        info = {"optuna_trial": trial.number, "label": label, **sampled_params(params), **search_fields(job.spec)}
         try:
             records = finished_records(self.store, key)
         except TrialFailure:
@@ -93,10 +92,12 @@ class Objective:
             result = execute_trial(cfg, self.store, sweep=job.spec.name, backend="optuna", trial_id=str(trial.number),
                                    trial_fn=self.trial_fn, on_epoch=self._epoch_callback(trial, history),
                                    on_iter=self.progress.iteration if self.progress else None, extra=info,
-                                   passthrough=(optuna.TrialPruned,), keep_model=job.spec.keep_models)
+                                   passthrough=(optuna.TrialPruned,), keep_model=job.spec.keep_models,
+                                   test_protocols=job.spec.search is None, hparams=trial_hparams(cfg, job.swept))
         except optuna.TrialPruned:
             sweep_info = {"sweep": job.spec.name, "backend": "optuna", "trial_id": str(trial.number), **info}
-            store_pruned(self.store, cfg, history=history, info=sweep_info, started=started)
+            store_pruned(self.store, cfg, history=history, info=sweep_info, started=started,
+                         hparams=trial_hparams(cfg, job.swept))
             trial.set_user_attr("outcome", "pruned")
             raise
         if result.status != "ok":
@@ -124,9 +125,9 @@ class Objective:
 
         def report(value: float, epoch: int) -> None:
             history[epoch] = value
-            trial.report(value, epoch)
+            trial.report(value, epoch + 1)  # steps are epochs 1..n, as the curves and TensorBoard number them
             if trial.should_prune():
-                raise optuna.TrialPruned(f"validation {metric} {value:.2f} after epoch {epoch}")
+                raise optuna.TrialPruned(f"validation {metric} {value:.2f} after epoch {epoch + 1}")
 
         validate = validation_reporter(metric, report)
 
