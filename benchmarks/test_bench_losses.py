@@ -11,9 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from methods.center_losses import center_loss, marginal_center_loss
 from methods.losses import (
-    center_loss,
-    marginal_center_loss,
     modality_classification_loss,
     modality_confusion_loss,
     wrt_loss,

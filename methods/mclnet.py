@@ -17,7 +17,8 @@ from harness.config import LossConfig, MCMConfig, ModelConfig, TrainConfig
 from harness.errors import ConfigError
 from methods.agw import ReIDNet, check_agw_network
 from methods.base import NetworkMethod
-from methods.losses import center_loss, marginal_center_loss, wrt_loss
+from methods.center_losses import center_loss, marginal_center_loss
+from methods.losses import wrt_loss
 from methods.mcm import ModalityConfusion
 from methods.registry import register_composer, register_method
 

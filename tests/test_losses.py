@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
+from methods.center_losses import _center_partners, center_loss, marginal_center_loss
 from methods.losses import (
-    _center_partners,
-    center_loss,
-    marginal_center_loss,
     modality_classification_loss,
     modality_confusion_loss,
     wrt_loss,
@@ -292,7 +290,7 @@ def test_center_partners_with_all_centers_as_rows(num_classes, dim):
 @pytest.mark.parametrize("variant,weighting", VARIANTS)
 def test_marginal_one_row_per_sample_layout_matches_reference(monkeypatch, variant, weighting):
     # the layout accelerators use for the push term, forced on CPU: value and gradient unchanged
-    import methods.losses as losses
+    import methods.center_losses as losses
 
     monkeypatch.setattr(losses, "_center_partners", functools.partial(_center_partners, distinct_rows=False))
     features, labels, centers = random_batch(5, num_classes=20)
