@@ -112,7 +112,8 @@ class ModelConfig(RangeChecked):
     such as "resnet50.tv_in1k" (torchvision's, as the published numbers); needs the network or a filled cache."""
     pretrained_file: str | None = path_field()
     """Local weights file (.pth / .safetensors): the offline route, never touches the network. It holds every
-    tensor of the timm backbone under timm's names (methods.backbones.pretrained_tensors), checked before training."""
+    tensor of the timm backbone under timm's names (methods._timm_models.pretrained_tensors), checked before
+    training."""
     non_local: bool = True
     non_local_ratio: float = ranged(0.5, above=0, maximum=1)
     """Inner channels of a non-local block as a fraction of its input channels."""

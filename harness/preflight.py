@@ -23,14 +23,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @functools.lru_cache(maxsize=256)
 def _check_pretrained(backbone: str, pretrained: str) -> None:
-    from methods.backbones import resolve_pretrained_tag
+    from methods._timm_models import resolve_pretrained_tag
 
     resolve_pretrained_tag(backbone, pretrained)  # names only: nothing is downloaded here
 
 
 @functools.lru_cache(maxsize=64)
 def _check_pretrained_file(backbone: str, path: str, size: int, modified_ns: int) -> None:
-    from methods.backbones import check_pretrained_file
+    from methods._timm_models import check_pretrained_file
 
     check_pretrained_file(backbone, path)  # size and time key the cache: a rewritten file is read again
 

@@ -224,7 +224,7 @@ def test_pretrained_weights_offline_fail_fast_with_the_offline_route(no_network)
     import time
 
     from harness.errors import InputError
-    from methods.backbones import create_timm_model
+    from methods._timm_models import create_timm_model
 
     started = time.monotonic()
     with pytest.raises(InputError) as info:
@@ -268,7 +268,7 @@ def test_an_uncached_tag_fails_in_seconds_offline_without_hf_hub_offline(network
     import time
 
     from harness.errors import InputError
-    from methods.backbones import create_timm_model
+    from methods._timm_models import create_timm_model
 
     started = time.monotonic()
     with pytest.raises(InputError) as info:
@@ -286,7 +286,7 @@ def test_a_hanging_name_lookup_fails_within_the_probe_time(network_down, monkeyp
 
     from harness.errors import InputError
     from methods import _hub
-    from methods.backbones import create_timm_model
+    from methods._timm_models import create_timm_model
 
     release = threading.Event()
 
@@ -313,7 +313,7 @@ def test_a_cached_tag_loads_without_any_network_call(network_down, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from methods.backbones import create_timm_model
+    from methods._timm_models import create_timm_model
 
     reference = {k: v + 1 for k, v in create_timm_model("test_resnet").state_dict().items()}
     commit = "0" * 40  # the hub cache's layout: refs/main names a snapshot folder
@@ -350,7 +350,7 @@ def test_the_probe_connects_to_the_server_or_the_proxy(monkeypatch):
 
 def test_pretrained_tags_are_checked_before_any_download(no_network):
     from harness.errors import ConfigError
-    from methods.backbones import resolve_pretrained_tag
+    from methods._timm_models import resolve_pretrained_tag
 
     assert resolve_pretrained_tag("resnet50", "tv_in1k") == "resnet50.tv_in1k"
     assert resolve_pretrained_tag("resnet50", "resnet50.tv_in1k") == "resnet50.tv_in1k"
@@ -364,7 +364,7 @@ def test_local_weights_file_loads_without_the_network(no_network):
     import torch
 
     from harness.errors import ConfigError
-    from methods.backbones import create_timm_model
+    from methods._timm_models import create_timm_model
 
     source = create_timm_model("test_resnet")
     path = no_network / "weights.pth"
